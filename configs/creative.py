@@ -1,0 +1,43 @@
+"""Seed training recipe of the creative agent (SPEC section 5)."""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 42  # PRNG seed: initialisation, data order, dropout and noise.
+  config.per_device_batch_size = 16  # pairs per device; 4 devices -> 64/step.
+  config.num_frames = 1200  # frames per clip: 16 s at 75 EnCodec frames/s.
+
+  config.model = model = ml_collections.ConfigDict()
+  model.num_stages = 3  # cascade stages (stage 0 d=2D, later stages d=3D).
+  model.num_layers = 6  # transformer encoder layers per stage.
+  model.num_heads = 8  # attention heads in the cascade.
+  model.latent_dim = 128  # EnCodec latent channels D.
+  model.dropout = 0.1  # dropout after positions, attention and feed-forward.
+  model.attention_dropout = 0.1  # dropout on attention weights (training).
+  model.anti_cheating = 0.9  # training noise scale a, in units of std(x).
+  model.use_creative_agent = True  # learned masks; False: fixed_masking.
+  # Agent off: none or temporal|frequency|spectral|energy|hybrid masks.
+  model.fixed_masking = 'none'
+  model.hard_masks = False  # Gumbel straight-through binary masks.
+  model.mask_hidden = 256  # hidden width H of the mask generator.
+  model.mask_heads = 4  # heads of the mask generator's cross-attention.
+  model.max_len = 2000  # frames covered by the sinusoidal position table.
+  model.compute_dtype = 'auto'  # auto: float32 on CPU, bfloat16 on GPU/TPU.
+
+  config.loss = loss = ml_collections.ConfigDict()
+  loss.input_weight = 1.0  # weight of rms(output - input).
+  loss.target_weight = 0.0  # weight of rms(output - target): 0 = no copying.
+  loss.mask_reg_weight = 0.1  # weight of the mask regulariser.
+  loss.balance_weight = 5.0  # weight of the 50/50 mask balance term.
+  loss.gan_weight = 0.1  # weight of the adversarial loss; 0 disables the GAN.
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.learning_rate = 1e-4  # generator AdamW learning rate.
+  optim.weight_decay = 0.01  # generator AdamW weight decay.
+  optim.grad_clip_norm = 1.0  # generator global gradient-norm clip.
+  optim.disc_learning_rate = 5e-5  # GAN discriminator AdamW learning rate.
+  optim.disc_weight_decay = 0.01  # GAN discriminator AdamW weight decay.
+  optim.disc_grad_clip_norm = 1.0  # GAN discriminator gradient-norm clip.
+  return config

@@ -1,0 +1,159 @@
+"""Throughput of the compiled train step on random latents, as one JSON line.
+
+  python -m jingle_jax.bench --config configs/creative.py \
+      [--preset cpu-small|cpu-seed|seed] [--params-only] [--steps N]
+
+The step is data-parallel over all local devices (state replicated, batch
+split), with per_device_batch_size pairs per device.
+"""
+
+import functools
+import json
+import statistics
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+from ml_collections import config_flags
+
+from jingle_jax import train_step
+
+PRESETS = {
+    # The seed architecture, for accelerators.
+    'seed': dict(num_stages=3, num_layers=6, num_frames=1200,
+                 per_device_batch_size=16),
+    'cpu-seed': dict(num_stages=2, num_layers=6, num_frames=1200,
+                     per_device_batch_size=2),
+    'cpu-small': dict(num_stages=2, num_layers=2, num_frames=300,
+                      per_device_batch_size=4),
+}
+
+# Dense bfloat16 peak FLOP/s per device, matched against device_kind in order.
+PEAK_BF16_FLOPS = (
+    ('H100 PCIe', 756e12),
+    ('H100', 989e12),
+    ('H200', 989e12),
+    ('A100', 312e12),
+    ('TPU v6 lite', 918e12),
+    ('TPU v5 lite', 197e12),
+    ('TPU v5', 459e12),
+    ('TPU v4', 275e12),
+)
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
+_PRESET = flags.DEFINE_enum('preset', None, list(PRESETS),
+                            'Model and batch size to benchmark.')
+_PARAMS_ONLY = flags.DEFINE_bool(
+    'params-only', False, 'Print parameter counts only; compile nothing.')
+_STEPS = flags.DEFINE_integer('steps', 10,
+                              'Timed steps after compilation and one warm-up.')
+
+
+def apply_preset(config, name):
+  preset = PRESETS[name]
+  config.model.num_stages = preset['num_stages']
+  config.model.num_layers = preset['num_layers']
+  config.model.use_creative_agent = True
+  config.num_frames = preset['num_frames']
+  config.per_device_batch_size = preset['per_device_batch_size']
+
+
+def count_params(tree) -> int:
+  return sum(leaf.size for leaf in jax.tree.leaves(tree))
+
+
+def peak_flops(device, dtype):
+  """The device's dense peak for `dtype`, where known (bfloat16 only)."""
+  if dtype != jnp.bfloat16:
+    return None
+  for kind, flops in PEAK_BF16_FLOPS:
+    if kind in device.device_kind:
+      return flops
+  return None
+
+
+def random_batch(rng, batch_size, num_frames, latent_dim):
+  input_rng, target_rng = jax.random.split(rng)
+  shape = (batch_size, num_frames, latent_dim)
+  return {'input': jax.random.normal(input_rng, shape),
+          'target': jax.random.normal(target_rng, shape)}
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if _PRESET.value:
+    apply_preset(config, _PRESET.value)
+  rng = jax.random.key(config.seed)
+  init = functools.partial(train_step.create_train_state, config)
+  if _PARAMS_ONLY.value:
+    shapes = jax.eval_shape(init, rng)
+    print(json.dumps({'generator_params': count_params(shapes.params),
+                      'discriminator_params': count_params(
+                          shapes.disc_params)}))
+    return
+
+  devices = jax.devices()
+  mesh = jax.make_mesh((len(devices),), ('data',))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  split = NamedSharding(mesh, PartitionSpec('data'))
+  batch_size = config.per_device_batch_size * len(devices)
+  state = jax.jit(init, out_shardings=replicated)(rng)
+  batch = jax.jit(
+      functools.partial(random_batch, batch_size=batch_size,
+                        num_frames=config.num_frames,
+                        latent_dim=config.model.latent_dim),
+      out_shardings=split)(jax.random.fold_in(rng, 1))
+  step_rngs = jax.random.split(jax.random.fold_in(rng, 2), _STEPS.value + 1)
+
+  step = jax.jit(functools.partial(train_step.train_step, config=config),
+                 in_shardings=(replicated, split, replicated),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch, step_rngs[0]).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops_per_device = cost.get('flops') if cost else None
+
+  state, metrics = compiled(state, batch, step_rngs[0])  # warm-up
+  jax.block_until_ready((state, metrics))
+  times = []
+  for step_rng in step_rngs[1:]:
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch, step_rng)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+  step_s = statistics.median(times)
+
+  dtype = train_step.compute_dtype(config.model.compute_dtype)
+  peak = peak_flops(devices[0], dtype)
+  memory = devices[0].memory_stats() or {}
+  print(json.dumps({
+      'preset': _PRESET.value,
+      'device': devices[0].device_kind,
+      'num_devices': len(devices),
+      'compute_dtype': jnp.dtype(dtype).name,
+      'batch_size': batch_size,
+      'num_frames': config.num_frames,
+      'params': count_params(state.params),
+      'disc_params': count_params(state.disc_params),
+      'pairs_per_s': round(batch_size / step_s, 3),
+      'median_step_ms': round(1e3 * step_s, 2),
+      'compile_s': round(compile_s, 2),
+      'flops_per_step': (flops_per_device * len(devices)
+                         if flops_per_device else None),
+      'mfu': (round(flops_per_device / step_s / peak, 4)
+              if flops_per_device and peak else None),
+      'peak_memory_bytes': memory.get('peak_bytes_in_use'),
+      'timed_steps': len(times),
+  }))
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('config')
+  app.run(main)

@@ -1,0 +1,85 @@
+"""Regularisers, losses and metrics (SPEC 4.1, 4.4, 4.5, 6) as pure functions.
+
+Every function returns float32 scalars; metric dicts use the names logged by
+the training loop.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+TEMPORAL_VARIANCE_FLOOR = 0.05
+
+
+def rms(x):
+  """sqrt(mean(x^2)) over the whole tensor."""
+  return jnp.sqrt(jnp.mean(jnp.square(x)))
+
+
+def mask_metrics(input_mask, target_mask):
+  """Mask regularisers and statistics; masks [B, T, D], means over B, T, D."""
+  input_mask = input_mask.astype(jnp.float32)
+  target_mask = target_mask.astype(jnp.float32)
+  overlap = jnp.mean(input_mask * target_mask)
+  coverage = jnp.mean(jnp.square(input_mask + target_mask - 1.0))
+
+  def too_static(mask):  # penalises masks whose mean variance over time is low
+    variance = jnp.mean(jnp.var(mask, axis=1, ddof=1))
+    return jax.nn.relu(TEMPORAL_VARIANCE_FLOOR - variance)
+
+  temporal = too_static(input_mask) + too_static(target_mask)
+  input_mean, target_mean = jnp.mean(input_mask), jnp.mean(target_mask)
+  return {
+      'overlap': overlap,
+      'complementarity': 1.0 - overlap,
+      'coverage': coverage,
+      'temporal': temporal,
+      'mask_reg': 10.0 * overlap + 0.5 * coverage + 5.0 * temporal,
+      'balance': jnp.square(input_mean - 0.5) + jnp.square(target_mean - 0.5),
+      'input_mask_mean': input_mean,
+      'target_mask_mean': target_mean,
+  }
+
+
+def bce_with_logits(logits, label: float):
+  """Mean binary cross-entropy of logits against a constant label."""
+  labels = jnp.full_like(logits, label)
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
+
+
+def generator_loss(output, inputs, targets, input_mask, target_mask,
+                   fake_logits, weights, learned_masks: bool):
+  """SPEC 4.5: returns (loss, metrics).
+
+  Args:
+    output, inputs, targets: latents [B, T, D].
+    input_mask, target_mask: the masks the model applied [B, T, D].
+    fake_logits: the GAN discriminator's logits on `output`, or None.
+    weights: the config's `loss` block.
+    learned_masks: whether the masks are learned (their regularisers join the
+      loss) or fixed (they are only reported).
+  """
+  metrics = mask_metrics(input_mask, target_mask)
+  metrics['recon_input'] = rms(output - inputs)
+  metrics['recon_target'] = rms(output - targets)
+  metrics['balance_weighted'] = weights.balance_weight * metrics['balance']
+  loss = (weights.input_weight * metrics['recon_input'] +
+          weights.target_weight * metrics['recon_target'])
+  if learned_masks:
+    loss += (weights.mask_reg_weight * metrics['mask_reg'] +
+             metrics['balance_weighted'])
+  if fake_logits is not None:
+    metrics['g_adv'] = bce_with_logits(fake_logits, 1.0)
+    loss += weights.gan_weight * metrics['g_adv']
+  metrics['loss'] = loss
+  return loss, metrics
+
+
+def discriminator_loss(real_logits, fake_logits):
+  """BCE(real, 1) + BCE(fake, 0); returns (d_loss, metrics with accuracies)."""
+  d_loss = bce_with_logits(real_logits, 1.0) + bce_with_logits(fake_logits, 0.0)
+  return d_loss, {
+      'd_loss': d_loss,
+      'd_real_acc': jnp.mean((real_logits > 0).astype(jnp.float32)),
+      'd_fake_acc': jnp.mean((fake_logits < 0).astype(jnp.float32)),
+  }

@@ -1,0 +1,203 @@
+"""The cascade transformer (SPEC 4.3): the generator of Jingle_D.
+
+Layout is [B, T, D]. Names follow the PyTorch keys: `cascade_stages.{s}` ->
+`cascade_stages_{s}`, `transformer.layers.{l}` -> `layers_{l}`, and
+`self_attn`, `linear1`, `linear2`, `norm1`, `norm2`, `input_norm`,
+`post_norm`, `output_proj` as they are.
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jingle_jax import baselines
+from jingle_jax.models.layers import Dropout
+from jingle_jax.models.layers import MultiheadAttention
+from jingle_jax.models.mask_generator import CreativeAgent
+from jingle_jax.models.mask_generator import example_rms
+
+LAYER_NORM_EPSILON = 1e-5  # PyTorch's default
+RMS_SCALE_RANGE = (0.7, 1.5)
+
+
+@functools.lru_cache(maxsize=None)
+def sinusoidal_positions(max_len: int, width: int) -> np.ndarray:
+  """[max_len, width] table: sin on even channels, cos on odd ones."""
+  position = np.arange(max_len, dtype=np.float64)[:, None]
+  frequency = np.exp(np.arange(0, width, 2) * (-np.log(10000.0) / width))
+  table = np.zeros((max_len, width), np.float32)
+  table[:, 0::2] = np.sin(position * frequency)
+  table[:, 1::2] = np.cos(position * frequency)
+  return table
+
+
+def _l2_normalize(x, epsilon):
+  return x / jnp.maximum(jnp.linalg.norm(x), epsilon)
+
+
+class SpectralNormDense(nn.Module):
+  """Dense layer divided by its largest singular value, as torch spectral_norm.
+
+  `u` (output side) and `v` (input side) live in 'batch_stats'. With
+  update_stats (training) one power iteration refreshes them; evaluation uses
+  the stored pair unchanged, so sigma = v . K u exactly as PyTorch computes
+  it from weight_u and weight_v (K = weight_orig transposed).
+  """
+
+  features: int
+  epsilon: float = 1e-12
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, update_stats: bool):
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    normalize = functools.partial(_l2_normalize, epsilon=self.epsilon)
+    u = self.variable(
+        'batch_stats', 'u', lambda: normalize(
+            jax.random.normal(self.make_rng('params'), (self.features,))))
+    # v starts consistent with u, so an untrained model evaluates sanely.
+    v = self.variable('batch_stats', 'v', lambda: normalize(kernel @ u.value))
+    if update_stats:
+      weight = jax.lax.stop_gradient(kernel)
+      v.value = normalize(weight @ u.value)
+      u.value = normalize(v.value @ weight)
+    sigma = v.value @ kernel @ u.value  # the gradient flows through the kernel
+    y = x.astype(self.dtype) @ (kernel / sigma).astype(self.dtype)
+    return y + bias.astype(self.dtype)
+
+
+class EncoderLayer(nn.Module):
+  """torch.nn.TransformerEncoderLayer: post-norm, exact GELU, FF width 4d."""
+
+  num_heads: int
+  dropout: float
+  attention_dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, deterministic: bool):
+    width = x.shape[-1]
+    norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPSILON,
+                             dtype=self.dtype)
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
+    drop = Dropout(self.dropout, deterministic=deterministic)
+    attended = MultiheadAttention(
+        self.num_heads, self.attention_dropout, self.dtype,
+        name='self_attn')(x, deterministic=deterministic)
+    x = norm(name='norm1')(x + drop(attended))
+    hidden = nn.gelu(dense(4 * width, name='linear1')(x), approximate=False)
+    hidden = dense(width, name='linear2')(drop(hidden))
+    return norm(name='norm2')(x + drop(hidden))
+
+
+class CascadeStage(nn.Module):
+  """Positions -> LayerNorm -> L encoder layers -> LayerNorm -> projection."""
+
+  latent_dim: int
+  num_layers: int
+  num_heads: int
+  dropout: float
+  attention_dropout: float
+  max_len: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    """x [B, T, d] (d = 2D or 3D) -> [B, T, D] in the compute dtype."""
+    x = x + sinusoidal_positions(self.max_len, x.shape[-1])[:x.shape[1]]
+    x = Dropout(self.dropout, deterministic=not train)(x)
+    norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPSILON,
+                             dtype=self.dtype)
+    x = norm(name='input_norm')(x)
+    for layer in range(self.num_layers):
+      x = EncoderLayer(self.num_heads, self.dropout, self.attention_dropout,
+                       self.dtype, name=f'layers_{layer}')(
+                           x, deterministic=not train)
+    x = norm(name='post_norm')(x)
+    return SpectralNormDense(self.latent_dim, dtype=self.dtype,
+                             name='output_proj')(x, update_stats=train)
+
+
+@flax.struct.dataclass
+class CascadeOutput:
+  output: jax.Array  # [B, T, D] float32, after RMS scaling
+  input_mask: jax.Array  # [B, T, D] float32; ones when nothing is masked
+  target_mask: jax.Array  # [B, T, D] float32
+  rms_scale: jax.Array  # [B], the clipped output scale
+
+
+class CascadeTransformer(nn.Module):
+  """Masks the pair (creative agent or a fixed baseline), then S stages."""
+
+  latent_dim: int = 128
+  num_stages: int = 3
+  num_layers: int = 6
+  num_heads: int = 8
+  dropout: float = 0.1
+  attention_dropout: float = 0.1
+  anti_cheating: float = 0.9
+  use_creative_agent: bool = True
+  fixed_masking: str = 'none'  # or a key of baselines.BASELINES (agent off)
+  hard_masks: bool = False
+  mask_hidden: int = 256
+  mask_heads: int = 4
+  max_len: int = 2000
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs, targets, *, train: bool) -> CascadeOutput:
+    """inputs, targets: float32 latents [B, T, D]."""
+    if self.use_creative_agent and self.fixed_masking != 'none':
+      raise ValueError('fixed_masking needs use_creative_agent=False')
+    if self.use_creative_agent:
+      x, y, input_mask, target_mask = CreativeAgent(
+          self.latent_dim, self.mask_hidden, self.mask_heads,
+          self.attention_dropout, self.hard_masks, self.dtype,
+          name='creative_agent')(inputs, targets, train=train)
+    else:
+      input_mask, target_mask = self._fixed_masks(inputs, targets, train)
+      x, y = inputs * input_mask, targets * target_mask
+
+    noisy_x = self._anti_cheating_noise(x, train)  # once, shared by stages
+    previous = None
+    for stage in range(self.num_stages):
+      if previous is None:
+        stage_input = jnp.concatenate([noisy_x, y], axis=-1)
+        residual = (x + y) / 2
+      else:
+        stage_input = jnp.concatenate(
+            [noisy_x, previous, self._anti_cheating_noise(y, train)], axis=-1)
+        residual = (x + previous + y) / 3
+      projected = CascadeStage(
+          self.latent_dim, self.num_layers, self.num_heads, self.dropout,
+          self.attention_dropout, self.max_len, self.dtype,
+          name=f'cascade_stages_{stage}')(stage_input, train=train)
+      previous = projected.astype(jnp.float32) + residual
+
+    scale = jnp.sqrt((example_rms(x) ** 2 + example_rms(y) ** 2) / 2) / (
+        example_rms(previous) + 1e-8)
+    scale = jnp.clip(scale, *RMS_SCALE_RANGE)
+    return CascadeOutput(previous * scale[:, None, None], input_mask,
+                         target_mask, scale)
+
+  def _fixed_masks(self, inputs, targets, train):
+    if self.fixed_masking == 'none':
+      ones = jnp.ones_like(inputs)
+      return ones, ones
+    # Only `spectral` draws; evaluation uses a fixed draw to stay deterministic.
+    key = self.make_rng('noise') if train else jax.random.key(0)
+    return baselines.BASELINES[self.fixed_masking](inputs, targets, key)
+
+  def _anti_cheating_noise(self, x, train):
+    """Training only: x + N(0, 1) * a * std(x), std over the whole batch."""
+    if not train or self.anti_cheating == 0.0:
+      return x
+    noise = jax.random.normal(self.make_rng('noise'), x.shape, x.dtype)
+    return x + noise * (self.anti_cheating * jnp.std(x, ddof=1))

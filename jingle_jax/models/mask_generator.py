@@ -1,0 +1,151 @@
+"""The creative agent: learned complementary masks (SPEC 4.1, 4.2).
+
+Layout is [B, T, D]. Submodule names follow the PyTorch checkpoint keys
+(`input_analyzer.0` -> `input_analyzer/layers_0`, and so on).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jingle_jax.models.layers import MultiheadAttention
+
+
+def example_rms(x):
+  """Root mean square per example over (T, D), 1e-8 inside the sqrt: [B]."""
+  return jnp.sqrt(jnp.mean(jnp.square(x), axis=(1, 2)) + 1e-8)
+
+
+def restore_rms(masked, reference):
+  """Rescales each masked example to the RMS of its unmasked reference."""
+  return masked * (example_rms(reference) / example_rms(masked))[:, None, None]
+
+
+class AttentionMaskGenerator(nn.Module):
+  """Soft (or Gumbel straight-through hard) masks for an input/target pair."""
+
+  latent_dim: int = 128
+  hidden_dim: int = 256
+  num_heads: int = 4
+  attention_dropout: float = 0.1
+  hard: bool = False
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    def conv(features, kernel_size):
+      return nn.Conv(features, (kernel_size,), padding='SAME', dtype=self.dtype)
+
+    def analyzer():
+      return nn.Sequential([conv(self.hidden_dim, 3), nn.relu,
+                            conv(self.hidden_dim, 3), nn.relu])
+
+    def mask_head():  # mask logits; the sigmoid comes after
+      return nn.Sequential([conv(self.hidden_dim // 2, 3), nn.relu,
+                            conv(self.latent_dim, 1)])
+
+    self.input_analyzer = analyzer()
+    self.target_analyzer = analyzer()
+    self.cross_attention = MultiheadAttention(
+        self.num_heads, self.attention_dropout, self.dtype)
+    self.input_mask_generator = mask_head()
+    self.target_mask_generator = mask_head()
+
+  def __call__(self, inputs, targets, *, train: bool):
+    """Returns (input_mask, target_mask), float32 [B, T, D] in [0, 1]."""
+    input_features = self.input_analyzer(inputs.astype(self.dtype))
+    target_features = self.target_analyzer(targets.astype(self.dtype))
+    # The shared attention runs both directions (input queries target, target
+    # queries input) as one call on a doubled batch.
+    attended = self.cross_attention(
+        jnp.concatenate([input_features, target_features]),
+        jnp.concatenate([target_features, input_features]),
+        deterministic=not train)
+    input_attended, target_attended = jnp.split(attended, 2)
+    input_logits = self.input_mask_generator(input_attended)
+    target_logits = self.target_mask_generator(target_attended)
+    input_logits = input_logits.astype(jnp.float32)
+    if self.hard:
+      # The target head stays in the model (same parameters as soft masks);
+      # its unused output is dropped by the compiler.
+      input_mask = self._hard_mask(input_logits, train)
+      return input_mask, 1.0 - input_mask
+    return (jax.nn.sigmoid(input_logits),
+            jax.nn.sigmoid(target_logits.astype(jnp.float32)))
+
+  def _hard_mask(self, logits, train):
+    """Gumbel-softmax (tau 1, straight-through) over log([m, 1 - m]).
+
+    For two classes the softmax of log([m, 1 - m]) + Gumbel noise equals
+    sigmoid(logit + logistic noise), so that is what is sampled. Evaluation
+    drops the noise and keeps the argmax.
+    """
+    if not train:
+      return (logits > 0).astype(logits.dtype)
+    soft = jax.nn.sigmoid(
+        logits + jax.random.logistic(self.make_rng('noise'), logits.shape))
+    hard = (soft > 0.5).astype(soft.dtype)
+    return soft + jax.lax.stop_gradient(hard - soft)
+
+
+class StyleDiscriminator(nn.Module):
+  """Real/fake and style scores of a latent pattern (~198K parameters)."""
+
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    def down(features):  # Conv1d(k4, s2, p1) halves the frame count
+      return nn.Conv(features, (4,), strides=(2,), padding=((1, 1),),
+                     dtype=self.dtype)
+
+    leaky = lambda x: nn.leaky_relu(x, 0.2)
+    self.encoder = nn.Sequential([down(64), leaky, down(128), leaky, down(256),
+                                  leaky])
+    self.classifier = nn.Dense(1, dtype=self.dtype)
+    self.style_matcher = nn.Dense(1, dtype=self.dtype)
+
+  def __call__(self, pattern):
+    """pattern [B, T, D] -> (real_fake_score [B], style_score [B])."""
+    features = self.encoder(pattern.astype(self.dtype)).astype(jnp.float32)
+    mean = jnp.mean(features, axis=1)
+    std = jnp.std(features, axis=1, ddof=1)
+    real_fake = jax.nn.sigmoid(self.classifier(mean))[:, 0]
+    style = jax.nn.sigmoid(
+        self.style_matcher(jnp.concatenate([mean, std], axis=-1)))[:, 0]
+    return real_fake.astype(jnp.float32), style.astype(jnp.float32)
+
+
+class CreativeAgent(nn.Module):
+  """Mask generator plus the style discriminator that judges patterns."""
+
+  latent_dim: int = 128
+  hidden_dim: int = 256
+  num_heads: int = 4
+  attention_dropout: float = 0.1
+  hard_masks: bool = False
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.mask_generator = AttentionMaskGenerator(
+        self.latent_dim, self.hidden_dim, self.num_heads,
+        self.attention_dropout, self.hard_masks, self.dtype)
+    self.discriminator = StyleDiscriminator(self.dtype)
+
+  def __call__(self, inputs, targets, *, train: bool):
+    """generate_creative_masks: masked, RMS-restored latents and the masks.
+
+    Returns (masked_input, masked_target, input_mask, target_mask).
+    """
+    input_mask, target_mask = self.mask_generator(inputs, targets, train=train)
+    if self.is_initializing():
+      # No loss of the recipe uses the style discriminator, but its weights
+      # belong to the model (and to its PyTorch checkpoints).
+      self.judge_quality(inputs)
+    return (restore_rms(inputs * input_mask, inputs),
+            restore_rms(targets * target_mask, targets), input_mask,
+            target_mask)
+
+  def judge_quality(self, pattern):
+    """(real_fake_score, style_score) of a pattern, each [B] in (0, 1)."""
+    return self.discriminator(pattern)

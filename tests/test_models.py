@@ -1,0 +1,250 @@
+"""Model structure, parameter counts and training/evaluation behaviour."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.creative import get_config
+from jingle_jax import baselines
+from jingle_jax import train_step
+from jingle_jax.models import AttentionMaskGenerator
+from jingle_jax.models import CascadeTransformer
+from jingle_jax.models import CreativeAgent
+from jingle_jax.models import LatentDiscriminator
+from jingle_jax.models.cascade import SpectralNormDense
+from jingle_jax.models.cascade import sinusoidal_positions
+
+
+def count(tree):
+  return sum(leaf.size for leaf in jax.tree.leaves(tree))
+
+
+def latents(seed, shape):
+  input_rng, target_rng = jax.random.split(jax.random.key(seed))
+  return (jax.random.normal(input_rng, shape),
+          jax.random.normal(target_rng, shape))
+
+
+TINY = dict(latent_dim=16, num_stages=2, num_layers=1, num_heads=2,
+            mask_hidden=16, mask_heads=2)
+
+
+def test_seed_architecture_has_27_449_410_parameters():
+  state = jax.eval_shape(
+      functools.partial(train_step.create_train_state, get_config()),
+      jax.random.key(0))
+  params = state.params
+  assert count(params) == 27_449_410
+  assert count(params['cascade_stages_0']) == 4_772_480
+  assert count(params['cascade_stages_1']) == 10_697_600
+  assert count(params['cascade_stages_2']) == 10_697_600
+  assert count(params['creative_agent']['mask_generator']) == 1_083_904
+  assert count(params['creative_agent']['discriminator']) == 197_826
+  assert count(state.disc_params) == 3_802_881  # the GAN's, counted apart
+  # Spectral-norm vectors are state, not parameters.
+  assert set(state.batch_stats['cascade_stages_2']['output_proj']) == {'u', 'v'}
+  # PyTorch-mappable names.
+  layer = params['cascade_stages_1']['layers_5']
+  assert layer['self_attn']['in_proj_kernel'].shape == (384, 3 * 384)
+  assert layer['linear1']['kernel'].shape == (384, 4 * 384)
+  assert set(layer) == {'self_attn', 'linear1', 'linear2', 'norm1', 'norm2'}
+  assert set(params['cascade_stages_0']) == {
+      'input_norm', 'post_norm', 'output_proj',
+      *[f'layers_{i}' for i in range(6)]}
+  assert set(params['creative_agent']['mask_generator']['input_analyzer']) == {
+      'layers_0', 'layers_2'}
+
+
+def test_untrained_masks_are_75_percent_complementary():
+  inputs, targets = latents(0, (4, 300, 128))
+  generator = AttentionMaskGenerator()
+  variables = generator.init(jax.random.key(1), inputs, targets, train=False)
+  apply = jax.jit(functools.partial(generator.apply, variables),
+                  static_argnames='train')
+  for train in (False, True):
+    input_mask, target_mask = apply(inputs, targets, train=train,
+                                    rngs={'dropout': jax.random.key(2)})
+    for mask in (input_mask, target_mask):
+      assert mask.shape == inputs.shape
+      assert 0.0 <= float(mask.min()) and float(mask.max()) <= 1.0
+    complementarity = 1.0 - float(jnp.mean(input_mask * target_mask))
+    assert complementarity == pytest.approx(0.75, abs=0.03)
+
+
+def test_hard_masks_are_binary_exact_complements():
+  inputs, targets = latents(0, (2, 32, 16))
+  generator = AttentionMaskGenerator(latent_dim=16, hidden_dim=16, num_heads=2,
+                                     hard=True)
+  params = generator.init(jax.random.key(1), inputs, targets,
+                          train=False)['params']
+
+  @functools.partial(jax.jit, static_argnames='train')
+  def masks(params, noise_seed, train=True):
+    return generator.apply({'params': params}, inputs, targets, train=train,
+                           rngs={'noise': jax.random.key(noise_seed),
+                                 'dropout': jax.random.key(0)})
+
+  for input_mask, target_mask in (masks(params, 0), masks(params, 0, False)):
+    assert set(np.unique(np.asarray(input_mask))) == {0.0, 1.0}
+    np.testing.assert_array_equal(input_mask + target_mask, 1.0)
+  assert not np.array_equal(masks(params, 0)[0], masks(params, 1)[0])
+  # Straight-through: the binary mask still passes gradients to the logits.
+  grads = jax.grad(lambda p: jnp.sum(masks(p, 0)[0] * inputs))(params)
+  head = grads['input_mask_generator']['layers_2']['kernel']
+  assert float(jnp.abs(head).sum()) > 0.0
+
+
+@pytest.fixture(scope='module')
+def tiny_model():
+  model = CascadeTransformer(**TINY)
+  inputs, targets = latents(0, (2, 32, 16))
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.key(1), inputs, targets)
+
+  @functools.partial(jax.jit, static_argnames='train')
+  def apply(variables, inputs, targets, rng, train):
+    noise_rng, dropout_rng = jax.random.split(rng)
+    return model.apply(variables, inputs, targets, train=train,
+                       rngs={'noise': noise_rng, 'dropout': dropout_rng},
+                       mutable=['batch_stats'])
+
+  return variables, apply
+
+
+def test_evaluation_is_deterministic_and_training_follows_the_rng(tiny_model):
+  variables, apply = tiny_model
+  inputs, targets = latents(2, (2, 32, 16))
+  run = lambda seed, train: apply(variables, inputs, targets,
+                                  jax.random.key(seed), train)
+  (eval_a, stats_a), (eval_b, _) = run(0, False), run(1, False)
+  np.testing.assert_array_equal(eval_a.output, eval_b.output)
+  assert jax.tree.all(jax.tree.map(np.array_equal, stats_a['batch_stats'],
+                                   variables['batch_stats']))
+  (train_a, stats), (train_a2, _), (train_b, _) = (run(0, True), run(0, True),
+                                                  run(1, True))
+  np.testing.assert_array_equal(train_a.output, train_a2.output)
+  assert not np.allclose(train_a.output, train_b.output)
+  assert not np.allclose(train_a.output, eval_a.output)
+  # One power iteration per training call updates the spectral-norm state.
+  u = lambda tree: tree['batch_stats']['cascade_stages_0']['output_proj']['u']
+  assert not np.allclose(u(stats), u(variables))
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_rms_scale_stays_in_range_and_clips(tiny_model, train):
+  variables, apply = tiny_model
+  inputs, targets = latents(3, (2, 32, 16))
+  scales = {}
+  for gain in (1e-3, 1.0, 1e3):
+    out, _ = apply(variables, gain * inputs, gain * targets,
+                   jax.random.key(0), train)
+    scales[gain] = np.asarray(out.rms_scale)
+    assert np.all((scales[gain] >= 0.7) & (scales[gain] <= 1.5))
+  # Tiny latents make the projection dominate: the scale clips at 0.7. Huge
+  # ones make the residual (x + y) / 2 dominate, whose RMS is 1/sqrt(2) of
+  # theirs for independent x and y.
+  np.testing.assert_allclose(scales[1e-3], 0.7)
+  np.testing.assert_allclose(scales[1e3], np.sqrt(2), rtol=0.05)
+
+
+def test_rms_scale_clips_at_1_5_when_the_residual_cancels():
+  model = CascadeTransformer(**TINY, use_creative_agent=False)
+  inputs, _ = latents(4, (2, 32, 16))
+  inputs = 1e3 * inputs
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.key(1), inputs, -inputs)
+  out = jax.jit(functools.partial(model.apply, train=False))(
+      variables, inputs, -inputs)
+  np.testing.assert_allclose(out.rms_scale, 1.5)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_results(tiny_model):
+  variables, _ = tiny_model
+  assert train_step.compute_dtype('auto') == jnp.float32  # tests run on CPU
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+  inputs, targets = latents(8, (2, 32, 16))
+  outputs = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    model = CascadeTransformer(**TINY, dtype=dtype)
+    outputs[dtype] = jax.jit(functools.partial(model.apply, train=False))(
+        variables, inputs, targets)
+  low, full = outputs[jnp.bfloat16], outputs[jnp.float32]
+  for name in ('output', 'input_mask', 'target_mask'):
+    assert getattr(low, name).dtype == jnp.float32, name
+  error = np.sqrt(np.mean(np.square(low.output - full.output)))
+  assert error < 0.05 * np.sqrt(np.mean(np.square(full.output)))
+
+
+def test_spectral_norm_dense_tracks_the_largest_singular_value():
+  layer = SpectralNormDense(6)
+  x = jax.random.normal(jax.random.key(0), (4, 10))
+  variables = layer.init(jax.random.key(1), x, update_stats=False)
+  kernel = np.asarray(variables['params']['kernel'])
+  top = np.linalg.svd(kernel, compute_uv=False)[0]
+  step = jax.jit(lambda v: layer.apply(v, x, update_stats=True,
+                                       mutable=['batch_stats'])[1])
+  stats = variables['batch_stats']
+  for _ in range(50):
+    stats = step({**variables, 'batch_stats': stats})['batch_stats']
+  sigma = float(stats['v'] @ kernel @ stats['u'])
+  assert sigma == pytest.approx(top, rel=1e-3)
+  # Evaluation divides by the stored estimate and leaves it alone.
+  y, updated = layer.apply({**variables, 'batch_stats': stats}, x,
+                           update_stats=False, mutable=['batch_stats'])
+  np.testing.assert_allclose(y, x @ (kernel / sigma), rtol=1e-5, atol=1e-6)
+  assert jax.tree.all(jax.tree.map(np.array_equal, updated['batch_stats'],
+                                   stats))
+
+
+def test_fixed_masking_mode_applies_the_baseline():
+  inputs, targets = latents(5, (2, 300, 16))
+  model = CascadeTransformer(**TINY, use_creative_agent=False,
+                             fixed_masking='temporal')
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.key(1), inputs, targets)
+  assert 'creative_agent' not in variables['params']
+  out = jax.jit(functools.partial(model.apply, train=False))(
+      variables, inputs, targets)
+  expected_in, expected_tgt = baselines.temporal_masks(inputs, targets)
+  np.testing.assert_array_equal(out.input_mask, expected_in)
+  np.testing.assert_array_equal(out.target_mask, expected_tgt)
+  assert out.output.shape == inputs.shape
+  with pytest.raises(ValueError, match='fixed_masking'):
+    CascadeTransformer(**TINY, fixed_masking='temporal').init(
+        jax.random.key(1), inputs, targets, train=False)
+
+
+def test_style_discriminator_scores():
+  inputs, targets = latents(6, (3, 64, 16))
+  agent = CreativeAgent(latent_dim=16, hidden_dim=16, num_heads=2)
+  variables = agent.init(jax.random.key(1), inputs, targets, train=False)
+  real_fake, style = agent.apply(variables, inputs,
+                                 method=CreativeAgent.judge_quality)
+  for score in (real_fake, style):
+    assert score.shape == (3,)
+    assert np.all((score > 0) & (score < 1))
+
+
+def test_latent_discriminator_logits_and_dropout():
+  inputs, _ = latents(7, (3, 40, 128))
+  disc = LatentDiscriminator()
+  variables = disc.init(jax.random.key(1), inputs, train=False)
+  logits = disc.apply(variables, inputs, train=False)
+  assert logits.shape == (3,) and logits.dtype == jnp.float32
+  dropped = [disc.apply(variables, inputs, train=True,
+                        rngs={'dropout': jax.random.key(seed)})
+             for seed in (0, 1)]
+  assert not np.allclose(dropped[0], dropped[1])
+
+
+def test_sinusoidal_positions():
+  table = sinusoidal_positions(2000, 8)
+  assert table.shape == (2000, 8)
+  np.testing.assert_allclose(table[0, 0::2], 0.0)
+  np.testing.assert_allclose(table[0, 1::2], 1.0)
+  np.testing.assert_allclose(table[7, 0], np.sin(7.0), rtol=1e-6)
+  np.testing.assert_allclose(table[7, 3], np.cos(7.0 * 10000 ** (-2 / 8)),
+                             rtol=1e-5)
