@@ -67,23 +67,56 @@ setup() {
   say "environment ready: $VENV ($("$PY" -c 'import jax; print("jax", jax.__version__, jax.default_backend())'))"
 }
 
+# The value of flag $1 among the remaining arguments (--flag V or --flag=V).
+flag_value() {
+  local name=$1; shift
+  while [[ $# -gt 0 ]]; do
+    case $1 in
+      "$name") echo "${2:-}"; return ;;
+      "$name"=*) echo "${1#*=}"; return ;;
+    esac
+    shift
+  done
+}
+
+# jingle_jax.sample, then each dataset sample decoded to wav beside its .npy.
+sample() {
+  "$PY" -m jingle_jax.sample "$@"
+  local out summary manifest
+  out=$(flag_value --out-dir "$@")
+  summary="$out/samples.json"
+  if [[ ! -f $summary ]]; then
+    say "no dataset behind a single pair: decode with 'decode --manifest M'"
+    return
+  fi
+  manifest=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["data_dir"])' "$summary")/manifest.json
+  for directory in "$out"/sample_*/; do
+    "$PY" -m precompute.decode --manifest "$manifest" --out-dir "$directory" \
+      "$directory"input.npy "$directory"target.npy "$directory"output.npy
+  done
+}
+
 demo() {
   local run=${DEMO_DIR:-$ROOT/runs/demo}
   local weights=()
-  if "$PY" -m precompute.weights --check >/dev/null 2>&1; then
+  if "$PY" -m precompute.encodec_weights --check-pretrained >/dev/null 2>&1; then
     say "using the pretrained EnCodec weights"
   else
-    say "WARNING: pretrained EnCodec weights cannot be had here; using SEEDED RANDOM"
-    say "WARNING: weights: decoded audio will be noise-like, not music"
+    say "WARNING: the pretrained EnCodec weights cannot be had here: using SEEDED"
+    say "WARNING: RANDOM weights; decoded audio will be noise-like, not music"
     weights=(--random-encodec 0)
   fi
   "$PY" -m precompute.synth --out-dir "$run/audio"
   "$PY" -m precompute.encode --audio-dir "$run/audio" --out-dir "$run/latents" "${weights[@]}"
-  local first
-  first=$("$PY" -c "import sys, jingle_jax.latents as l; r = l.LatentReader(sys.argv[1]); print(r.songs('val')[0].id)" "$run/latents")
-  "$PY" -m jingle_jax.latents --manifest "$run/latents/manifest.json" --export "$first" --out "$run/$first.npy"
-  "$PY" -m precompute.decode --manifest "$run/latents/manifest.json" --out-dir "$run/decoded" "$run/$first.npy"
-  say "decoded wav: $run/decoded/$first.wav"
+  "$PY" -m jingle_jax.train --config configs/demo.py --workdir "$run/workdir" \
+    --config.data_dir="$run/latents"
+  sample --workdir "$run/workdir" --num-samples 2 --out-dir "$run/samples"
+  "$PY" -m jingle_jax.evaluate --workdir "$run/workdir" --out-dir "$run/evaluation"
+  say "decoded samples:  $run/samples/sample_*/{input,target,output}.wav"
+  say "mask pictures:    $run/samples/sample_*/masks.png"
+  say "evaluation table: $run/evaluation/metrics.md"
+  say "training curves:  $run/evaluation/training_curves.png"
+  say "TensorBoard:      tensorboard --logdir $run/workdir  (pip install tensorboard)"
 }
 
 verb=${1:-}
@@ -93,8 +126,10 @@ case $verb in
   test) setup; exec "$PY" -m pytest "$@" ;;
   precompute) setup; exec "$PY" -m precompute.encode "$@" ;;
   decode) setup; exec "$PY" -m precompute.decode "$@" ;;
-  train) setup; exec "$PY" -m jingle_jax.train "$@" ;;
-  sample) setup; exec "$PY" -m jingle_jax.sample "$@" ;;
+  # Under srun every task runs this line: set up once beforehand, not racing.
+  train) [[ -n ${SLURM_PROCID:-} && -x $PY ]] || setup
+         exec "$PY" -m jingle_jax.train "$@" ;;
+  sample) setup; sample "$@" ;;
   demo) setup; demo ;;
   *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -1,0 +1,58 @@
+"""Whole songs through EnCodec in chunks: frame counts, chunk independence,
+batching."""
+
+import numpy as np
+import pytest
+import torch
+
+from precompute import codec
+from precompute import encodec_weights
+
+CHUNK = 8  # frames per chunk in these tests, instead of 16 s
+
+
+@pytest.fixture(scope='module')
+def model():
+  return encodec_weights.random_model(0).eval()
+
+
+@pytest.fixture
+def short_chunks(monkeypatch):
+  monkeypatch.setattr(codec, 'CHUNK_FRAMES', CHUNK)
+
+
+def test_encode_cuts_songs_into_independent_chunks(model, short_chunks):
+  del short_chunks
+  rng = np.random.default_rng(0)
+  songs = [rng.uniform(-0.5, 0.5, n).astype(np.float32)
+           for n in (2 * CHUNK * codec.HOP + 5 * codec.HOP + 100,
+                     CHUNK * codec.HOP)]
+  encoded = codec.encode(model, songs, device='cpu', batch_size=2)
+  assert [e.shape for e in encoded] == [(2 * CHUNK + 5, 128), (CHUNK, 128)]
+  with torch.inference_mode():
+    for start, frames in ((0, CHUNK), (CHUNK, CHUNK), (2 * CHUNK, 5)):
+      chunk = songs[0][start * codec.HOP:(start + frames) * codec.HOP]
+      alone = model.encoder(torch.from_numpy(chunk)[None, None])[0].T
+      np.testing.assert_allclose(encoded[0][start:start + frames], alone,
+                                 atol=1e-5)
+  one_by_one = codec.encode(model, songs, device='cpu', batch_size=1)
+  for batched, single in zip(encoded, one_by_one):
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_decode_gives_320_samples_per_frame(model, short_chunks):
+  del short_chunks
+  rng = np.random.default_rng(1)
+  clips = [rng.normal(size=(frames, 128)).astype(np.float16)
+           for frames in (2 * CHUNK + 3, 1)]
+  audio = codec.decode(model, clips, device='cpu', batch_size=4)
+  assert [a.shape for a in audio] == [((2 * CHUNK + 3) * 320,), (320,)]
+  assert all(a.dtype == np.float32 and np.all(np.isfinite(a)) for a in audio)
+  with torch.inference_mode():
+    tail = torch.from_numpy(clips[0][2 * CHUNK:].astype(np.float32).T)
+    alone = model.decoder(tail[None])[0, 0]
+  np.testing.assert_allclose(audio[0][2 * CHUNK * 320:], alone, atol=1e-5)
+
+
+def test_default_chunk_is_one_16_second_clip():
+  assert codec.CHUNK_FRAMES * codec.HOP == 16 * 24_000
