@@ -108,15 +108,15 @@ demo() {
   fi
   "$PY" -m precompute.synth --out-dir "$run/audio"
   "$PY" -m precompute.encode --audio-dir "$run/audio" --out-dir "$run/latents" "${weights[@]}"
-  "$PY" -m jingle_jax.train --config configs/demo.py --workdir "$run/workdir" \
+  "$PY" -m jingle_jax.train --config configs/demo.py --workdir "$run/train" \
     --config.data_dir="$run/latents"
-  sample --workdir "$run/workdir" --num-samples 2 --out-dir "$run/samples"
-  "$PY" -m jingle_jax.evaluate --workdir "$run/workdir" --out-dir "$run/evaluation"
+  sample --workdir "$run/train" --num-samples 2 --out-dir "$run/samples"
+  "$PY" -m jingle_jax.evaluate --workdir "$run/train" --out-dir "$run/evaluation"
   say "decoded samples:  $run/samples/sample_*/{input,target,output}.wav"
   say "mask pictures:    $run/samples/sample_*/masks.png"
   say "evaluation table: $run/evaluation/metrics.md"
   say "training curves:  $run/evaluation/training_curves.png"
-  say "TensorBoard:      tensorboard --logdir $run/workdir  (pip install tensorboard)"
+  say "TensorBoard:      tensorboard --logdir $run/train  (pip install tensorboard)"
 }
 
 verb=${1:-}

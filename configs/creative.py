@@ -9,6 +9,24 @@ def get_config():
   config.per_device_batch_size = 16  # pairs per device; 4 devices -> 64/step.
   config.num_frames = 1200  # frames per clip: 16 s at 75 EnCodec frames/s.
 
+  # Data: pairs of consecutive clips cut from the cached song latents.
+  config.data_dir = ''  # precompute.encode's output (holds manifest.json).
+  config.window_hop = 0  # frames between pair starts; 0: num_frames (disjoint).
+  config.shuffle_targets = True  # training inputs get random training targets.
+  config.prefetch_batches = 2  # batches put on the devices ahead of the step.
+
+  # Training loop. Steps count batches, skipped updates included.
+  config.workdir = ''  # checkpoints, logs, config.json; --workdir overrides.
+  config.num_epochs = 200  # length of training when num_train_steps is -1.
+  config.num_train_steps = -1  # -1: num_epochs epochs of full batches.
+  config.log_every_steps = 10  # train metrics averaged over this many steps.
+  config.eval_every_steps = -1  # validation interval; -1: every epoch.
+  config.checkpoint_every_steps = -1  # -1: every checkpoint_every_epochs.
+  config.checkpoint_every_epochs = 10  # used when checkpoint_every_steps is -1.
+  config.keep_checkpoints = 3  # newest checkpoints kept, plus the best one.
+  config.early_stopping_patience = 20  # evals with no lower val loss; 0: off.
+  config.max_consecutive_skips = 10  # non-finite steps in a row -> error.
+
   config.model = model = ml_collections.ConfigDict()
   model.num_stages = 3  # cascade stages (stage 0 d=2D, later stages d=3D).
   model.num_layers = 6  # transformer encoder layers per stage.

@@ -1,0 +1,31 @@
+"""The seed recipe shrunk to train in a few minutes on 2 CPU cores.
+
+For the demo latents (precompute.synth, then precompute.encode); what
+run_tpu_or_gpu.sh demo trains. Everything not set here is configs/creative.py.
+"""
+
+from configs import creative
+
+
+def get_config():
+  config = creative.get_config()
+  # Where run_tpu_or_gpu.sh demo puts them, relative to the repository.
+  config.data_dir = 'runs/demo/latents'  # the demo latents.
+  config.workdir = 'runs/demo/train'  # the demo run.
+  config.num_frames = 150  # 2 s clips: 23 pairs per 48 s demo song.
+  config.per_device_batch_size = 8  # 1 CPU device: 8 pairs per step.
+
+  config.num_epochs = 10  # of 20 steps (161 pairs of 7 training songs).
+  config.log_every_steps = 5  # 4 train records per epoch.
+  config.checkpoint_every_epochs = 5  # and on every better validation.
+  config.early_stopping_patience = 5  # of the 10 validations.
+
+  model = config.model
+  model.num_stages = 2  # stage 0 and one refining stage.
+  model.num_layers = 2  # per stage.
+  model.num_heads = 4  # cascade attention heads.
+  model.mask_hidden = 64  # mask generator width H.
+  model.mask_heads = 4  # mask generator cross-attention heads.
+
+  config.optim.learning_rate = 1e-3  # few steps: a larger step size
+  return config

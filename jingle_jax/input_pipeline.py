@@ -1,0 +1,174 @@
+"""Pairs of latent clips from the cached dataset, batch by batch.
+
+A pair is two consecutive windows of one song: frames [s, s + W) are the input
+and [s + W, s + 2W) the target, for s = 0, hop, 2 hop, ... (hop = W gives the
+original's consecutive non-overlapping segments). Training pairs every input
+with the target of a random training pair when targets are shuffled;
+validation pairs stay matched. Latents are normalised per channel with the
+training statistics of the manifest.
+
+The batch of step k is a pure function of (seed, k): step k lies in epoch
+k // steps_per_epoch, whose order is drawn by a numpy Generator seeded with
+(seed, epoch), so a resumed run sees the same batches. Each process reads
+only its rows of the global batch, and a background thread puts batches on
+the devices ahead of the step.
+"""
+
+import dataclasses
+import queue
+import threading
+
+import numpy as np
+
+from jingle_jax import parallel
+
+
+@dataclasses.dataclass(frozen=True)
+class Normaliser:
+  """Per-channel standardisation, (x - mean) / std, and its inverse."""
+  mean: np.ndarray  # [D] float32
+  std: np.ndarray  # [D] float32
+
+  @classmethod
+  def from_dataset(cls, dataset) -> 'Normaliser':
+    return cls(np.asarray(dataset.mean, np.float32),
+               np.asarray(dataset.std, np.float32))
+
+  def normalise(self, latents) -> np.ndarray:
+    return (np.asarray(latents, np.float32) - self.mean) / self.std
+
+  def denormalise(self, latents) -> np.ndarray:
+    return np.asarray(latents, np.float32) * self.std + self.mean
+
+
+def pair_starts(num_frames: int, window: int, hop: int) -> np.ndarray:
+  """First frames of the pairs that fit in a song of `num_frames` frames."""
+  return np.arange(0, num_frames - 2 * window + 1, hop)
+
+
+class Pairs:
+  """The pairs of a list of songs (in song order) and their reading."""
+
+  def __init__(self, songs, window: int, hop: int, normaliser: Normaliser):
+    if window < 1 or hop < 1:
+      raise ValueError(f'window ({window}) and hop ({hop}) must be positive')
+    self.songs = list(songs)
+    self.window = window
+    self.normaliser = normaliser
+    index = [(i, start) for i, song in enumerate(self.songs)
+             for start in pair_starts(len(song.latents), window, hop)]
+    # Row p: (song number, first frame of its input window).
+    self.index = np.asarray(index, np.int64).reshape(-1, 2)
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  def _windows(self, pairs, offset: int) -> np.ndarray:
+    return np.stack([
+        self.songs[song].latents[start + offset:start + offset + self.window]
+        for song, start in self.index[pairs]])
+
+  def read(self, inputs, targets) -> dict[str, np.ndarray]:
+    """{'input', 'target'}: normalised float32 clips [n, W, D].
+
+    The input windows of pairs `inputs` and the target windows of pairs
+    `targets` (the same pairs for matched clips).
+    """
+    return {'input': self.normaliser.normalise(self._windows(inputs, 0)),
+            'target': self.normaliser.normalise(
+                self._windows(targets, self.window))}
+
+
+def split_pairs(config, dataset, split: str) -> Pairs:
+  """The pairs of a dataset split as the config cuts them."""
+  return Pairs(dataset.songs(split), config.num_frames,
+               config.window_hop or config.num_frames,
+               Normaliser.from_dataset(dataset))
+
+
+def steps_per_epoch(num_pairs: int, global_batch_size: int) -> int:
+  """Full batches in an epoch (the remainder of an epoch is left out)."""
+  return num_pairs // global_batch_size
+
+
+def epoch_order(seed: int, epoch: int, num_pairs: int, shuffle_targets: bool):
+  """(input pairs, target pairs) of an epoch, each a permutation."""
+  rng = np.random.default_rng([seed, epoch])
+  inputs = rng.permutation(num_pairs)
+  return inputs, rng.permutation(num_pairs) if shuffle_targets else inputs
+
+
+def train_batches(pairs: Pairs, *, seed: int, global_batch_size: int,
+                  rows: slice, start_step: int, shuffle_targets: bool):
+  """This process's `rows` of the training batches from step `start_step` on.
+
+  Endless; epochs follow each other.
+  """
+  per_epoch = steps_per_epoch(len(pairs), global_batch_size)
+  if not per_epoch:
+    raise ValueError(f'{len(pairs)} pairs, fewer than one batch of '
+                     f'{global_batch_size}')
+  epoch, position = divmod(start_step, per_epoch)
+  while True:
+    inputs, targets = epoch_order(seed, epoch, len(pairs), shuffle_targets)
+    for position in range(position, per_epoch):
+      chunk = slice(position * global_batch_size + rows.start,
+                    position * global_batch_size + rows.stop)
+      yield pairs.read(inputs[chunk], targets[chunk])
+    epoch, position = epoch + 1, 0
+
+
+def eval_batches(pairs: Pairs, *, global_batch_size: int, rows: slice):
+  """This process's `rows` of the matched pairs, in order, full batches."""
+  for position in range(steps_per_epoch(len(pairs), global_batch_size)):
+    chunk = np.arange(position * global_batch_size + rows.start,
+                      position * global_batch_size + rows.stop)
+    yield pairs.read(chunk, chunk)
+
+
+class _Failure:
+
+  def __init__(self, error):
+    self.error = error
+
+
+_END = object()
+
+
+def prefetch_to_devices(batches, *, size: int, sharding,
+                        global_batch_size: int):
+  """Yields `batches` as global device arrays, `size` of them made ahead.
+
+  A background thread reads and transfers; its errors reach the consumer.
+  Closing the generator (or leaving a for loop) stops the thread.
+  """
+  ready = queue.Queue(maxsize=size)
+  stop = threading.Event()
+
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        ready.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def produce():
+    try:
+      for batch in batches:
+        if not put(parallel.host_batch_to_global(batch, sharding,
+                                                 global_batch_size)):
+          return
+      put(_END)
+    except Exception as e:  # pylint: disable=broad-except
+      put(_Failure(e))
+
+  threading.Thread(target=produce, daemon=True).start()
+  try:
+    while (item := ready.get()) is not _END:
+      if isinstance(item, _Failure):
+        raise item.error
+      yield item
+  finally:
+    stop.set()

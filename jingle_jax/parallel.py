@@ -1,0 +1,86 @@
+"""Data parallelism: one mesh over every device of every process.
+
+The train state is replicated and batches are split along the `data` axis.
+Several processes (hosts) join through jax.distributed, which must start
+before anything else touches jax.
+"""
+
+import os
+
+from absl import logging
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+import numpy as np
+
+DATA_AXIS = 'data'
+
+
+def _launched_as_several_processes() -> bool:
+  """Whether SLURM (srun), Open MPI or a TPU pod started several processes."""
+  env = os.environ
+  return (int(env.get('SLURM_NTASKS', 1)) > 1 and 'SLURM_STEP_ID' in env or
+          int(env.get('OMPI_COMM_WORLD_SIZE', 1)) > 1 or
+          ',' in env.get('TPU_WORKER_HOSTNAMES', ''))
+
+
+def initialize(coordinator_address=None, num_processes=None,
+               process_id=None) -> None:
+  """Joins the other processes of a multi-host run; alone, does nothing.
+
+  With a coordinator address the three arguments say everything; otherwise
+  jax.distributed detects SLURM, Open MPI and TPU pods from the environment.
+  """
+  if coordinator_address:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  elif _launched_as_several_processes():
+    jax.distributed.initialize()
+  else:
+    return
+  logging.info('process %d of %d, %d of %d devices here', jax.process_index(),
+               jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """All devices in jax.devices() order, which groups each process's devices,
+  so that a process holds one block of rows of the batch.
+
+  Auto axes: shardings inside the model follow from the step's input and
+  output shardings.
+  """
+  return jax.sharding.Mesh(np.array(jax.devices()), (DATA_AXIS,),
+                           axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def data_sharding(mesh) -> NamedSharding:
+  """Leading (batch) axis split over the devices."""
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def local_rows(sharding, global_batch_size: int) -> slice:
+  """The rows of a global batch that this process's devices hold."""
+  indices = sharding.addressable_devices_indices_map((global_batch_size,))
+  starts = [index[0].start or 0 for index in indices.values()]
+  stops = [index[0].stop or global_batch_size for index in indices.values()]
+  rows = slice(min(starts), max(stops))
+  if rows.stop - rows.start != sum(b - a for a, b in set(zip(starts, stops))):
+    raise ValueError(f'the devices of process {jax.process_index()} do not '
+                     'hold one contiguous block of the batch')
+  return rows
+
+
+def host_batch_to_global(batch, sharding, global_batch_size: int):
+  """This process's rows (numpy) -> global arrays split along `data`."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(
+          sharding, x, (global_batch_size,) + x.shape[1:]), batch)
+
+
+def host_values(tree):
+  """Replicated arrays -> numpy, also where other processes hold copies."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)

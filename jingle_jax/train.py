@@ -1,0 +1,400 @@
+"""Trains the creative agent on cached latents, over every device and host.
+
+  python -m jingle_jax.train --config configs/creative.py [--workdir DIR] \
+      [--config.data_dir=LATENTS] [--config.FIELD=VALUE ...]
+
+A rerun with the same workdir resumes from its latest checkpoint; SIGTERM or
+SIGINT saves one and exits cleanly. Several hosts join through
+jax.distributed: by themselves under srun (SLURM), mpirun (Open MPI) or on a
+TPU pod, or given --coordinator_address, --num_processes and --process_id.
+The workdir holds config.json and checkpoints/ (see jingle_jax/checkpoints.py),
+metrics.jsonl and tensorboard/ (see jingle_jax/run_log.py).
+"""
+
+import dataclasses
+import functools
+import logging as python_logging
+import signal
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+from ml_collections import config_flags
+import numpy as np
+
+from jingle_jax import checkpoints
+from jingle_jax import input_pipeline
+from jingle_jax import latents
+from jingle_jax import parallel
+from jingle_jax import run_log
+from jingle_jax import train_step
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Checkpoints and logs; default: config.workdir.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None,
+    'HOST:PORT of process 0, for multi-host runs outside SLURM, MPI or TPU '
+    'pods.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Processes of the run (with coordinator_address).')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'This process, 0..num_processes-1.')
+
+_POSITIVE = ('per_device_batch_size', 'num_frames', 'num_epochs',
+             'log_every_steps', 'checkpoint_every_epochs', 'keep_checkpoints',
+             'max_consecutive_skips', 'prefetch_batches')
+_POSITIVE_OR_PER_EPOCH = ('num_train_steps', 'eval_every_steps',
+                          'checkpoint_every_steps')  # -1: follows epochs
+_NOT_NEGATIVE = ('window_hop', 'early_stopping_patience')
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message names the field."""
+
+
+class TooManySkippedSteps(RuntimeError):
+  """Too many steps in a row had a non-finite loss or gradient."""
+
+
+def check_config(config, workdir) -> None:
+  """Refuses values the loop cannot run with, naming the field."""
+  for name in _POSITIVE:
+    if config[name] < 1:
+      raise ConfigError(f'config.{name} must be at least 1, not '
+                        f'{config[name]}')
+  for name in _POSITIVE_OR_PER_EPOCH:
+    if config[name] < 1 and config[name] != -1:
+      raise ConfigError(f'config.{name} must be -1 or at least 1, not '
+                        f'{config[name]}')
+  for name in _NOT_NEGATIVE:
+    if config[name] < 0:
+      raise ConfigError(f'config.{name} must not be negative')
+  if config.num_frames > config.model.max_len:
+    raise ConfigError(f'config.num_frames ({config.num_frames}) exceeds '
+                      f'config.model.max_len ({config.model.max_len})')
+  if not config.data_dir:
+    raise ConfigError('config.data_dir is empty: set it to the output of '
+                      'precompute.encode (--config.data_dir=DIR)')
+  if not workdir:
+    raise ConfigError('no workdir: pass --workdir or set config.workdir')
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """When things happen, in steps (batches consumed)."""
+  steps_per_epoch: int
+  num_train_steps: int
+  eval_every: int
+  checkpoint_every: int
+
+  @classmethod
+  def from_config(cls, config, steps_per_epoch):
+    def steps(value, epochs):
+      return value if value != -1 else epochs * steps_per_epoch
+    return cls(steps_per_epoch,
+               steps(config.num_train_steps, config.num_epochs),
+               steps(config.eval_every_steps, 1),
+               steps(config.checkpoint_every_steps,
+                     config.checkpoint_every_epochs))
+
+
+def load_pairs(config, global_batch_size):
+  """(train pairs, val pairs); each split must fill one global batch."""
+  dataset = latents.LatentDataset(config.data_dir)
+  if dataset.mean.shape != (config.model.latent_dim,):
+    raise ConfigError(f'{config.data_dir}: latents of {len(dataset.mean)} '
+                      'channels, config.model.latent_dim is '
+                      f'{config.model.latent_dim}')
+  pairs = [input_pipeline.split_pairs(config, dataset, split)
+           for split in ('train', 'val')]
+  for split, split_pairs in zip(('train', 'val'), pairs):
+    if len(split_pairs) < global_batch_size:
+      raise ConfigError(
+          f'{config.data_dir}: {len(split_pairs)} {split} pairs of '
+          f'{config.num_frames}-frame clips, fewer than one global batch of '
+          f'{global_batch_size} (config.per_device_batch_size '
+          f'{config.per_device_batch_size} x {jax.device_count()} devices)')
+  return pairs
+
+
+def compile_steps(config, mesh, rng):
+  """(train, evaluate), jitted over the mesh; train donates its state."""
+  replicated = parallel.replicated(mesh)
+  split = parallel.data_sharding(mesh)
+  rng_data = np.asarray(jax.random.key_data(rng))
+
+  def step(state, batch, position):
+    step_rng = jax.random.fold_in(jax.random.wrap_key_data(rng_data),
+                                  position)
+    return train_step.train_step(state, batch, step_rng, config=config)
+
+  train = jax.jit(step, in_shardings=(replicated, split, replicated),
+                  out_shardings=(replicated, replicated), donate_argnums=0)
+  evaluate = jax.jit(functools.partial(train_step.eval_step, config=config),
+                     in_shardings=(replicated, split),
+                     out_shardings=replicated)
+  return train, evaluate
+
+
+def mean_train_metrics(step_metrics):
+  """Means over the steps that were not skipped; `skipped` is a count."""
+  kept = [m for m in step_metrics if m['skipped'] == 0] or step_metrics
+  means = {name: float(np.mean([m[name] for m in kept])) for name in kept[0]}
+  means['skipped'] = float(sum(m['skipped'] for m in step_metrics))
+  return means
+
+
+def validate(evaluate, state, pairs, config, mesh, batch_size):
+  """Eval-mode metrics averaged over the full batches of matched pairs."""
+  split = parallel.data_sharding(mesh)
+  batches = input_pipeline.prefetch_to_devices(
+      input_pipeline.eval_batches(
+          pairs, global_batch_size=batch_size,
+          rows=parallel.local_rows(split, batch_size)),
+      size=config.prefetch_batches, sharding=split,
+      global_batch_size=batch_size)
+  totals, count = None, 0
+  for batch in batches:
+    metrics = evaluate(state, batch)
+    totals = metrics if totals is None else jax.tree.map(
+        jnp.add, totals, metrics)
+    count += 1
+  return {name: float(value) / count
+          for name, value in parallel.host_values(totals).items()}
+
+
+class StopSignal:
+  """Within `with`, SIGTERM and SIGINT ask the loop to stop instead of killing.
+
+  All processes must stop at the same step: with several, `requested` agrees
+  through a collective, so call it at the same steps everywhere.
+  """
+
+  def __enter__(self):
+    self.received = None  # the signal's name
+    self._previous = {sig: signal.signal(sig, self._receive)
+                      for sig in (signal.SIGTERM, signal.SIGINT)}
+    return self
+
+  def _receive(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+    signal.signal(signum, self._previous[signum])  # a second one is not held
+
+  def requested(self) -> bool:
+    here = self.received is not None
+    if jax.process_count() == 1:
+      return here
+    return bool(np.any(multihost_utils.process_allgather(np.int32(here))))
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStopping:
+  """The best validation loss so far and the validations since."""
+  best_val_loss: float | None = None
+  evals_since_best: int = 0
+
+  def update(self, val_loss: float) -> 'EarlyStopping':
+    if self.best_val_loss is None or val_loss < self.best_val_loss:
+      return EarlyStopping(val_loss, 0)
+    return EarlyStopping(self.best_val_loss, self.evals_since_best + 1)
+
+  def should_stop(self, patience: int) -> bool:
+    return patience > 0 and self.evals_since_best >= patience
+
+
+def count_skips(consecutive: int, skipped, limit: int) -> int:
+  """Skipped steps in a row after the steps' `skipped` flags.
+
+  Raises TooManySkippedSteps when the run reaches `limit`.
+  """
+  for flag in skipped:
+    consecutive = consecutive + 1 if flag else 0
+    if consecutive >= limit:
+      raise TooManySkippedSteps(
+          f'{consecutive} steps in a row had a non-finite loss or gradient '
+          '(config.max_consecutive_skips)')
+  return consecutive
+
+
+def init_or_restore(config, mesh, manager):
+  """(state, data position, rng, EarlyStopping) of a new or resumed run."""
+  init_rng, rng = jax.random.split(jax.random.key(config.seed))
+  if manager.latest_step() is None:
+    init_data = np.asarray(jax.random.key_data(init_rng))
+    state = jax.jit(
+        lambda: train_step.create_train_state(
+            config, jax.random.wrap_key_data(init_data)),
+        out_shardings=parallel.replicated(mesh))()
+    return state, 0, rng, EarlyStopping()
+  state, extras = checkpoints.restore(manager, config,
+                                      sharding=parallel.replicated(mesh))
+  logging.info('resumed from %s at step %d', manager.directory,
+               extras['data_position'])
+  early_stopping = EarlyStopping(
+      **{field.name: extras[field.name]
+         for field in dataclasses.fields(EarlyStopping)
+         if field.name in extras})
+  return state, extras['data_position'], extras['rng'], early_stopping
+
+
+def train_and_evaluate(config, workdir):
+  """Trains until num_train_steps, early stopping or a signal.
+
+  Returns the last validation metrics (None if none ran).
+  """
+  check_config(config, workdir)
+  mesh = parallel.make_mesh()
+  split = parallel.data_sharding(mesh)
+  batch_size = config.per_device_batch_size * jax.device_count()
+  train_pairs, val_pairs = load_pairs(config, batch_size)
+  schedule = Schedule.from_config(config, input_pipeline.steps_per_epoch(
+      len(train_pairs), batch_size))
+  logging.info('%d train / %d val pairs, %d steps per epoch of %d pairs on '
+               '%d devices', len(train_pairs), len(val_pairs),
+               schedule.steps_per_epoch, batch_size, jax.device_count())
+
+  manager = checkpoints.open_manager(workdir, config)
+  state, position, rng, early_stopping = init_or_restore(config, mesh,
+                                                         manager)
+  train, evaluate = compile_steps(config, mesh, rng)
+  batches = input_pipeline.prefetch_to_devices(
+      input_pipeline.train_batches(
+          train_pairs, seed=config.seed, global_batch_size=batch_size,
+          rows=parallel.local_rows(split, batch_size), start_step=position,
+          shuffle_targets=config.shuffle_targets),
+      size=config.prefetch_batches, sharding=split,
+      global_batch_size=batch_size)
+  log = run_log.RunLog(workdir, start_step=position,
+                       total_steps=schedule.num_train_steps)
+  last_saved, step_metrics, consecutive_skips = position, [], 0
+  train_metrics = val_metrics = None
+  window_start = time.perf_counter()
+
+  def save(val_loss=None):
+    nonlocal last_saved
+    checkpoints.save(manager, state, data_position=position, rng=rng,
+                     val_loss=val_loss, **dataclasses.asdict(early_stopping))
+    last_saved = position
+
+  try:
+    with StopSignal() as stop:
+      while (position < schedule.num_train_steps and
+             not early_stopping.should_stop(config.early_stopping_patience)):
+        state, metrics = train(state, next(batches), np.int32(position))
+        position += 1
+        step_metrics.append(metrics)
+        log.advance()
+        is_log_step = (position % config.log_every_steps == 0 or
+                       position == schedule.num_train_steps)
+        if is_log_step:
+          step_metrics = parallel.host_values(step_metrics)
+          train_metrics = mean_train_metrics(step_metrics)
+          train_metrics['pairs_per_second'] = (
+              len(step_metrics) * batch_size /
+              (time.perf_counter() - window_start))
+          log.write(position, 'train', train_metrics)
+          try:
+            consecutive_skips = count_skips(
+                consecutive_skips, [m['skipped'] for m in step_metrics],
+                config.max_consecutive_skips)
+          except TooManySkippedSteps as e:
+            raise TooManySkippedSteps(
+                f'by step {position}, {e}; the last good checkpoint is '
+                f'{manager.directory}/{manager.latest_step()}') from None
+          step_metrics = []
+        val_loss = None
+        if position % schedule.eval_every == 0:
+          val_metrics = validate(evaluate, state, val_pairs, config, mesh,
+                                 batch_size)
+          val_loss = val_metrics['loss']
+          log.write(position, 'val', val_metrics)
+          early_stopping = early_stopping.update(val_loss)
+          if early_stopping.evals_since_best == 0:  # a new best
+            save(val_loss)
+        if position % schedule.checkpoint_every == 0 and last_saved != position:
+          save(val_loss)
+        if position % schedule.steps_per_epoch == 0:
+          log.summary(_epoch_line(position, schedule, train_metrics,
+                                  val_metrics))
+        if is_log_step or val_loss is not None:
+          window_start = time.perf_counter()
+        if (is_log_step or jax.process_count() == 1) and stop.requested():
+          logging.warning('stopping at step %d on %s', position,
+                          stop.received or "another process's signal")
+          break
+      if early_stopping.should_stop(config.early_stopping_patience):
+        logging.info('early stopping at step %d: no better validation loss '
+                     'in %d validations', position,
+                     config.early_stopping_patience)
+      if last_saved != position:
+        save()
+  finally:
+    batches.close()
+    manager.wait_until_finished()
+    manager.close()
+    log.close()
+  return val_metrics
+
+
+def _epoch_line(position, schedule, train_metrics, val_metrics) -> str:
+  epoch = position // schedule.steps_per_epoch
+  epochs = -(-schedule.num_train_steps // schedule.steps_per_epoch)
+  line = f'epoch {epoch}/{epochs} step {position}'
+  if train_metrics:
+    line += (f' | train loss {train_metrics["loss"]:.4f} complementarity '
+             f'{train_metrics["complementarity"]:.1%} '
+             f'{train_metrics["pairs_per_second"]:.1f} pairs/s')
+  if val_metrics:
+    line += (f' | val loss {val_metrics["loss"]:.4f} complementarity '
+             f'{val_metrics["complementarity"]:.1%} masks '
+             f'{val_metrics["input_mask_mean"]:.3f}/'
+             f'{val_metrics["target_mask_mean"]:.3f}')
+  return line
+
+
+def _not_orbax_info(record) -> bool:
+  """Orbax reports every save at INFO level; keep its warnings only."""
+  return (record.levelno >= python_logging.WARNING or
+          '/orbax/' not in record.pathname)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_not_orbax_info)
+  parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                      _PROCESS_ID.value)
+  config = _CONFIG.value
+  try:
+    train_and_evaluate(config, _WORKDIR.value or config.workdir)
+  except (ConfigError, latents.LatentDataError, checkpoints.CheckpointError,
+          TooManySkippedSteps) as e:
+    sys.exit(f'jingle_jax.train: error: {e}')
+
+
+def parse_flags(argv):
+  """absl's parsing, with a one-line message for unknown config fields."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'jingle_jax.train: error: {e}')
+  except AttributeError as e:  # ml_collections' answer to --config.unknown
+    field = str(e).strip('"\'')
+    sys.exit(f'jingle_jax.train: error: the config has no field {field!r} '
+             '(--config.FIELD flags)')
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('config')
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,153 @@
+"""Pairs, normalisation, the order of batches and prefetching."""
+
+import threading
+import types
+
+import ml_collections
+import numpy as np
+import pytest
+
+from jingle_jax import input_pipeline
+from jingle_jax import latents
+from jingle_jax import parallel
+
+WINDOW = 4
+IDENTITY = input_pipeline.Normaliser(np.zeros(2, np.float32),
+                                     np.ones(2, np.float32))
+
+
+def labelled_song(number, frames):
+  """Channel 0 names the song and channel 1 the frame of every latent."""
+  return types.SimpleNamespace(latents=np.stack(
+      [np.full(frames, number), np.arange(frames)], axis=1).astype(np.float16))
+
+
+def labels(clips):
+  """[n, W, 2] labelled clips -> (songs [n], first frames [n])."""
+  assert np.all(clips[:, :, 0] == clips[:, :1, 0])
+  assert np.all(np.diff(clips[:, :, 1], axis=1) == 1)  # consecutive frames
+  return clips[:, 0, 0].astype(int), clips[:, 0, 1].astype(int)
+
+
+@pytest.fixture
+def pairs():
+  """Songs of 20, 13 and 7 frames: 4 + 2 + 0 pairs of 2 x 4 frames."""
+  songs = [labelled_song(i, n) for i, n in enumerate([20, 13, 7])]
+  return input_pipeline.Pairs(songs, WINDOW, WINDOW, IDENTITY)
+
+
+def test_pairs_are_consecutive_windows(pairs):
+  assert len(pairs) == 6
+  batch = pairs.read(np.arange(6), np.arange(6))
+  songs, starts = labels(batch['input'])
+  np.testing.assert_array_equal(songs, [0, 0, 0, 0, 1, 1])
+  np.testing.assert_array_equal(starts, [0, 4, 8, 12, 0, 4])
+  target_songs, target_starts = labels(batch['target'])
+  np.testing.assert_array_equal(target_songs, songs)
+  np.testing.assert_array_equal(target_starts, starts + WINDOW)
+  assert batch['input'].dtype == np.float32
+  half_hop = input_pipeline.Pairs(pairs.songs, WINDOW, 2, IDENTITY)
+  assert len(half_hop) == 7 + 3  # starts 0, 2, ..., 12 and 0, 2, 4
+
+
+def test_batch_of_a_step_depends_on_seed_and_step_only(pairs):
+  def take(start_step, count, seed=3, shuffle_targets=True, rows=slice(0, 2)):
+    batches = input_pipeline.train_batches(
+        pairs, seed=seed, global_batch_size=2, rows=rows,
+        start_step=start_step, shuffle_targets=shuffle_targets)
+    return [next(batches) for _ in range(count)]
+
+  from_start = take(0, 10)  # 3 steps per epoch: epochs 0 to 3
+  for a, b in zip(from_start[4:], take(4, 6)):
+    np.testing.assert_array_equal(a['input'], b['input'])
+    np.testing.assert_array_equal(a['target'], b['target'])
+  other_seed = take(0, 3, seed=4)
+  assert any(not np.array_equal(a['input'], b['input'])
+             for a, b in zip(from_start, other_seed))
+
+  songs, starts = labels(np.concatenate([b['input'] for b in from_start[:3]]))
+  assert len(set(zip(songs, starts))) == 6  # every pair once per epoch
+  target_songs, target_starts = labels(
+      np.concatenate([b['target'] for b in from_start[:3]]))
+  # Every target once too, but with other inputs.
+  assert set(zip(target_songs, target_starts - WINDOW)) == set(zip(songs,
+                                                                   starts))
+  assert not (np.array_equal(target_songs, songs) and
+              np.array_equal(target_starts, starts + WINDOW))
+  matched = take(0, 3, shuffle_targets=False)
+  for batch in matched:
+    songs, starts = labels(batch['input'])
+    np.testing.assert_array_equal(labels(batch['target'])[0], songs)
+    np.testing.assert_array_equal(labels(batch['target'])[1], starts + WINDOW)
+  # Two processes reading halves see the global batch between them.
+  halves = [take(0, 3, rows=slice(0, 1)), take(0, 3, rows=slice(1, 2))]
+  for whole, first, second in zip(from_start, *halves):
+    np.testing.assert_array_equal(
+        whole['input'], np.concatenate([first['input'], second['input']]))
+
+
+def test_validation_batches_are_matched_and_in_order(pairs):
+  batches = list(input_pipeline.eval_batches(pairs, global_batch_size=4,
+                                             rows=slice(0, 4)))
+  assert len(batches) == 1  # 6 pairs: one full batch, 2 left out
+  songs, starts = labels(batches[0]['input'])
+  np.testing.assert_array_equal(starts, [0, 4, 8, 12])
+  np.testing.assert_array_equal(labels(batches[0]['target'])[1], starts + 4)
+
+
+def test_normalisation_uses_the_manifest_statistics(tmp_path):
+  rng = np.random.default_rng(0)
+  scale = rng.uniform(0.5, 3.0, latents.LATENT_DIM)
+  writer = latents.DatasetWriter(tmp_path, encodec_weights='random:0',
+                                 dtype='float32')
+  songs = [({'id': f's{i}', 'source': f's{i}.wav', 'split': split,
+             'duration': 1.0},
+            (rng.normal(size=(75, latents.LATENT_DIM)) * scale + 5 * scale)
+            .astype(np.float32))
+           for i, split in enumerate(['train', 'train', 'val'])]
+  writer.write_shard('all', songs)
+  writer.finish(skipped=[])
+  dataset = latents.LatentDataset(tmp_path)
+  config = ml_collections.ConfigDict({'num_frames': 10, 'window_hop': 0})
+  train = input_pipeline.split_pairs(config, dataset, 'train')
+  assert len(train) == 2 * 6  # starts 0, 10, ..., 50 in each song
+  normalised = train.normaliser.normalise(
+      np.concatenate([latents for _, latents in songs[:2]]))
+  np.testing.assert_allclose(normalised.mean(0), 0, atol=1e-4)
+  np.testing.assert_allclose(normalised.std(0), 1, atol=1e-3)
+  np.testing.assert_allclose(train.normaliser.denormalise(normalised),
+                             np.concatenate([s for _, s in songs[:2]]),
+                             rtol=1e-5)
+  val = input_pipeline.split_pairs(config, dataset, 'val')
+  batch = val.read([0], [0])
+  np.testing.assert_allclose(
+      batch['input'][0], val.normaliser.normalise(songs[2][1][:10]),
+      rtol=1e-6)
+
+
+def test_prefetch_puts_batches_on_devices_and_stops(pairs):
+  split = parallel.data_sharding(parallel.make_mesh())
+  host = list(input_pipeline.eval_batches(pairs, global_batch_size=2,
+                                          rows=slice(0, 2)))
+  threads = threading.active_count()
+  prefetched = input_pipeline.prefetch_to_devices(
+      iter(host), size=1, sharding=split, global_batch_size=2)
+  first = next(prefetched)
+  assert first['input'].sharding == split
+  np.testing.assert_array_equal(first['input'], host[0]['input'])
+  prefetched.close()  # a consumer that stops early
+  for _ in range(50):
+    if threading.active_count() == threads:
+      break
+    threading.Event().wait(0.02)
+  assert threading.active_count() == threads
+
+  def failing():
+    yield host[0]
+    raise latents.LatentDataError('bad.npy: truncated')
+
+  prefetched = input_pipeline.prefetch_to_devices(
+      failing(), size=2, sharding=split, global_batch_size=2)
+  next(prefetched)
+  with pytest.raises(latents.LatentDataError, match='bad.npy'):
+    next(prefetched)

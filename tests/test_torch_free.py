@@ -1,0 +1,21 @@
+"""The training path never imports torch, even with torch installed."""
+
+import subprocess
+import sys
+
+TRAINING_PATH = """
+import sys, tempfile
+from jingle_jax import evaluate, input_pipeline, latents, run_log, sample, train
+log = run_log.RunLog(tempfile.mkdtemp(), start_step=0, total_steps=1)
+log.write(1, 'train', {'loss': 1.0})
+assert 'tensorboardX' in sys.modules
+loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))
+print(loaded)
+sys.exit(1 if loaded else 0)
+"""
+
+
+def test_training_modules_and_tensorboard_logging_do_not_load_torch():
+  result = subprocess.run([sys.executable, '-c', TRAINING_PATH],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,294 @@
+"""The training program end to end on a tiny random dataset.
+
+Runs go through the CLI in subprocesses: device counts are fixed when jax
+starts, and killing a run must not kill the tests. They share a persistent
+compilation cache, so a program compiles once per device layout.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from jingle_jax import checkpoints
+from jingle_jax import latents
+from jingle_jax import run_log
+from jingle_jax import train
+import train_config
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+CONFIG = os.path.join(TESTS_DIR, 'train_config.py')
+SONG_FRAMES = 40  # 4 pairs of 2 x 8 frames per song
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """4 train songs (16 pairs: 4 steps per epoch) and 2 val songs (8 pairs)."""
+  path = tmp_path_factory.mktemp('latents')
+  rng = np.random.default_rng(0)
+  writer = latents.DatasetWriter(path, encodec_weights='random:0')
+  songs = []
+  for i, split in enumerate(['train'] * 4 + ['val'] * 2):
+    record = {'id': f'song{i}', 'source': f'song{i}.wav', 'split': split,
+              'duration': SONG_FRAMES / latents.FRAME_RATE}
+    songs.append((record, rng.normal(
+        size=(SONG_FRAMES, latents.LATENT_DIM)).astype(np.float32)))
+  writer.write_shard('shard0', songs)
+  writer.finish(skipped=[])
+  return str(path)
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('cache')),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  return with_devices(env, 1)
+
+
+def command(workdir, data_dir, *flags):
+  return [sys.executable, '-m', 'jingle_jax.train', f'--config={CONFIG}',
+          f'--workdir={workdir}', f'--config.data_dir={data_dir}', *flags]
+
+
+def with_devices(env, count):
+  """`env` for a process with `count` CPU devices.
+
+  Single-threaded Eigen keeps XLA's CPU results independent of thread
+  timing on a loaded machine; the optimisation level changes nothing the
+  tests compare and halves compile times.
+  """
+  return dict(env, XLA_FLAGS='--xla_cpu_multi_thread_eigen=false '
+              '--xla_backend_optimization_level=0 '
+              f'--xla_force_host_platform_device_count={count}')
+
+
+def run(env, workdir, data_dir, *flags, devices=1, check=True):
+  env = with_devices(env, devices)
+  return subprocess.run(command(workdir, data_dir, *flags), env=env,
+                        check=check, capture_output=not check, text=True)
+
+
+def records(workdir, split='train'):
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  return [r for r in run_log.read_records(path) if r['split'] == split]
+
+
+def losses(workdir, split='train'):
+  return np.array([r['loss'] for r in records(workdir, split)])
+
+
+def checkpoint_steps(workdir):
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def wait_until(condition, process):
+  while not condition():
+    assert process.poll() is None, 'the run ended too early'
+    time.sleep(0.02)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def one_device(tmp_path_factory, env, data_dir):
+  """The reference run: 1 device x 4 pairs, 8 steps."""
+  workdir = tmp_path_factory.mktemp('one_device')
+  run(env, workdir, data_dir)
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def four_devices(tmp_path_factory, env, data_dir):
+  """1 process x 4 devices x 1 pair, 5 steps."""
+  workdir = tmp_path_factory.mktemp('four_devices')
+  run(env, workdir, data_dir, '--config.per_device_batch_size=1',
+      '--config.num_train_steps=5', devices=4)
+  return workdir
+
+
+def assert_same_losses(workdir, reference):
+  """Train losses of every step and the validation at step 4."""
+  train_losses = losses(workdir)
+  assert len(train_losses) == 5
+  np.testing.assert_allclose(train_losses, losses(reference)[:5], rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(losses(workdir, 'val')[:1],
+                             losses(reference, 'val')[:1], rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_four_devices_match_one(one_device, four_devices):
+  assert_same_losses(four_devices, one_device)
+
+
+def test_two_processes_match_one(tmp_path, env, data_dir, four_devices):
+  coordinator = f'localhost:{free_port()}'
+  env = with_devices(env, 2)
+  processes = [subprocess.Popen(
+      command(tmp_path, data_dir, '--config.per_device_batch_size=1',
+              '--config.num_train_steps=5',
+              f'--coordinator_address={coordinator}', '--num_processes=2',
+              f'--process_id={i}'), env=env) for i in range(2)]
+  assert [p.wait(timeout=300) for p in processes] == [0, 0]
+  assert_same_losses(tmp_path, four_devices)
+
+
+def test_killed_run_resumes_exactly(tmp_path, env, data_dir, one_device):
+  process = subprocess.Popen(command(tmp_path, data_dir), env=env,
+                             stderr=subprocess.DEVNULL)
+  wait_until(lambda: checkpoint_steps(tmp_path), process)
+  process.kill()
+  assert process.wait() == -signal.SIGKILL
+  assert checkpoint_steps(tmp_path)[-1] < 8  # resumes from the middle
+  run(env, tmp_path, data_dir)
+  whole, resumed = records(one_device), records(tmp_path)
+  assert [r['step'] for r in resumed] == list(range(1, 9))
+  for a, b in zip(whole, resumed):  # every metric but the throughput
+    a.pop('pairs_per_second'), b.pop('pairs_per_second')
+    assert a == b
+  assert records(one_device, 'val') == records(tmp_path, 'val')
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, env, data_dir):
+  process = subprocess.Popen(
+      command(tmp_path, data_dir, '--config.num_train_steps=1000'),
+      env=env, stderr=subprocess.DEVNULL)
+  wait_until(lambda: records(tmp_path), process)
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=120) == 0
+  last_step = records(tmp_path)[-1]['step']
+  assert 0 < last_step < 1000
+  assert checkpoint_steps(tmp_path)[-1] == last_step
+
+
+NAN_SCRIPT = textwrap.dedent('''
+    import sys
+    import numpy as np
+    from jingle_jax import input_pipeline, train
+    import train_config
+
+    workdir, data_dir, first_bad, last_bad = sys.argv[1:]
+    clean_batches = input_pipeline.train_batches
+
+    def batches(*args, start_step, **kwargs):
+      for step, batch in enumerate(clean_batches(*args, start_step=start_step,
+                                                 **kwargs), start_step):
+        if int(first_bad) <= step <= int(last_bad):
+          batch['input'][0, 0, 0] = np.nan
+        yield batch
+
+    input_pipeline.train_batches = batches
+    config = train_config.get_config()
+    config.data_dir = data_dir
+    config.max_consecutive_skips = 2
+    try:
+      train.train_and_evaluate(config, workdir)
+    except train.TooManySkippedSteps as e:
+      print(e)
+''')
+
+
+def run_with_nan(env, workdir, data_dir, first_bad, last_bad):
+  return subprocess.run(
+      [sys.executable, '-c', NAN_SCRIPT, workdir, data_dir, str(first_bad),
+       str(last_bad)], env=dict(env, PYTHONPATH=os.pathsep.join(
+          filter(None, [TESTS_DIR, env.get('PYTHONPATH')]))), check=True,
+      capture_output=True, text=True).stdout
+
+
+def test_non_finite_steps_are_skipped_and_counted(tmp_path, env, data_dir):
+  run_with_nan(env, tmp_path / 'one', data_dir, 2, 2)  # the third batch
+  skipped = [r['skipped'] for r in records(tmp_path / 'one')]
+  assert skipped == [0, 0, 1, 0, 0, 0, 0, 0]
+  assert records(tmp_path / 'one')[2]['loss'] is None  # NaN
+  _, _, updates = checkpoints.load_for_inference(tmp_path / 'one', 'latest')
+  assert updates == 7  # of 8 steps
+
+  message = run_with_nan(env, tmp_path / 'many', data_dir, 4, 99)
+  assert 'by step 6, 2 steps in a row' in message
+  assert [r['skipped'] for r in records(tmp_path / 'many')] == [0, 0, 0, 0,
+                                                                1, 1]
+  assert checkpoint_steps(tmp_path / 'many') == [2, 4]  # 4: the last good
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--config.no_such_field=1', "the config has no field 'no_such_field'"),
+    ('--config.data_dir=/nowhere', '/nowhere'),
+])
+def test_bad_config_is_one_clear_message(tmp_path, env, data_dir, flag,
+                                         message):
+  result = run(env, tmp_path, data_dir, flag, check=False)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'jingle_jax.train: error: ')
+  assert message in result.stderr.strip().splitlines()[-1]
+  assert 'Traceback' not in result.stderr
+
+
+def test_config_checks(tmp_path, data_dir):
+  config = train_config.get_config()
+  config.data_dir = str(tmp_path)
+  with pytest.raises(latents.LatentDataError, match='manifest.json'):
+    train.train_and_evaluate(config, str(tmp_path / 'work'))
+  config.data_dir = ''
+  with pytest.raises(train.ConfigError, match='config.data_dir is empty'):
+    train.train_and_evaluate(config, str(tmp_path / 'work'))
+  config.data_dir = data_dir
+  with pytest.raises(train.ConfigError, match='no workdir'):
+    train.train_and_evaluate(config, '')
+  config.per_device_batch_size = 64
+  with pytest.raises(train.ConfigError, match='16 train pairs of 8-frame '
+                     'clips, fewer than one global batch of 64'):
+    train.train_and_evaluate(config, str(tmp_path / 'work'))
+  config.eval_every_steps = 0
+  with pytest.raises(train.ConfigError, match='config.eval_every_steps'):
+    train.train_and_evaluate(config, str(tmp_path / 'work'))
+
+
+def test_early_stopping_counts_validations_without_a_better_loss():
+  stopping = train.EarlyStopping()
+  for val_loss, since_best in [(3.0, 0), (2.0, 0), (2.5, 1), (2.0, 2),
+                               (float('nan'), 3), (1.0, 0)]:
+    stopping = stopping.update(val_loss)
+    assert stopping.evals_since_best == since_best
+  assert stopping.best_val_loss == 1.0
+  for _ in range(2):
+    stopping = stopping.update(1.5)
+  assert stopping.should_stop(2) and not stopping.should_stop(3)
+  assert not stopping.should_stop(0)  # patience 0: never
+
+
+def test_skips_in_a_row_are_counted_across_windows():
+  assert train.count_skips(0, [1, 0, 1, 1], limit=3) == 2
+  assert train.count_skips(2, [0], limit=3) == 0
+  with pytest.raises(train.TooManySkippedSteps, match='3 steps in a row'):
+    train.count_skips(2, [1, 0], limit=3)
+
+
+def test_schedule_follows_epochs_unless_given_steps():
+  config = train_config.get_config()
+  config.num_train_steps = config.eval_every_steps = -1
+  config.checkpoint_every_steps = -1
+  assert train.Schedule.from_config(config, 28) == train.Schedule(
+      steps_per_epoch=28, num_train_steps=200 * 28, eval_every=28,
+      checkpoint_every=10 * 28)
+  config.num_train_steps, config.eval_every_steps = 7, 3
+  config.checkpoint_every_steps = 5
+  assert train.Schedule.from_config(config, 28) == train.Schedule(28, 7, 3, 5)

@@ -1,0 +1,20 @@
+"""The seed recipe shrunk for the training-program tests (128 channels)."""
+
+from configs import creative
+
+
+def get_config():
+  config = creative.get_config()
+  config.num_frames = 8
+  config.per_device_batch_size = 4
+  config.num_train_steps = 8
+  config.log_every_steps = 1
+  config.eval_every_steps = 4
+  config.checkpoint_every_steps = 2
+  model = config.model
+  model.num_stages = 2
+  model.num_layers = 1
+  model.num_heads = 2
+  model.mask_hidden = 16
+  model.mask_heads = 2
+  return config
