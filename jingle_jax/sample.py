@@ -1,0 +1,236 @@
+"""Output latents of a trained model, for dataset pairs or one given pair.
+
+  python -m jingle_jax.sample --workdir W [--checkpoint best|latest|STEP] \
+      [--num-samples 4] [--shuffle-targets] [--split val] --out-dir O
+  python -m jingle_jax.sample --workdir W --input IN.npy --target TGT.npy \
+      --out-dir O
+
+The model runs in evaluation mode (no dropout, no noise). Files hold raw
+EnCodec latents [frames, 128] float32, ready for precompute.decode; the model
+sees them normalised with the dataset's training statistics (config.data_dir
+of the run, or --data-dir). Masks are [frames, 128] in [0, 1].
+
+Dataset pairs: O/sample_NNN/ holds input.npy, target.npy, output.npy,
+input_mask.npy, target_mask.npy and masks.png (jingle_jax.plots.mask_figure);
+O/samples.json records the checkpoint and its step (updates applied) and,
+per sample, the song and first frame of its input and target windows and its
+mask statistics. Without
+--shuffle-targets a sample is the split's matched pair (the target follows
+the input in the same song); with it, each input gets the target window of a
+random pair of another song.
+
+One given pair: O/output.npy, O/input_mask.npy, O/target_mask.npy, masks.png.
+"""
+
+import functools
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from jingle_jax import checkpoints
+from jingle_jax import evaluate
+from jingle_jax import input_pipeline
+from jingle_jax import latents
+from jingle_jax import losses
+
+MASK_STATISTICS = ('complementarity', 'overlap', 'coverage',
+                   'input_mask_mean', 'target_mask_mean')
+
+
+class PairError(ValueError):
+  """A given --input/--target pair that cannot be used; names the file."""
+
+
+def choose_pairs(pairs, num_samples: int, shuffle_targets: bool, seed: int):
+  """(input pairs, target pairs): the first pairs of the split, and their
+  matched targets or, shuffled, targets of random pairs of other songs."""
+  inputs = np.arange(min(num_samples, len(pairs)))
+  if not shuffle_targets:
+    return inputs, inputs
+  songs = pairs.index[:, 0]
+  if len(np.unique(songs)) < 2:
+    raise ValueError('--shuffle-targets needs pairs from two songs or more')
+  rng = np.random.default_rng(seed)
+  return inputs, np.array([rng.choice(np.flatnonzero(songs != songs[i]))
+                           for i in inputs])
+
+
+def window_record(pairs, pair: int, offset: int) -> dict:
+  song, start = pairs.index[pair]
+  return {'song': pairs.songs[song].id, 'first_frame': int(start + offset),
+          'frames': pairs.window}
+
+
+def generate_all(config, variables, inputs, targets, batch_size: int):
+  """Runs the model on normalised [N, T, D] pairs, batch by batch.
+
+  Returns numpy (output, input_mask, target_mask), each [N, T, D].
+  """
+  run = jax.jit(functools.partial(evaluate.generate, config=config))
+  parts = []
+  for indices, count in evaluate.padded_batches(len(inputs), batch_size):
+    out = run(variables, inputs[indices], targets[indices])
+    parts.append([np.asarray(x)[:count] for x in
+                  (out.output, out.input_mask, out.target_mask)])
+  return [np.concatenate(arrays) for arrays in zip(*parts)]
+
+
+def save_npy(path, array) -> None:
+  with latents.atomic_write(path) as f:
+    np.save(f, np.asarray(array, np.float32))
+
+
+def write_pair(directory, normaliser, arrays: dict, saved, title='') -> None:
+  """Saves the `saved` arrays of one pair and draws its mask picture.
+
+  arrays: normalised input, target and output, and the two masks, each
+  [T, D]; latents are saved raw (denormalised), masks as they are.
+  """
+  from jingle_jax import plots  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory, exist_ok=True)
+  for name in saved:
+    array = arrays[name]
+    raw = array if name.endswith('_mask') else normaliser.denormalise(array)
+    save_npy(os.path.join(directory, f'{name}.npy'), raw)
+  figure = plots.mask_figure(
+      arrays['input'], arrays['target'], arrays['output'],
+      arrays['input_mask'], arrays['target_mask'], title)
+  plots.save_png(figure, os.path.join(directory, 'masks.png'))
+
+
+def sample_dataset(workdir, out_dir, *, which='best', num_samples=4,
+                   shuffle_targets=False, split='val', batch_size=8,
+                   data_dir=None) -> dict:
+  """Writes the samples of a split and samples.json; returns its content."""
+  config, state, step = checkpoints.load_for_inference(workdir, which)
+  pairs = evaluate.split_pairs(config, data_dir or config.data_dir, split)
+  inputs, targets = choose_pairs(pairs, num_samples, shuffle_targets,
+                                 config.seed)
+  batch = pairs.read(inputs, targets)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  output, input_mask, target_mask = generate_all(
+      config, variables, batch['input'], batch['target'], batch_size)
+  samples = []
+  for i, (input_pair, target_pair) in enumerate(zip(inputs, targets)):
+    name = f'sample_{i:03d}'
+    arrays = {'input': batch['input'][i], 'target': batch['target'][i],
+              'output': output[i], 'input_mask': input_mask[i],
+              'target_mask': target_mask[i]}
+    record = {'name': name,
+              'input': window_record(pairs, input_pair, 0),
+              'target': window_record(pairs, target_pair, pairs.window)}
+    title = f'{record["input"]["song"]} + {record["target"]["song"]}'
+    write_pair(os.path.join(out_dir, name), pairs.normaliser, arrays,
+               saved=arrays, title=title)
+    statistics = losses.mask_metrics(input_mask[i][None], target_mask[i][None])
+    record.update({k: float(statistics[k]) for k in MASK_STATISTICS})
+    samples.append(record)
+  summary = {'workdir': os.path.abspath(workdir),
+             'data_dir': os.path.abspath(data_dir or config.data_dir),
+             'checkpoint': str(which),
+             'checkpoint_step': step, 'split': split,
+             'shuffle_targets': shuffle_targets, 'samples': samples}
+  checkpoints.write_atomic(os.path.join(out_dir, 'samples.json'),
+                           json.dumps(summary, indent=2) + '\n')
+  return summary
+
+
+def read_clip(path, flag: str, latent_dim: int, max_frames: int):
+  """A raw latent clip [frames, latent_dim] from a .npy file, as float32."""
+  try:
+    clip = np.load(path, allow_pickle=False)
+  except (OSError, ValueError) as e:
+    raise PairError(f'{flag} {path}: cannot be read as .npy: {e}') from None
+  if clip.ndim != 2 or clip.shape[1] != latent_dim:
+    raise PairError(f'{flag} {path}: shape {clip.shape}, expected '
+                    f'[frames, {latent_dim}]')
+  if not 2 <= clip.shape[0] <= max_frames:
+    raise PairError(f'{flag} {path}: {clip.shape[0]} frames, expected 2 to '
+                    f'{max_frames} (config.model.max_len)')
+  if not np.issubdtype(clip.dtype, np.floating):
+    raise PairError(f'{flag} {path}: dtype {clip.dtype} is not a float type')
+  if not np.all(np.isfinite(clip)):
+    raise PairError(f'{flag} {path}: holds non-finite values')
+  return clip.astype(np.float32)
+
+
+def sample_pair(workdir, input_path, target_path, out_dir, *, which='best',
+                data_dir=None) -> int:
+  """Runs one given pair; writes output and masks. Returns the step."""
+  config = checkpoints.read_config(workdir)  # checks the files before loading
+  dim, max_frames = config.model.latent_dim, config.model.max_len
+  raw_input = read_clip(input_path, '--input', dim, max_frames)
+  raw_target = read_clip(target_path, '--target', dim, max_frames)
+  if len(raw_input) != len(raw_target):
+    raise PairError(f'--input {input_path} has {len(raw_input)} frames, '
+                    f'--target {target_path} {len(raw_target)}; they must '
+                    'match')
+  normaliser = input_pipeline.Normaliser.from_dataset(
+      latents.LatentDataset(data_dir or config.data_dir))
+  config, state, step = checkpoints.load_for_inference(workdir, which)
+  inputs = normaliser.normalise(raw_input)[None]
+  targets = normaliser.normalise(raw_target)[None]
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  output, input_mask, target_mask = generate_all(config, variables, inputs,
+                                                 targets, batch_size=1)
+  arrays = {'input': inputs[0], 'target': targets[0], 'output': output[0],
+            'input_mask': input_mask[0], 'target_mask': target_mask[0]}
+  write_pair(out_dir, normaliser, arrays,
+             saved=('output', 'input_mask', 'target_mask'))
+  return step
+
+
+def define_flags():
+  """The command line (defined only when run as a program)."""
+  flags.DEFINE_string('workdir', None, 'Training workdir (has config.json).')
+  flags.DEFINE_string('checkpoint', 'best', 'best, latest or a step number.')
+  flags.DEFINE_integer('num-samples', 4, 'Pairs of the split to sample.')
+  flags.DEFINE_bool('shuffle-targets', False,
+                    'Pair each input with the target of another song.')
+  flags.DEFINE_string('split', 'val', 'Dataset split whose pairs are used.')
+  flags.DEFINE_integer('batch-size', 8, 'Pairs per model call.')
+  flags.DEFINE_string('input', None,
+                      'Raw input latents [frames, 128] .npy (with --target).')
+  flags.DEFINE_string('target', None,
+                      'Raw target latents [frames, 128] .npy (with --input).')
+  flags.DEFINE_string('data-dir', None, 'Latent dataset (for its statistics '
+                      'and pairs); default: config.data_dir of the run.')
+  flags.DEFINE_string('out-dir', None, 'Where the samples are written.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  which = evaluate.parse_checkpoint(f.checkpoint)
+  if (f.input is None) != (f.target is None):
+    raise app.UsageError('--input and --target go together')
+  for name in ('num-samples', 'batch-size'):
+    if f[name].value < 1:
+      raise app.UsageError(f'--{name} must be at least 1')
+  out_dir = f['out-dir'].value
+  try:
+    if f.input is not None:
+      step = sample_pair(f.workdir, f.input, f.target, out_dir, which=which,
+                         data_dir=f['data-dir'].value)
+      print(f'checkpoint step {step}: {out_dir}/output.npy')
+      return
+    summary = sample_dataset(
+        f.workdir, out_dir, which=which, num_samples=f['num-samples'].value,
+        shuffle_targets=f['shuffle-targets'].value, split=f.split,
+        batch_size=f['batch-size'].value, data_dir=f['data-dir'].value)
+  except (ValueError, checkpoints.CheckpointError) as e:
+    sys.exit(f'jingle_jax.sample: error: {e}')
+  for record in summary['samples']:
+    print(os.path.join(out_dir, record['name']))
+
+
+if __name__ == '__main__':
+  define_flags()
+  flags.mark_flags_as_required(['workdir', 'out-dir'])
+  app.run(main)
