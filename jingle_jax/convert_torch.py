@@ -1,0 +1,379 @@
+"""Imports an original Jingle_D PyTorch checkpoint (SPEC section 7).
+
+  python -m jingle_jax.convert_torch CHECKPOINT.pt \
+      --config configs/creative.py --out-dir W \
+      [--steps-per-epoch N | --config.data_dir=LATENTS] [--allow-pickle]
+
+writes a new training workdir W (see jingle_jax/checkpoints.py) whose one
+checkpoint training resumes from, with fresh optimiser states, and sampling
+uses. Its step is the checkpoint's `epoch` (epochs completed) times the steps
+per epoch, given or counted from the training pairs of config.data_dir.
+
+Key mapping (a `module.` prefix, left by DistributedDataParallel, is dropped):
+
+  cascade_stages.{s}            -> cascade_stages_{s}
+  .transformer.layers.{l}       -> layers_{l}
+  nn.Sequential member .{i}     -> layers_{i}
+  discriminator.classifier.2    -> discriminator/classifier (after the
+                                   parameter-free AdaptiveAvgPool1d, Flatten)
+  discriminator.style_matcher   -> discriminator/style_matcher (a Linear)
+  Linear/attention weight [out, in] and Conv1d weight [out, in, k]
+                                -> kernel [in, out] and [k, in, out]
+  in_proj_weight [3d, d]        -> in_proj_kernel [d, 3d]
+  LayerNorm weight              -> scale
+  output_proj.weight_orig       -> output_proj/kernel (params)
+  output_proj.weight_u, weight_v -> output_proj/u, v (batch_stats)
+  cascade_stages.{s}.pos_encoding.pe
+                                -> checked against the fixed sinusoids; its
+                                   length sets model.max_len
+
+The spectral-norm vectors map as they are: PyTorch evaluates
+sigma = weight_u . (weight_orig weight_v); SpectralNormDense evaluates
+sigma = v . (kernel u) with kernel = weight_orig^T, the same number when u is
+weight_u and v is weight_v, and its power iteration matches PyTorch's step
+for step.
+
+The number of stages, layers per stage, whether the creative agent is on and
+the position table length come from the keys and override the config (the
+log says so); everything else (heads, widths the keys must then match) comes
+from the config. `discriminator_state_dict`, when present, holds the GAN's
+LatentDiscriminator (SPEC 4.4) in this layout:
+
+  encoder.{0,3,6,9}.{weight,bias}  Conv1d, each followed by LeakyReLU(0.2)
+                                   and Dropout(0.3)
+  classifier.{0,3}.{weight,bias}   Linear(256 -> 128), LeakyReLU, Dropout,
+                                   Linear(128 -> 1)
+
+This module imports torch only inside load_torch_checkpoint.
+"""
+
+import collections
+import functools
+import os
+import re
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from jingle_jax import checkpoints
+from jingle_jax import evaluate
+from jingle_jax import input_pipeline
+from jingle_jax import train_step
+from jingle_jax.models.cascade import sinusoidal_positions
+
+_DDP_PREFIX = 'module.'
+# The torch table is computed in float32: arguments up to 2000 rad carry
+# rounding errors of about 1e-4.
+_POSITIONS_TOLERANCE = 1e-3
+_LATENT_DISCRIMINATOR_MODULES = {
+    'conv_0': 'encoder.0', 'conv_1': 'encoder.3', 'conv_2': 'encoder.6',
+    'conv_3': 'encoder.9', 'hidden': 'classifier.0', 'logit': 'classifier.3'}
+
+
+class ConversionError(ValueError):
+  """The checkpoint does not fit the model; the message lists the keys."""
+
+
+def strip_ddp_prefix(state_dict):
+  """Drops the `module.` prefix when every key has it."""
+  if state_dict and all(key.startswith(_DDP_PREFIX) for key in state_dict):
+    return {key[len(_DDP_PREFIX):]: value for key, value in state_dict.items()}
+  return dict(state_dict)
+
+
+def _torch_module(path):
+  """Flax module path -> PyTorch module name of the generator."""
+  names, parent = [], ''
+  for name in path:
+    if match := re.fullmatch(r'cascade_stages_(\d+)', name):
+      names += ['cascade_stages', match[1]]
+    elif match := re.fullmatch(r'layers_(\d+)', name):
+      in_stage = parent.startswith('cascade_stages_')
+      names += (['transformer', 'layers'] if in_stage else []) + [match[1]]
+    elif name == 'classifier' and parent == 'discriminator':
+      names.append('classifier.2')
+    else:
+      names.append(name)
+    parent = name
+  return '.'.join(names)
+
+
+def _torch_variable(collection, name):
+  """(PyTorch variable name, whether its axes are reversed) of a leaf."""
+  if collection == 'batch_stats':  # only the spectral norm has state
+    return {'u': 'weight_u', 'v': 'weight_v'}[name], False
+  if name == 'kernel':
+    return 'weight', True
+  if name == 'in_proj_kernel':
+    return 'in_proj_weight', True
+  return {'scale': 'weight'}.get(name, name), False
+
+
+def _torch_key(collection, path, module_name):
+  name, reversed_axes = _torch_variable(collection, path[-1])
+  if name == 'weight' and path[-2] == 'output_proj':
+    name = 'weight_orig'  # spectral_norm's raw weight
+  return f'{module_name(path[:-1])}.{name}', reversed_axes
+
+
+def _fill(abstract, state_dict, module_name, source, handled=()):
+  """Variables shaped like `abstract` ({collection: tree}) from state_dict.
+
+  Reversing all axes turns [out, in] into [in, out] and [out, in, k] into
+  [k, in, out]. `handled` keys are read elsewhere but must be present.
+  Raises ConversionError listing missing, unknown and misshaped keys at once.
+  """
+  flat, used, missing, misshaped = {}, set(handled), [], []
+  for path, leaf in flax.traverse_util.flatten_dict(abstract).items():
+    key, reversed_axes = _torch_key(path[0], path[1:], module_name)
+    if key not in state_dict:
+      missing.append(key)
+      continue
+    used.add(key)
+    value = np.asarray(state_dict[key], np.float32)
+    expected = leaf.shape[::-1] if reversed_axes else leaf.shape
+    if value.shape != tuple(expected):
+      misshaped.append(f'{key}: {value.shape} in the checkpoint, '
+                       f'{tuple(expected)} in the model')
+    flat[path] = value.T if reversed_axes else value
+  missing += [key for key in handled if key not in state_dict]
+  unknown = sorted(set(state_dict) - used)
+  problems = [f'{title}:\n    ' + '\n    '.join(keys) for title, keys in (
+      ('missing keys', sorted(missing)), ('unknown keys', unknown),
+      ('shapes that do not fit the config', misshaped)) if keys]
+  if problems:
+    raise ConversionError(f'{source}: ' + '\n  '.join(problems))
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def _override(config, field, value, source):
+  """Sets config.model.<field> to what the checkpoint says, logging changes."""
+  if config.model[field] != value:
+    logging.warning('%s: model.%s = %r from the checkpoint (config: %r)',
+                    source, field, value, config.model[field])
+  config.model[field] = value
+
+
+def _architecture(config, state_dict, source):
+  """A copy of the config with the architecture the keys describe."""
+  stages = collections.defaultdict(lambda: -1)  # stage -> highest layer
+  for key in state_dict:
+    if match := re.match(r'cascade_stages\.(\d+)\.', key):
+      layer = re.match(r'cascade_stages\.\d+\.transformer\.layers\.(\d+)\.',
+                       key)
+      stage = int(match[1])
+      stages[stage] = max(stages[stage], int(layer[1]) if layer else -1)
+  if not stages:
+    raise ConversionError(f'{source}: no cascade_stages.* keys; not a Jingle_D '
+                          'model_state_dict')
+  # Gaps (a stage or layer without keys) show up as missing keys later.
+  num_stages, num_layers = max(stages) + 1, max(stages.values()) + 1
+  config = ml_collections.ConfigDict(config.to_dict())
+  _override(config, 'num_stages', num_stages, source)
+  _override(config, 'num_layers', num_layers, source)
+  use_agent = any(key.startswith('creative_agent.') for key in state_dict)
+  _override(config, 'use_creative_agent', use_agent, source)
+  if use_agent:
+    _override(config, 'fixed_masking', 'none', source)
+  positions = state_dict.get('cascade_stages.0.pos_encoding.pe')
+  if positions is not None:
+    _override(config, 'max_len', int(np.shape(positions)[1]), source)
+  logging.info('%s: %d stages x %d layers, creative agent %s', source,
+               num_stages, num_layers, 'on' if use_agent else 'off')
+  return config
+
+
+def _check_positions(state_dict, config, source):
+  """The pos_encoding buffers must be the sinusoids the model computes."""
+  for stage in range(config.model.num_stages):
+    key = f'cascade_stages.{stage}.pos_encoding.pe'
+    if key not in state_dict:
+      continue  # reported as missing
+    table = np.asarray(state_dict[key], np.float32)
+    width = (2 if stage == 0 else 3) * config.model.latent_dim
+    expected = sinusoidal_positions(config.model.max_len, width)[None]
+    if table.shape != expected.shape:
+      raise ConversionError(f'{source}: {key} has shape {table.shape}, the '
+                            f'model needs {expected.shape}')
+    error = float(np.max(np.abs(table - expected)))
+    if error > _POSITIONS_TOLERANCE:
+      raise ConversionError(
+          f'{source}: {key} differs from the sinusoidal positions by up to '
+          f'{error:.3g}; the model cannot reproduce it')
+
+
+def convert(checkpoint, config, source='checkpoint', *, rng=None):
+  """(config, TrainState) from an original checkpoint dict of arrays.
+
+  The state has fresh optimiser states (optimizer_state_dict is not read)
+  and step 0; the GAN discriminator is converted when the checkpoint has one
+  and freshly initialised from `rng` (default: config.seed) otherwise.
+  """
+  if 'model_state_dict' not in checkpoint:
+    raise ConversionError(f'{source}: no model_state_dict; keys: '
+                          f'{sorted(checkpoint)}')
+  model_source = f'{source} model_state_dict'
+  state_dict = strip_ddp_prefix(checkpoint['model_state_dict'])
+  config = _architecture(config, state_dict, model_source)
+  has_gan = 'discriminator_state_dict' in checkpoint
+  if has_gan and config.loss.gan_weight == 0:
+    raise ConversionError(
+        f'{source} has GAN discriminator weights but the config sets '
+        'loss.gan_weight = 0; pass --config.loss.gan_weight')
+  abstract = jax.eval_shape(
+      functools.partial(train_step.create_train_state, config),
+      jax.random.key(0))
+  positions = [f'cascade_stages.{stage}.pos_encoding.pe'
+               for stage in range(config.model.num_stages)]
+  variables = _fill(
+      {'params': abstract.params, 'batch_stats': abstract.batch_stats},
+      state_dict, _torch_module, model_source, positions)
+  _check_positions(state_dict, config, model_source)
+  if has_gan:
+    disc_params = _fill(
+        {'params': abstract.disc_params},
+        strip_ddp_prefix(checkpoint['discriminator_state_dict']),
+        lambda path: _LATENT_DISCRIMINATOR_MODULES[path[0]],
+        f'{source} discriminator_state_dict')['params']
+  else:
+    disc_params = _fresh_discriminator(config, rng, source)
+  # As train_step.create_train_state, less initialising what is replaced.
+  tx, disc_tx = train_step.make_optimizers(config)
+  params, batch_stats, disc_params = jax.device_put(
+      (variables['params'], variables['batch_stats'], disc_params))
+  return config, train_step.TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+      opt_state=tx.init(params), disc_params=disc_params,
+      disc_opt_state=disc_tx.init(disc_params))
+
+
+def _fresh_discriminator(config, rng, source):
+  disc = train_step.build_discriminator(config)
+  if disc is None:
+    return {}
+  logging.info('%s: no discriminator_state_dict; the GAN discriminator '
+               'starts fresh', source)
+  rng = jax.random.key(config.seed) if rng is None else rng
+  dummy = jnp.zeros((1, train_step.INIT_FRAMES, config.model.latent_dim))
+  return jax.jit(functools.partial(disc.init, train=False))(rng, dummy)[
+      'params']
+
+
+def load_torch_checkpoint(path, *, allow_pickle=False):
+  """The checkpoint dict, its state dicts as float32 numpy arrays."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  try:
+    checkpoint = torch.load(path, map_location='cpu',
+                            weights_only=not allow_pickle)
+  except pickle.UnpicklingError as e:
+    raise ConversionError(
+        f'{path}: holds pickled objects besides tensors ({e}); pass '
+        '--allow-pickle if you trust the file') from None
+  if not isinstance(checkpoint, dict):
+    raise ConversionError(f'{path}: a {type(checkpoint).__name__}, not a '
+                          'checkpoint dict')
+  for name in ('model_state_dict', 'discriminator_state_dict'):
+    if name in checkpoint:
+      checkpoint[name] = {key: value.detach().float().numpy()
+                          for key, value in checkpoint[name].items()}
+  return checkpoint
+
+
+def completed_epochs(checkpoint, source) -> int:
+  """The checkpoint's `epoch`: epochs done, as in checkpoint_epoch_{N}.pt."""
+  epoch = checkpoint.get('epoch')
+  if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+    raise ConversionError(f'{source}: epoch is {epoch!r}, not a count of '
+                          'epochs')
+  return epoch
+
+
+def train_steps_per_epoch(config) -> int:
+  """Full global batches in an epoch of config.data_dir on these devices."""
+  pairs = evaluate.split_pairs(config, config.data_dir, 'train')
+  return input_pipeline.steps_per_epoch(
+      len(pairs), config.per_device_batch_size * jax.device_count())
+
+
+def write_workdir(workdir, config, state, *, step: int) -> None:
+  """Saves `state` as checkpoint `step` of a new training workdir.
+
+  The rng is the one a fresh training run draws from config.seed. No
+  validation loss is recorded: the original's was measured on audio. Orbax
+  commits the checkpoint atomically, so an interrupted run leaves none and a
+  rerun starts over.
+  """
+  directory = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
+  if os.path.isdir(directory) and any(
+      name.isdigit() for name in os.listdir(directory)):
+    raise ConversionError(f'{directory} holds checkpoints already; choose '
+                          'a new --out-dir')
+  manager = checkpoints.open_manager(workdir, config)
+  try:
+    checkpoints.save(manager, state.replace(step=jnp.asarray(step, jnp.int32)),
+                     data_position=step,
+                     rng=jax.random.split(jax.random.key(config.seed))[1])
+    manager.wait_until_finished()
+  finally:
+    manager.close()
+
+
+def define_flags():
+  """The command line (defined only when run as a program)."""
+  config_flags.DEFINE_config_file(
+      'config', None, "Training config; the checkpoint's keys override the "
+      'architecture fields they fix.')
+  flags.DEFINE_string('out-dir', None, 'New training workdir to write '
+                      '(config.json, checkpoints/).')
+  flags.DEFINE_integer(
+      'steps-per-epoch', None, "Training steps per epoch, to turn the "
+      "checkpoint's epoch into a step; default: the full global batches of "
+      "config.data_dir's training pairs on this machine's devices.",
+      lower_bound=1)
+  flags.DEFINE_bool('allow-pickle', False, 'Also read checkpoints holding '
+                    'pickled Python objects (trusted files only: loading '
+                    'them runs code).')
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError('expected one argument: the CHECKPOINT.pt file')
+  f, path = flags.FLAGS, argv[1]
+  out_dir = f['out-dir'].value
+  try:
+    checkpoint = load_torch_checkpoint(path,
+                                       allow_pickle=f['allow-pickle'].value)
+    config, state = convert(checkpoint, f.config, path)
+    steps_per_epoch = f['steps-per-epoch'].value
+    if steps_per_epoch is None:
+      if not config.data_dir:
+        raise ConversionError("pass --steps-per-epoch or --config.data_dir to "
+                              "turn the checkpoint's epoch into a step")
+      steps_per_epoch = train_steps_per_epoch(config)
+    step = completed_epochs(checkpoint, path) * steps_per_epoch
+    write_workdir(out_dir, config, state, step=step)
+  except (OSError, ValueError, checkpoints.CheckpointError) as e:
+    sys.exit(f'jingle_jax.convert_torch: error: {e}')
+  overrides = ''.join(
+      f' --config.model.{name}={value}'
+      for name, value in config.model.items() if value != f.config.model[name])
+  logging.info('%s (best_val_loss %s, on audio) -> %s, step %d; resume with '
+               'python -m jingle_jax.train --config CONFIG --workdir %s%s',
+               path, checkpoint.get('best_val_loss'), out_dir, step, out_dir,
+               overrides)
+
+
+if __name__ == '__main__':
+  define_flags()
+  flags.mark_flags_as_required(['config', 'out-dir'])
+  app.run(main)
