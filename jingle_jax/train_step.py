@@ -31,9 +31,12 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def compute_dtype(name: str):
-  """'auto' is float32 on CPU and bfloat16 on GPU/TPU."""
+  """config.model.compute_dtype: 'auto' is float32 on CPU, else bfloat16."""
   if name == 'auto':
     return jnp.float32 if jax.default_backend() == 'cpu' else jnp.bfloat16
+  if name not in ('float32', 'bfloat16'):
+    raise ValueError('model.compute_dtype must be auto, float32 or bfloat16, '
+                     f'not {name!r}')
   return jnp.dtype(name)
 
 
@@ -138,6 +141,7 @@ def train_step(state: TrainState, batch, rng, *, config):
   reports skipped = 1.
   """
   tx, disc_tx = make_optimizers(config)
+  with_gan = build_discriminator(config) is not None
   gen_rng, disc_rng = jax.random.split(rng)
   (loss, (output, batch_stats, metrics)), grads = jax.value_and_grad(
       generator_objective, has_aux=True)(state.params, state, batch, gen_rng,
@@ -145,26 +149,31 @@ def train_step(state: TrainState, batch, rng, *, config):
   metrics['grad_norm'] = optax.tree.norm(grads)  # before clipping
   metrics['learning_rate'] = jnp.float32(config.optim.learning_rate)
   finite = jnp.isfinite(loss) & jnp.isfinite(metrics['grad_norm'])
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(
-      step=state.step + 1, params=optax.apply_updates(state.params, updates),
-      batch_stats=batch_stats, opt_state=opt_state)
-
-  if build_discriminator(config) is not None:
+  d_grads = None
+  if with_gan:
     (d_loss, d_metrics), d_grads = jax.value_and_grad(
         discriminator_objective, has_aux=True)(
             state.disc_params, batch, jax.lax.stop_gradient(output), disc_rng,
             config)
     metrics.update(d_metrics, disc_grad_norm=optax.tree.norm(d_grads))
     finite &= jnp.isfinite(d_loss) & jnp.isfinite(metrics['disc_grad_norm'])
-    d_updates, disc_opt_state = disc_tx.update(
-        d_grads, state.disc_opt_state, state.disc_params)
-    new_state = new_state.replace(
-        disc_params=optax.apply_updates(state.disc_params, d_updates),
-        disc_opt_state=disc_opt_state)
 
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                           new_state, state)
+  def update(state):
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    state = state.replace(
+        step=state.step + 1, params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats, opt_state=opt_state)
+    if with_gan:
+      d_updates, disc_opt_state = disc_tx.update(
+          d_grads, state.disc_opt_state, state.disc_params)
+      state = state.replace(
+          disc_params=optax.apply_updates(state.disc_params, d_updates),
+          disc_opt_state=disc_opt_state)
+    return state
+
+  # A conditional rather than a select over the state: the update runs in
+  # place on the donated buffers, and a skipped step passes them through.
+  new_state = jax.lax.cond(finite, update, lambda state: state, state)
   metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
   return new_state, metrics
 

@@ -178,6 +178,38 @@ def test_bfloat16_compute_keeps_float32_parameters_and_results(tiny_model):
   assert error < 0.05 * np.sqrt(np.mean(np.square(full.output)))
 
 
+def _equations(jaxpr):
+  """Every equation of a jaxpr, those of nested jaxprs (jit, vjp) included."""
+  for equation in jaxpr.eqns:
+    yield equation
+    for param in equation.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else [param]:
+        sub = getattr(sub, 'jaxpr', sub)
+        if hasattr(sub, 'eqns'):
+          yield from _equations(sub)
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_bfloat16_matmuls_keep_softmax_and_statistics_in_float32(tiny_model,
+                                                                  train):
+  variables, _ = tiny_model
+  model = CascadeTransformer(**TINY, dtype=jnp.bfloat16)
+  inputs, targets = latents(9, (2, 32, 16))
+  apply = functools.partial(
+      model.apply, train=train, mutable=['batch_stats'],
+      rngs={'noise': jax.random.key(0), 'dropout': jax.random.key(1)})
+  jaxpr = jax.make_jaxpr(apply)(variables, inputs, targets).jaxpr
+  operand_dtypes = {}
+  for equation in _equations(jaxpr):
+    operand_dtypes.setdefault(equation.primitive.name, set()).update(
+        var.aval.dtype.name for var in equation.invars)
+  assert 'bfloat16' in operand_dtypes['dot_general']
+  assert operand_dtypes['conv_general_dilated'] == {'bfloat16'}
+  # Softmax (exp, max, sum) and LayerNorm/RMS statistics (sum, rsqrt).
+  for primitive in ('exp', 'reduce_max', 'reduce_sum', 'rsqrt'):
+    assert operand_dtypes[primitive] == {'float32'}, primitive
+
+
 def test_spectral_norm_dense_tracks_the_largest_singular_value():
   layer = SpectralNormDense(6)
   x = jax.random.normal(jax.random.key(0), (4, 10))
@@ -212,9 +244,32 @@ def test_fixed_masking_mode_applies_the_baseline():
   np.testing.assert_array_equal(out.input_mask, expected_in)
   np.testing.assert_array_equal(out.target_mask, expected_tgt)
   assert out.output.shape == inputs.shape
+  # Unmasked RMS restoration is the agent's: fixed masks scale the output to
+  # the raw latents' RMS (SPEC 4.3), not to the masked ones'.
+  example_rms = lambda x: np.sqrt(np.mean(np.square(x), axis=(1, 2)))
+  raw_rms = np.sqrt((example_rms(inputs) ** 2 + example_rms(targets) ** 2) / 2)
+  scale = np.asarray(out.rms_scale)
+  unclipped = (scale > 0.7) & (scale < 1.5)
+  assert unclipped.any()
+  np.testing.assert_allclose(example_rms(out.output)[unclipped],
+                             raw_rms[unclipped], rtol=1e-4)
   with pytest.raises(ValueError, match='fixed_masking'):
     CascadeTransformer(**TINY, fixed_masking='temporal').init(
         jax.random.key(1), inputs, targets, train=False)
+
+
+@pytest.mark.parametrize('settings, target_frames, message', [
+    (dict(use_creative_agent=False, fixed_masking='random'), 32,
+     'fixed_masking'),
+    (dict(max_len=16), 32, '32 frames exceed max_len 16'),
+    ({}, 30, 'differ in shape'),
+])
+def test_bad_settings_and_inputs_are_named(settings, target_frames, message):
+  inputs, _ = latents(0, (1, 32, 16))
+  _, targets = latents(0, (1, target_frames, 16))
+  with pytest.raises(ValueError, match=message):
+    CascadeTransformer(**TINY, **settings).init(jax.random.key(0), inputs,
+                                                targets, train=False)
 
 
 def test_style_discriminator_scores():

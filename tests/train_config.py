@@ -1,4 +1,4 @@
-"""The seed recipe shrunk for the training-program tests (128 channels)."""
+"""The seed recipe shrunk for tests (128 channels; conftest narrows it)."""
 
 from configs import creative
 

@@ -156,6 +156,15 @@ class CascadeTransformer(nn.Module):
     """inputs, targets: float32 latents [B, T, D]."""
     if self.use_creative_agent and self.fixed_masking != 'none':
       raise ValueError('fixed_masking needs use_creative_agent=False')
+    if self.fixed_masking not in ('none', *baselines.BASELINES):
+      raise ValueError(f'fixed_masking {self.fixed_masking!r} is none or one '
+                       f'of {sorted(baselines.BASELINES)}')
+    if inputs.shape != targets.shape:
+      raise ValueError(f'inputs {inputs.shape} and targets {targets.shape} '
+                       'differ in shape')
+    if inputs.shape[1] > self.max_len:
+      raise ValueError(f'{inputs.shape[1]} frames exceed max_len '
+                       f'{self.max_len} of the positional table')
     if self.use_creative_agent:
       x, y, input_mask, target_mask = CreativeAgent(
           self.latent_dim, self.mask_hidden, self.mask_heads,
@@ -181,8 +190,13 @@ class CascadeTransformer(nn.Module):
           name=f'cascade_stages_{stage}')(stage_input, train=train)
       previous = projected.astype(jnp.float32) + residual
 
-    scale = jnp.sqrt((example_rms(x) ** 2 + example_rms(y) ** 2) / 2) / (
-        example_rms(previous) + 1e-8)
+    # The agent's masked latents are RMS-restored; fixed masks are not, so
+    # the scale then follows the raw latents (SPEC 4.3).
+    reference_x, reference_y = ((x, y) if self.use_creative_agent else
+                                (inputs, targets))
+    scale = jnp.sqrt(
+        (example_rms(reference_x) ** 2 + example_rms(reference_y) ** 2) / 2) / (
+            example_rms(previous) + 1e-8)
     scale = jnp.clip(scale, *RMS_SCALE_RANGE)
     return CascadeOutput(previous * scale[:, None, None], input_mask,
                          target_mask, scale)
