@@ -11,6 +11,9 @@ def get_config():
 
   # Data: pairs of consecutive clips cut from the cached song latents.
   config.data_dir = ''  # precompute.encode's output (holds manifest.json).
+  # Standardise latents per channel with the manifest's training statistics;
+  # False feeds raw latents, as the original PyTorch model saw them.
+  config.normalise_latents = True
   config.window_hop = 0  # frames between pair starts; 0: num_frames (disjoint).
   config.shuffle_targets = True  # training inputs get random training targets.
   config.prefetch_batches = 2  # batches put on the devices ahead of the step.

@@ -163,7 +163,8 @@ def restore(manager, config, which='latest', *, sharding=None):
   """(TrainState, extras {step, data_position, rng, val_loss}).
 
   which: 'latest' (falls back to older checkpoints when the newest cannot be
-  read), 'best' (lowest validation loss) or a step number.
+  read), 'best' (lowest validation loss; the latest when none has one) or a
+  step number.
   """
   manager.reload()
   steps = sorted(manager.all_steps(), reverse=True)
@@ -173,10 +174,12 @@ def restore(manager, config, which='latest', *, sharding=None):
     candidates = steps
   elif which == 'best':
     best = manager.best_step()
-    if best is None:
-      raise CheckpointError(f'{manager.directory}: no checkpoint has a '
-                            "validation loss to be the best; ask for 'latest'")
-    candidates = [best]
+    if best is None:  # e.g. a converted checkpoint, or before any validation
+      logging.info('%s: no checkpoint has a validation loss; the latest '
+                   'stands for the best', manager.directory)
+      candidates = steps
+    else:
+      candidates = [best]
   elif isinstance(which, int) and which in steps:
     candidates = [which]
   else:

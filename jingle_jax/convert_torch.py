@@ -223,6 +223,7 @@ def convert(checkpoint, config, source='checkpoint', *, rng=None):
   model_source = f'{source} model_state_dict'
   state_dict = strip_ddp_prefix(checkpoint['model_state_dict'])
   config = _architecture(config, state_dict, model_source)
+  config.normalise_latents = False  # the original saw raw EnCodec latents
   has_gan = 'discriminator_state_dict' in checkpoint
   if has_gan and config.loss.gan_weight == 0:
     raise ConversionError(

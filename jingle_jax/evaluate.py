@@ -148,11 +148,8 @@ def parse_checkpoint(text: str):
 
 def split_pairs(config, data_dir, split: str) -> input_pipeline.Pairs:
   """The pairs of a split, cut and normalised as in training."""
-  dataset = latents.LatentDataset(data_dir)
-  pairs = input_pipeline.Pairs(
-      dataset.songs(split), config.num_frames,
-      config.window_hop or config.num_frames,
-      input_pipeline.Normaliser.from_dataset(dataset))
+  pairs = input_pipeline.split_pairs(config, latents.LatentDataset(data_dir),
+                                     split)
   if not len(pairs):
     raise ValueError(f'{data_dir}: no {split} pair of 2 x {config.num_frames} '
                      'frames (config.num_frames)')

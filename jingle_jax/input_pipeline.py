@@ -34,6 +34,16 @@ class Normaliser:
     return cls(np.asarray(dataset.mean, np.float32),
                np.asarray(dataset.std, np.float32))
 
+  @classmethod
+  def for_config(cls, config, dataset=None) -> 'Normaliser':
+    """The dataset's statistics, or the identity (raw latents) when
+    config.normalise_latents is off; configs older than the field normalise.
+    """
+    if config.get('normalise_latents', True):
+      return cls.from_dataset(dataset)
+    dim = config.model.latent_dim
+    return cls(np.zeros(dim, np.float32), np.ones(dim, np.float32))
+
   def normalise(self, latents) -> np.ndarray:
     return (np.asarray(latents, np.float32) - self.mean) / self.std
 
@@ -83,7 +93,7 @@ def split_pairs(config, dataset, split: str) -> Pairs:
   """The pairs of a dataset split as the config cuts them."""
   return Pairs(dataset.songs(split), config.num_frames,
                config.window_hop or config.num_frames,
-               Normaliser.from_dataset(dataset))
+               Normaliser.for_config(config, dataset))
 
 
 def steps_per_epoch(num_pairs: int, global_batch_size: int) -> int:

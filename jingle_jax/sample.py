@@ -170,8 +170,9 @@ def sample_pair(workdir, input_path, target_path, out_dir, *, which='best',
     raise PairError(f'--input {input_path} has {len(raw_input)} frames, '
                     f'--target {target_path} {len(raw_target)}; they must '
                     'match')
-  normaliser = input_pipeline.Normaliser.from_dataset(
-      latents.LatentDataset(data_dir or config.data_dir))
+  dataset = (latents.LatentDataset(data_dir or config.data_dir)
+             if config.get('normalise_latents', True) else None)
+  normaliser = input_pipeline.Normaliser.for_config(config, dataset)
   config, state, step = checkpoints.load_for_inference(workdir, which)
   inputs = normaliser.normalise(raw_input)[None]
   targets = normaliser.normalise(raw_target)[None]

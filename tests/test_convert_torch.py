@@ -277,3 +277,19 @@ def test_command_writes_a_workdir_that_training_restores(tmp_path,
 
   with pytest.raises(convert_torch.ConversionError, match='holds checkpoints'):
     convert_torch.write_workdir(workdir, config, state, step=0)
+
+  # Sampling one pair takes raw latents, as the original did, with no dataset
+  # and no validation loss behind the checkpoint.
+  inputs, targets = latents(config, seed=2)
+  np.save(tmp_path / 'in.npy', inputs[0])
+  np.save(tmp_path / 'tgt.npy', targets[0])
+  result = subprocess.run(
+      [sys.executable, '-m', 'jingle_jax.sample', '--workdir', str(workdir),
+       '--input', str(tmp_path / 'in.npy'), '--target',
+       str(tmp_path / 'tgt.npy'), '--out-dir', str(tmp_path / 'sample')],
+      cwd=REPO, capture_output=True, text=True, check=False)
+  assert result.returncode == 0, result.stderr
+  with torch.no_grad():
+    expected_output = model(to_torch(inputs[:1]), to_torch(targets[:1]))
+  assert_close(np.load(tmp_path / 'sample' / 'output.npy'),
+               from_torch(expected_output['output'])[0])
