@@ -11,7 +11,9 @@ def tiny_config():
   """The training-test recipe with 16 channels: compiles in seconds on CPU.
 
   Frozen, so tests cannot change it for each other; a test that needs
-  changes takes ml_collections.ConfigDict(tiny_config), a mutable copy.
+  changes takes ml_collections.ConfigDict(copy.deepcopy(tiny_config)). The
+  deep copy matters: plain ConfigDict copies of one FrozenConfigDict share
+  their nested dicts (ml_collections 1.1), so changes would leak.
   """
   config = train_config.get_config()
   config.num_frames = 32

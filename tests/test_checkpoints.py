@@ -1,5 +1,6 @@
 """Saving, restoring, keeping and refusing checkpoints."""
 
+import copy
 import gc
 import glob
 import logging
@@ -32,7 +33,7 @@ def assert_same(a, b):
 
 @pytest.fixture
 def config(tiny_config):
-  config = ml_collections.ConfigDict(tiny_config)
+  config = ml_collections.ConfigDict(copy.deepcopy(tiny_config))
   config.keep_checkpoints = 2
   return config
 

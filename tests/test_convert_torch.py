@@ -1,5 +1,6 @@
 """Importing original PyTorch checkpoints: parity with a PyTorch reference."""
 
+import copy
 import argparse
 import functools
 import os
@@ -36,7 +37,7 @@ def float32_matmuls():
 @pytest.fixture(name='config')
 def float32_config(tiny_config):
   """The tiny config computing in float32 on every backend."""
-  config = ml_collections.ConfigDict(tiny_config)
+  config = ml_collections.ConfigDict(copy.deepcopy(tiny_config))
   config.model.compute_dtype = 'float32'
   return ml_collections.FrozenConfigDict(config)
 

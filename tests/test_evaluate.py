@@ -1,5 +1,6 @@
 """Evaluation metrics, the methods' models and the comparison table."""
 
+import copy
 import json
 import os
 import subprocess
@@ -124,7 +125,7 @@ def test_method_model_swaps_the_masks_and_keeps_the_cascade(tiny_config):
                       'batch_stats': {'cascade_stages_0': 3}}
   with pytest.raises(ValueError, match='unknown method'):
     evaluate.method_model(tiny_config, variables, 'random')
-  no_agent = ml_collections.ConfigDict(tiny_config)
+  no_agent = ml_collections.ConfigDict(copy.deepcopy(tiny_config))
   no_agent.model.use_creative_agent = False
   with pytest.raises(ValueError, match='use_creative_agent'):
     evaluate.method_model(no_agent, variables, 'none')

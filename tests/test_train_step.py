@@ -1,5 +1,6 @@
 """The compiled train and eval steps on a tiny configuration."""
 
+import copy
 import functools
 
 import flax.traverse_util
@@ -113,7 +114,7 @@ def test_non_finite_step_is_skipped(compiled):
 
 def test_overfitting_two_pairs_learns_complementary_balanced_masks(
     tiny_config):
-  config = ml_collections.ConfigDict(tiny_config)
+  config = ml_collections.ConfigDict(copy.deepcopy(tiny_config))
   config.loss.gan_weight = 0.0  # no discriminator: fast and steady
   config.optim.learning_rate = 1e-3
   state = init_state(config)
