@@ -243,7 +243,8 @@ def define_flags():
   flags.DEFINE_string('workdir', None, 'Training workdir (has config.json).')
   flags.DEFINE_string('checkpoint', 'best', 'best, latest or a step number.')
   flags.DEFINE_string('split', 'val', 'Dataset split whose pairs are used.')
-  flags.DEFINE_integer('batch-size', 8, 'Pairs per model call.')
+  flags.DEFINE_integer('batch-size', 8, 'Pairs per model call.',
+                       lower_bound=1)
   flags.DEFINE_string('data-dir', None,
                       'Latent dataset; default: config.data_dir of the run.')
   flags.DEFINE_string('out-dir', None, 'Where the results are written.')
@@ -253,8 +254,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  if f['batch-size'].value < 1:
-    raise app.UsageError('--batch-size must be at least 1')
   try:
     results = evaluate_checkpoint(
         f.workdir, f['out-dir'].value,

@@ -190,11 +190,13 @@ def define_flags():
   """The command line (defined only when run as a program)."""
   flags.DEFINE_string('workdir', None, 'Training workdir (has config.json).')
   flags.DEFINE_string('checkpoint', 'best', 'best, latest or a step number.')
-  flags.DEFINE_integer('num-samples', 4, 'Pairs of the split to sample.')
+  flags.DEFINE_integer('num-samples', 4, 'Pairs of the split to sample.',
+                       lower_bound=1)
   flags.DEFINE_bool('shuffle-targets', False,
                     'Pair each input with the target of another song.')
   flags.DEFINE_string('split', 'val', 'Dataset split whose pairs are used.')
-  flags.DEFINE_integer('batch-size', 8, 'Pairs per model call.')
+  flags.DEFINE_integer('batch-size', 8, 'Pairs per model call.',
+                       lower_bound=1)
   flags.DEFINE_string('input', None,
                       'Raw input latents [frames, 128] .npy (with --target).')
   flags.DEFINE_string('target', None,
@@ -211,9 +213,6 @@ def main(argv):
   which = evaluate.parse_checkpoint(f.checkpoint)
   if (f.input is None) != (f.target is None):
     raise app.UsageError('--input and --target go together')
-  for name in ('num-samples', 'batch-size'):
-    if f[name].value < 1:
-      raise app.UsageError(f'--{name} must be at least 1')
   out_dir = f['out-dir'].value
   try:
     if f.input is not None:

@@ -116,15 +116,14 @@ def define_flags():
   flags.DEFINE_integer('random-encodec', None, 'Seed of random EnCodec '
                        'weights (default: what the manifest records).')
   flags.DEFINE_string('device', 'auto', 'auto, cpu or cuda.')
-  flags.DEFINE_integer('batch-size', 4, '16 s chunks per EnCodec call.')
+  flags.DEFINE_integer('batch-size', 4, '16 s chunks per EnCodec call.',
+                       lower_bound=1)
 
 
 def main(argv):
   f = flags.FLAGS
   if len(argv) < 2 and not f.song:
     raise app.UsageError('nothing to decode: pass FILE.npy or --song ID')
-  if f['batch-size'].value < 1:
-    raise app.UsageError('--batch-size must be at least 1')
   try:
     dataset = latents.LatentDataset(f.manifest)
     jobs = clips_to_decode(dataset, argv[1:], f.song)

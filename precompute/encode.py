@@ -220,15 +220,14 @@ def define_flags():
   flags.DEFINE_integer('seed', 42, 'Seed of the train/val split.')
   flags.DEFINE_enum('dtype', 'float16', latents.DTYPES, 'Latent storage.')
   flags.DEFINE_float('shard-seconds', 1800, 'Audio seconds per shard.')
-  flags.DEFINE_integer('batch-size', 4, '16 s chunks per EnCodec call.')
+  flags.DEFINE_integer('batch-size', 4, '16 s chunks per EnCodec call.',
+                       lower_bound=1)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  if f['batch-size'].value < 1:
-    raise app.UsageError('--batch-size must be at least 1')
   try:
     model, weights = encodec_weights.load(f['encodec-checkpoint'].value,
                                           f['random-encodec'].value)
