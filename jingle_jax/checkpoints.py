@@ -44,13 +44,6 @@ class CheckpointError(RuntimeError):
   """No usable checkpoint; the message names the directory or step."""
 
 
-def write_atomic(path, text: str) -> None:
-  """Writes `text` to `path` (its directory made if needed), atomically."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with latents.atomic_write(path, 'w') as f:
-    f.write(text)
-
-
 def _flat(tree, prefix=''):
   for key, value in tree.items():
     if isinstance(value, dict):
@@ -73,7 +66,7 @@ def record_config(workdir, config) -> None:
     if changed:
       logging.warning('%s: the config differs from the recorded one in %s',
                       path, ', '.join(changed))
-  write_atomic(path, text)
+  latents.write_text_atomic(path, text)
 
 
 def read_config(workdir) -> ml_collections.ConfigDict:

@@ -223,9 +223,9 @@ def evaluate_checkpoint(workdir, out_dir, *, which='best', split='val',
   pairs = split_pairs(config, data_dir or config.data_dir, split)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   results = evaluate_methods(config, variables, pairs, batch_size)
-  checkpoints.write_atomic(os.path.join(out_dir, 'metrics.json'),
-                           json.dumps(results, indent=2) + '\n')
-  checkpoints.write_atomic(
+  latents.write_text_atomic(os.path.join(out_dir, 'metrics.json'),
+                            json.dumps(results, indent=2) + '\n')
+  latents.write_text_atomic(
       os.path.join(out_dir, 'metrics.md'),
       f'Checkpoint step {step}, {len(pairs)} {split} pairs of '
       f'{config.num_frames} frames.\n\n' + markdown_table(results))

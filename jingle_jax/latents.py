@@ -68,6 +68,13 @@ def atomic_write(path, mode='wb'):
     raise
 
 
+def write_text_atomic(path, text: str) -> None:
+  """Writes `text` to `path` (its directory made if needed), atomically."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with atomic_write(path, 'w') as f:
+    f.write(text)
+
+
 def _write_json(path, value) -> None:
   with atomic_write(path, 'w') as f:
     json.dump(value, f, indent=1)

@@ -13,7 +13,7 @@ import sys
 import jax
 import tqdm
 
-from jingle_jax import checkpoints
+from jingle_jax import latents
 
 
 def _tensorboardx_without_torch():
@@ -66,8 +66,8 @@ class RunLog:
     path = os.path.join(workdir, METRICS_FILE)
     if os.path.exists(path):
       kept = [r for r in read_records(path) if r['step'] <= start_step]
-      checkpoints.write_atomic(path, ''.join(json.dumps(r) + '\n'
-                                             for r in kept))
+      latents.write_text_atomic(path, ''.join(json.dumps(r) + '\n'
+                                              for r in kept))
     self._file = open(path, 'a')
     self._tensorboard = _tensorboardx_without_torch().SummaryWriter(
         os.path.join(workdir, TENSORBOARD_DIR), purge_step=start_step + 1)

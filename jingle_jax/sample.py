@@ -135,8 +135,8 @@ def sample_dataset(workdir, out_dir, *, which='best', num_samples=4,
              'checkpoint': str(which),
              'checkpoint_step': step, 'split': split,
              'shuffle_targets': shuffle_targets, 'samples': samples}
-  checkpoints.write_atomic(os.path.join(out_dir, 'samples.json'),
-                           json.dumps(summary, indent=2) + '\n')
+  latents.write_text_atomic(os.path.join(out_dir, 'samples.json'),
+                            json.dumps(summary, indent=2) + '\n')
   return summary
 
 
