@@ -46,6 +46,10 @@ def get_config():
   model.mask_heads = 4  # heads of the mask generator's cross-attention.
   model.max_len = 2000  # frames covered by the sinusoidal position table.
   model.compute_dtype = 'auto'  # auto: float32 on CPU, bfloat16 on GPU/TPU.
+  # Recomputed in the backward pass instead of stored: none, attention (the
+  # attention weights: O(T) instead of O(T^2) memory per layer) or layers
+  # (also all but each layer's matmul outputs).
+  model.remat = 'layers'
 
   config.loss = loss = ml_collections.ConfigDict()
   loss.input_weight = 1.0  # weight of rms(output - input).

@@ -26,6 +26,7 @@ def get_config():
   model.num_heads = 4  # cascade attention heads.
   model.mask_hidden = 64  # mask generator width H.
   model.mask_heads = 4  # mask generator cross-attention heads.
+  model.remat = 'none'  # short clips: memory is ample, recomputing costs time.
 
   config.optim.learning_rate = 1e-3  # few steps: a larger step size
   return config

@@ -49,7 +49,9 @@ def build_model(config) -> CascadeTransformer:
       use_creative_agent=m.use_creative_agent, fixed_masking=m.fixed_masking,
       hard_masks=m.hard_masks, mask_hidden=m.mask_hidden,
       mask_heads=m.mask_heads, max_len=m.max_len,
-      dtype=compute_dtype(m.compute_dtype))
+      dtype=compute_dtype(m.compute_dtype),
+      # Workdir configs older than the field: it only shapes training memory.
+      remat=m.get('remat', 'none'))
 
 
 def build_discriminator(config) -> LatentDiscriminator | None:
@@ -98,39 +100,84 @@ def create_train_state(config, rng) -> TrainState:
       disc_opt_state=disc_tx.init(disc_params))
 
 
-def generator_objective(params, state, batch, rng, config, train=True):
-  """Generator loss; returns (loss, (output, new batch_stats, metrics)).
+def generator_forward(params, batch_stats, batch, rng, config, train=True):
+  """The model on a batch: (CascadeOutput, updated batch_stats).
 
   `rng` drives anti-cheating noise, Gumbel noise and dropout in training and
   is ignored (may be None) in evaluation.
   """
-  model, disc = build_model(config), build_discriminator(config)
-  rngs = {}
-  if train:
-    rngs = dict(zip(('noise', 'dropout', 'gan'), jax.random.split(rng, 3)))
-  out, updated = model.apply(
-      {'params': params, 'batch_stats': state.batch_stats}, batch['input'],
+  rngs = dict(zip(('noise', 'dropout'), jax.random.split(rng))) if train else {}
+  out, updated = build_model(config).apply(
+      {'params': params, 'batch_stats': batch_stats}, batch['input'],
       batch['target'], train=train, rngs=rngs, mutable=['batch_stats'])
-  fake_logits = None
-  if disc is not None:  # gradients reach the generator through D's input
-    fake_logits = disc.apply({'params': state.disc_params}, out.output,
-                             train=train,
-                             rngs={'dropout': rngs['gan']} if train else {})
+  return out, updated['batch_stats']
+
+
+def discriminator_logits(disc_params, latents, rng, config, train=True):
+  """GAN discriminator logits [B] of latents [B, T, D]."""
+  return build_discriminator(config).apply(
+      {'params': disc_params}, latents, train=train,
+      rngs={'dropout': rng} if train else {})
+
+
+def real_samples(batch):
+  """The GAN's real samples: the batch's targets rolled by one pair."""
+  return jnp.roll(batch['target'], 1, axis=0)
+
+
+def output_loss(out, fake_logits, batch, config):
+  """Generator loss (SPEC 4.5) of the model's outputs: (loss, metrics).
+
+  fake_logits: the discriminator's logits on out.output, or None without GAN.
+  """
   loss, metrics = losses.generator_loss(
       out.output, batch['input'], batch['target'], out.input_mask,
       out.target_mask, fake_logits, config.loss,
       learned_masks=config.model.use_creative_agent)
   metrics['rms_scale'] = jnp.mean(out.rms_scale)
-  return loss, (out.output, updated['batch_stats'], metrics)
+  return loss, metrics
 
 
-def discriminator_objective(disc_params, batch, fake, rng, config, train=True):
-  """D loss on real = targets rolled by one pair, fake = generator output."""
-  real = jnp.roll(batch['target'], 1, axis=0)
-  logits = build_discriminator(config).apply(
-      {'params': disc_params}, jnp.concatenate([real, fake]), train=train,
-      rngs={'dropout': rng} if train else {})
-  return losses.discriminator_loss(*jnp.split(logits, 2))
+def gradients(state: TrainState, batch, rng, config):
+  """(generator grads, discriminator grads or None, batch_stats, metrics).
+
+  One forward of the generator, and one of the discriminator on the real and
+  on the fake samples, serve both updates: the discriminator's loss (fake
+  held constant) and the generator's adversarial loss, whose gradient
+  reaches the generator through D's input only.
+  """
+  gen_rng, disc_rng = jax.random.split(rng)
+  out, generator_vjp, batch_stats = jax.vjp(
+      lambda params: generator_forward(params, state.batch_stats, batch,
+                                       gen_rng, config),
+      state.params, has_aux=True)
+  with_gan = build_discriminator(config) is not None
+  fake_logits = None
+  if with_gan:
+    real_rng, fake_rng = jax.random.split(disc_rng)
+    real_logits, real_vjp = jax.vjp(
+        lambda disc_params: discriminator_logits(
+            disc_params, real_samples(batch), real_rng, config),
+        state.disc_params)
+    fake_logits, fake_vjp = jax.vjp(
+        lambda disc_params, fake: discriminator_logits(
+            disc_params, fake, fake_rng, config),
+        state.disc_params, out.output)
+  (_, metrics), (out_grads, fake_logits_grads) = jax.value_and_grad(
+      output_loss, argnums=(0, 1), has_aux=True)(out, fake_logits, batch,
+                                                   config)
+  d_grads = None
+  if with_gan:
+    _, adversarial_grads = fake_vjp(fake_logits_grads)
+    out_grads = out_grads.replace(output=out_grads.output + adversarial_grads)
+    (_, d_metrics), (real_grads, fake_grads) = jax.value_and_grad(
+        losses.discriminator_loss, argnums=(0, 1), has_aux=True)(
+            real_logits, fake_logits)
+    d_grads = jax.tree.map(jnp.add, real_vjp(real_grads)[0],
+                           fake_vjp(fake_grads)[0])
+    metrics.update(d_metrics)
+  (grads,) = generator_vjp(out_grads)
+  return grads, d_grads, batch_stats, metrics
 
 
 def train_step(state: TrainState, batch, rng, *, config):
@@ -141,29 +188,21 @@ def train_step(state: TrainState, batch, rng, *, config):
   reports skipped = 1.
   """
   tx, disc_tx = make_optimizers(config)
-  with_gan = build_discriminator(config) is not None
-  gen_rng, disc_rng = jax.random.split(rng)
-  (loss, (output, batch_stats, metrics)), grads = jax.value_and_grad(
-      generator_objective, has_aux=True)(state.params, state, batch, gen_rng,
-                                         config)
+  grads, d_grads, batch_stats, metrics = gradients(state, batch, rng, config)
   metrics['grad_norm'] = optax.tree.norm(grads)  # before clipping
   metrics['learning_rate'] = jnp.float32(config.optim.learning_rate)
-  finite = jnp.isfinite(loss) & jnp.isfinite(metrics['grad_norm'])
-  d_grads = None
-  if with_gan:
-    (d_loss, d_metrics), d_grads = jax.value_and_grad(
-        discriminator_objective, has_aux=True)(
-            state.disc_params, batch, jax.lax.stop_gradient(output), disc_rng,
-            config)
-    metrics.update(d_metrics, disc_grad_norm=optax.tree.norm(d_grads))
-    finite &= jnp.isfinite(d_loss) & jnp.isfinite(metrics['disc_grad_norm'])
+  finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+  if d_grads is not None:
+    metrics['disc_grad_norm'] = optax.tree.norm(d_grads)
+    finite &= (jnp.isfinite(metrics['d_loss']) &
+               jnp.isfinite(metrics['disc_grad_norm']))
 
   def update(state):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     state = state.replace(
         step=state.step + 1, params=optax.apply_updates(state.params, updates),
         batch_stats=batch_stats, opt_state=opt_state)
-    if with_gan:
+    if d_grads is not None:
       d_updates, disc_opt_state = disc_tx.update(
           d_grads, state.disc_opt_state, state.disc_params)
       state = state.replace(
@@ -180,11 +219,17 @@ def train_step(state: TrainState, batch, rng, *, config):
 
 def eval_step(state: TrainState, batch, *, config):
   """Deterministic metrics: no dropout, no noise, stored spectral norms."""
-  _, (output, _, metrics) = generator_objective(
-      state.params, state, batch, None, config, train=False)
+  out, _ = generator_forward(state.params, state.batch_stats, batch, None,
+                             config, train=False)
+  fake_logits = None
   if build_discriminator(config) is not None:
-    metrics.update(discriminator_objective(
-        state.disc_params, batch, output, None, config, train=False)[1])
+    fake_logits = discriminator_logits(state.disc_params, out.output, None,
+                                       config, train=False)
+  _, metrics = output_loss(out, fake_logits, batch, config)
+  if fake_logits is not None:
+    real_logits = discriminator_logits(state.disc_params, real_samples(batch),
+                                       None, config, train=False)
+    metrics.update(losses.discriminator_loss(real_logits, fake_logits)[1])
   return metrics
 
 

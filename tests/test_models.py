@@ -133,6 +133,39 @@ def test_evaluation_is_deterministic_and_training_follows_the_rng(tiny_model):
   assert not np.allclose(u(stats), u(variables))
 
 
+def test_remat_saves_memory_and_keeps_training_gradients(tiny_model):
+  """Recomputation (dropout masks included) gives the same gradients."""
+  variables, _ = tiny_model
+  inputs, targets = latents(4, (2, 32, 16))
+  output_weights, mask_weights = latents(7, (2, 32, 16))
+
+  def loss(params, remat):  # linear in the outputs: well conditioned
+    out, _ = CascadeTransformer(**TINY, remat=remat).apply(
+        {'params': params, 'batch_stats': variables['batch_stats']}, inputs,
+        targets, train=True, mutable=['batch_stats'],
+        rngs={'noise': jax.random.key(5), 'dropout': jax.random.key(6)})
+    return (jnp.sum(out.output * output_weights) +
+            jnp.sum(out.input_mask * mask_weights))
+
+  def stored_bytes(remat):  # what the backward pass keeps from the forward
+    residuals = jax.eval_shape(
+        lambda p: jax.vjp(lambda p: loss(p, remat), p)[1],
+        variables['params'])
+    return sum(leaf.size * leaf.dtype.itemsize
+               for leaf in jax.tree.leaves(residuals))
+
+  grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  value, grads = grad(variables['params'], 'none')
+  for remat in ('attention', 'layers'):
+    remat_value, remat_grads = grad(variables['params'], remat)
+    np.testing.assert_allclose(remat_value, value, rtol=1e-5)
+    jax.tree.map(  # fusion may round differently: 1e-4 of each leaf's scale
+        lambda a, b: np.testing.assert_allclose(
+            a, b, atol=1e-4 * np.abs(b).max()), remat_grads, grads)
+  assert stored_bytes('none') > stored_bytes('attention') > stored_bytes(
+      'layers')
+
+
 @pytest.mark.parametrize('train', [False, True])
 def test_rms_scale_stays_in_range_and_clips(tiny_model, train):
   variables, apply = tiny_model
@@ -263,6 +296,7 @@ def test_fixed_masking_mode_applies_the_baseline():
      'fixed_masking'),
     (dict(max_len=16), 32, '32 frames exceed max_len 16'),
     ({}, 30, 'differ in shape'),
+    (dict(remat='all'), 32, "remat 'all' is one of"),
 ])
 def test_bad_settings_and_inputs_are_named(settings, target_frames, message):
   inputs, _ = latents(0, (1, 32, 16))

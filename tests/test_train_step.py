@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jingle_jax import losses
 from jingle_jax import train_step
 
 STEP_METRICS = {
@@ -42,23 +43,60 @@ def flat(tree):
 
 def test_every_parameter_receives_a_gradient(tiny_config):
   state = init_state(tiny_config)
-  batch = make_batch(tiny_config)
-  grads = jax.jit(jax.grad(
-      lambda p: train_step.generator_objective(
-          p, state, batch, jax.random.key(1), tiny_config)[0]))(state.params)
+  grads, disc_grads, _, _ = jax.jit(
+      functools.partial(train_step.gradients, config=tiny_config))(
+          state, make_batch(tiny_config), jax.random.key(1))
   for name, grad in flat(grads).items():
     if name.startswith('creative_agent/discriminator/'):
       # The style discriminator is in no loss of the recipe (as in PyTorch).
       assert not np.any(grad), name
     else:
       assert np.any(grad != 0), name
-  fake = jnp.zeros_like(batch['target'])
-  disc_grads = jax.jit(jax.grad(
-      lambda p: train_step.discriminator_objective(
-          p, batch, fake, jax.random.key(2), tiny_config)[0]))(
-              state.disc_params)
   for name, grad in flat(disc_grads).items():
     assert np.any(grad != 0), name
+
+
+def test_gradients_are_those_of_the_two_losses(tiny_config):
+  """The shared forwards give the gradients of each loss on its own.
+
+  The generator's loss differentiated end to end through the discriminator
+  (held fixed), and D's loss with the generator output held constant, with
+  the rngs train_step.gradients hands out.
+  """
+  state = init_state(tiny_config)
+  batch = make_batch(tiny_config)
+  rng = jax.random.key(3)
+  gen_rng, disc_rng = jax.random.split(rng)
+  real_rng, fake_rng = jax.random.split(disc_rng)
+
+  def generator_loss(params):
+    out, _ = train_step.generator_forward(params, state.batch_stats, batch,
+                                          gen_rng, tiny_config)
+    fake_logits = train_step.discriminator_logits(
+        state.disc_params, out.output, fake_rng, tiny_config)
+    return train_step.output_loss(out, fake_logits, batch, tiny_config)[0]
+
+  def discriminator_loss(disc_params):
+    out, _ = train_step.generator_forward(state.params, state.batch_stats,
+                                          batch, gen_rng, tiny_config)
+    logits = [train_step.discriminator_logits(disc_params, samples, key,
+                                              tiny_config)
+              for samples, key in ((train_step.real_samples(batch), real_rng),
+                                   (out.output, fake_rng))]
+    return losses.discriminator_loss(*logits)[0]
+
+  grads, disc_grads, _, metrics = jax.jit(
+      functools.partial(train_step.gradients, config=tiny_config))(
+          state, batch, rng)
+  expected = jax.jit(jax.value_and_grad(generator_loss))(state.params)
+  expected_disc = jax.jit(jax.value_and_grad(discriminator_loss))(
+      state.disc_params)
+  np.testing.assert_allclose(metrics['loss'], expected[0], rtol=1e-6)
+  np.testing.assert_allclose(metrics['d_loss'], expected_disc[0], rtol=1e-6)
+  for actual, wanted in ((grads, expected[1]), (disc_grads, expected_disc[1])):
+    for name, value in flat(wanted).items():
+      np.testing.assert_allclose(flat(actual)[name], value, rtol=1e-4,
+                                 atol=1e-7, err_msg=name)
 
 
 @pytest.fixture(scope='module')

@@ -23,6 +23,7 @@ from jingle_jax.models.mask_generator import example_rms
 
 LAYER_NORM_EPSILON = 1e-5  # PyTorch's default
 RMS_SCALE_RANGE = (0.7, 1.5)
+REMAT_CHOICES = ('none', 'attention', 'layers')
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,9 +81,10 @@ class EncoderLayer(nn.Module):
   dropout: float
   attention_dropout: float
   dtype: Any = jnp.float32
+  remat_attention: bool = False
 
   @nn.compact
-  def __call__(self, x, *, deterministic: bool):
+  def __call__(self, x, deterministic: bool):
     width = x.shape[-1]
     norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPSILON,
                              dtype=self.dtype)
@@ -90,7 +92,8 @@ class EncoderLayer(nn.Module):
     drop = Dropout(self.dropout, deterministic=deterministic)
     attended = MultiheadAttention(
         self.num_heads, self.attention_dropout, self.dtype,
-        name='self_attn')(x, deterministic=deterministic)
+        self.remat_attention, name='self_attn')(
+            x, deterministic=deterministic)
     x = norm(name='norm1')(x + drop(attended))
     hidden = nn.gelu(dense(4 * width, name='linear1')(x), approximate=False)
     hidden = dense(width, name='linear2')(drop(hidden))
@@ -107,6 +110,7 @@ class CascadeStage(nn.Module):
   attention_dropout: float
   max_len: int
   dtype: Any = jnp.float32
+  remat: str = 'none'  # see CascadeTransformer.remat
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -116,10 +120,15 @@ class CascadeStage(nn.Module):
     norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPSILON,
                              dtype=self.dtype)
     x = norm(name='input_norm')(x)
+    layer_type = EncoderLayer
+    if self.remat == 'layers':  # keep matmul outputs, recompute the rest
+      layer_type = nn.remat(
+          EncoderLayer, static_argnums=(2,),
+          policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
     for layer in range(self.num_layers):
-      x = EncoderLayer(self.num_heads, self.dropout, self.attention_dropout,
-                       self.dtype, name=f'layers_{layer}')(
-                           x, deterministic=not train)
+      x = layer_type(self.num_heads, self.dropout, self.attention_dropout,
+                     self.dtype, self.remat != 'none',
+                     name=f'layers_{layer}')(x, not train)
     x = norm(name='post_norm')(x)
     return SpectralNormDense(self.latent_dim, dtype=self.dtype,
                              name='output_proj')(x, update_stats=train)
@@ -150,12 +159,18 @@ class CascadeTransformer(nn.Module):
   mask_heads: int = 4
   max_len: int = 2000
   dtype: Any = jnp.float32
+  # What the backward pass recomputes instead of storing: 'none'; the
+  # attention weights ('attention', O(T) instead of O(T^2) memory); or also
+  # all but the matmul outputs of each encoder layer ('layers').
+  remat: str = 'none'
 
   @nn.compact
   def __call__(self, inputs, targets, *, train: bool) -> CascadeOutput:
     """inputs, targets: float32 latents [B, T, D]."""
     if self.use_creative_agent and self.fixed_masking != 'none':
       raise ValueError('fixed_masking needs use_creative_agent=False')
+    if self.remat not in REMAT_CHOICES:
+      raise ValueError(f'remat {self.remat!r} is one of {REMAT_CHOICES}')
     if self.fixed_masking not in ('none', *baselines.BASELINES):
       raise ValueError(f'fixed_masking {self.fixed_masking!r} is none or one '
                        f'of {sorted(baselines.BASELINES)}')
@@ -169,7 +184,8 @@ class CascadeTransformer(nn.Module):
       x, y, input_mask, target_mask = CreativeAgent(
           self.latent_dim, self.mask_hidden, self.mask_heads,
           self.attention_dropout, self.hard_masks, self.dtype,
-          name='creative_agent')(inputs, targets, train=train)
+          self.remat != 'none', name='creative_agent')(
+              inputs, targets, train=train)
     else:
       input_mask, target_mask = self._fixed_masks(inputs, targets, train)
       x, y = inputs * input_mask, targets * target_mask
@@ -187,7 +203,8 @@ class CascadeTransformer(nn.Module):
       projected = CascadeStage(
           self.latent_dim, self.num_layers, self.num_heads, self.dropout,
           self.attention_dropout, self.max_len, self.dtype,
-          name=f'cascade_stages_{stage}')(stage_input, train=train)
+          self.remat, name=f'cascade_stages_{stage}')(
+              stage_input, train=train)
       previous = projected.astype(jnp.float32) + residual
 
     # The agent's masked latents are RMS-restored; fixed masks are not, so

@@ -28,6 +28,20 @@ def hashed_bits(seed, shape):
   return _mix32(_mix32(index + seed[0]) ^ seed[1])
 
 
+def dropout(x, rate: float, seed):
+  """Inverted dropout of x with the keep mask hashed from seed (uint32[2])."""
+  keep_prob = 1.0 - rate
+  threshold = min(round(keep_prob * 2.0**32), 2**32 - 1)
+  keep = hashed_bits(seed, x.shape) < np.uint32(threshold)
+  return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype),
+                   jnp.zeros((), x.dtype))
+
+
+def dropout_seed(module: nn.Module):
+  """A fresh uint32[2] seed from the module's 'dropout' rng stream."""
+  return jax.random.bits(module.make_rng('dropout'), (2,), jnp.uint32)
+
+
 class Dropout(nn.Module):
   """nn.Dropout (inverted, 'dropout' rng stream) with a cheaper keep mask.
 
@@ -44,27 +58,45 @@ class Dropout(nn.Module):
                                    deterministic)
     if deterministic or self.rate == 0.0:
       return x
-    keep_prob = 1.0 - self.rate
-    seed = jax.random.bits(self.make_rng('dropout'), (2,), jnp.uint32)
-    threshold = min(round(keep_prob * 2.0**32), 2**32 - 1)
-    keep = hashed_bits(seed, x.shape) < np.uint32(threshold)
-    return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype),
-                     jnp.zeros((), x.dtype))
+    return dropout(x, self.rate, dropout_seed(self))
+
+
+def attention(q, k, v, dropout_rate: float = 0.0, seed=None):
+  """softmax(q k^T / sqrt(h)) v on [B, T, heads, h], dropout on the weights.
+
+  The softmax is normalised after the product with v: dividing the
+  [B, T, heads, h] output by the row sums is the same function as dividing
+  the [B, heads, T, S] weights, for a fraction of the memory passes, forward
+  and backward. Logits, exponentials and row sums in float32.
+  """
+  q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+  logits = jnp.einsum('btnh,bsnh->bnts', q, k,
+                      preferred_element_type=jnp.float32)
+  # Any per-row shift cancels in the normalisation: no gradient through it.
+  logits -= jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  weights = jnp.exp(logits)
+  row_sums = jnp.sum(weights, axis=-1)  # [B, heads, T]
+  if dropout_rate:
+    weights = dropout(weights, dropout_rate, seed)
+  out = jnp.einsum('bnts,bsnh->btnh', weights.astype(v.dtype), v,
+                   preferred_element_type=jnp.float32)
+  return (out / jnp.swapaxes(row_sums, 1, 2)[..., None]).astype(v.dtype)
 
 
 def fused_attention(q, k, v):
-  """softmax(q k^T / sqrt(h)) v on [B, T, heads, h], fused where possible.
+  """attention(q, k, v) without dropout, fused where the platform can.
 
   On GPU this is cuDNN's flash attention when its trace-time checks accept
-  the dtype and shapes (bfloat16/float16); otherwise, and on CPU and TPU,
-  XLA's implementation.
+  the dtype and shapes (bfloat16/float16); elsewhere XLA compiles
+  `attention`, which ran faster on CPU than jax.nn.dot_product_attention's
+  XLA implementation.
   """
   if jax.default_backend() == 'gpu':
     try:
       return jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
     except (ValueError, NotImplementedError, RuntimeError):
       pass  # e.g. float32 inputs or an old cuDNN
-  return jax.nn.dot_product_attention(q, k, v)
+  return attention(q, k, v)
 
 
 class MultiheadAttention(nn.Module):
@@ -78,6 +110,7 @@ class MultiheadAttention(nn.Module):
   num_heads: int
   attention_dropout: float = 0.0
   dtype: Any = jnp.float32
+  remat: bool = False  # recompute dropped-out attention weights in backward
 
   @nn.compact
   def __call__(self, queries, keys_values=None, *, deterministic: bool):
@@ -104,10 +137,11 @@ class MultiheadAttention(nn.Module):
   def _attend(self, q, k, v, deterministic):
     if deterministic or self.attention_dropout == 0.0:
       return fused_attention(q, k, v)
-    # Dropout on the weights needs them materialised; softmax in float32.
-    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
-    logits = jnp.einsum('btnh,bsnh->bnts', q, k,
-                        preferred_element_type=jnp.float32)
-    weights = Dropout(self.attention_dropout)(
-        jax.nn.softmax(logits, axis=-1), deterministic=False)
-    return jnp.einsum('bnts,bsnh->btnh', weights.astype(v.dtype), v)
+    # Dropout needs the [B, heads, T, S] weights materialised. Rematerialised,
+    # only q, k, v and the seed are kept for the backward pass, which
+    # recomputes the weights as flash attention does: O(T) activation memory
+    # per layer instead of O(T^2), for some recomputation. (XLA's CPU
+    # compiler merges the recomputation back into the forward pass.)
+    attend = (jax.checkpoint(attention, static_argnums=(3,))
+              if self.remat else attention)
+    return attend(q, k, v, self.attention_dropout, dropout_seed(self))

@@ -32,6 +32,7 @@ class AttentionMaskGenerator(nn.Module):
   attention_dropout: float = 0.1
   hard: bool = False
   dtype: Any = jnp.float32
+  remat_attention: bool = False
 
   def setup(self):
     def conv(features, kernel_size):
@@ -48,7 +49,8 @@ class AttentionMaskGenerator(nn.Module):
     self.input_analyzer = analyzer()
     self.target_analyzer = analyzer()
     self.cross_attention = MultiheadAttention(
-        self.num_heads, self.attention_dropout, self.dtype)
+        self.num_heads, self.attention_dropout, self.dtype,
+        self.remat_attention)
     self.input_mask_generator = mask_head()
     self.target_mask_generator = mask_head()
 
@@ -125,11 +127,13 @@ class CreativeAgent(nn.Module):
   attention_dropout: float = 0.1
   hard_masks: bool = False
   dtype: Any = jnp.float32
+  remat_attention: bool = False
 
   def setup(self):
     self.mask_generator = AttentionMaskGenerator(
         self.latent_dim, self.hidden_dim, self.num_heads,
-        self.attention_dropout, self.hard_masks, self.dtype)
+        self.attention_dropout, self.hard_masks, self.dtype,
+        self.remat_attention)
     self.discriminator = StyleDiscriminator(self.dtype)
 
   def __call__(self, inputs, targets, *, train: bool):
