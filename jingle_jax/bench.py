@@ -16,20 +16,20 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec
 from ml_collections import config_flags
 
+from jingle_jax import parallel
 from jingle_jax import train_step
 
 PRESETS = {
     # The seed architecture, for accelerators.
     'seed': dict(num_stages=3, num_layers=6, num_frames=1200,
-                 per_device_batch_size=16),
+                 per_device_batch_size=16, remat='layers'),
+    # On CPU memory is ample, and recomputation costs time.
     'cpu-seed': dict(num_stages=2, num_layers=6, num_frames=1200,
-                     per_device_batch_size=2),
+                     per_device_batch_size=2, remat='none'),
     'cpu-small': dict(num_stages=2, num_layers=2, num_frames=300,
-                      per_device_batch_size=4),
+                      per_device_batch_size=4, remat='none'),
 }
 
 # Dense bfloat16 peak FLOP/s per device, matched against device_kind in order.
@@ -49,8 +49,10 @@ _PRESET = flags.DEFINE_enum('preset', None, list(PRESETS),
                             'Model and batch size to benchmark.')
 _PARAMS_ONLY = flags.DEFINE_bool(
     'params-only', False, 'Print parameter counts only; compile nothing.')
-_STEPS = flags.DEFINE_integer('steps', 10,
-                              'Timed steps after compilation and one warm-up.')
+_STEPS = flags.DEFINE_integer(
+    'steps', 10, 'Timed steps after compilation and one warm-up; 0 compiles '
+    'only (FLOPs and the memory plan, e.g. of accelerator shapes on a CPU).',
+    lower_bound=0)
 
 
 def apply_preset(config, name):
@@ -58,6 +60,7 @@ def apply_preset(config, name):
   config.model.num_stages = preset['num_stages']
   config.model.num_layers = preset['num_layers']
   config.model.use_creative_agent = True
+  config.model.remat = preset['remat']
   config.num_frames = preset['num_frames']
   config.per_device_batch_size = preset['per_device_batch_size']
 
@@ -83,6 +86,43 @@ def random_batch(rng, batch_size, num_frames, latent_dim):
           'target': jax.random.normal(target_rng, shape)}
 
 
+def activation_bytes(config, state, rng):
+  """Bytes the generator's backward pass keeps from its forward, per device.
+
+  What autodiff stores (jax.vjp's residuals, parameters included), before
+  the compiler's buffer reuse: the figure model.remat changes, also on a CPU
+  compiling for accelerator shapes (whose compiler undoes most remat).
+  """
+  shape = (config.per_device_batch_size, config.num_frames,
+           config.model.latent_dim)
+  batch = {name: jax.ShapeDtypeStruct(shape, jnp.float32)
+           for name in ('input', 'target')}
+
+  def residuals(params, batch):
+    forward = lambda params: train_step.generator_forward(
+        params, state.batch_stats, batch, rng, config)[0]
+    return jax.vjp(forward, params)[1]
+
+  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(
+      jax.eval_shape(residuals, state.params, batch)))
+
+
+def time_steps(compiled, state, batch, step_rngs):
+  """Wall and CPU seconds of each step after a warm-up on step_rngs[0]."""
+  times, cpu_times = [], []
+  if len(step_rngs) == 1:
+    return times, cpu_times
+  state, metrics = compiled(state, batch, step_rngs[0])
+  jax.block_until_ready((state, metrics))
+  for step_rng in step_rngs[1:]:
+    start, cpu_start = time.perf_counter(), time.process_time()
+    state, metrics = compiled(state, batch, step_rng)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+    cpu_times.append(time.process_time() - cpu_start)
+  return times, cpu_times
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -98,9 +138,9 @@ def main(argv):
     return
 
   devices = jax.devices()
-  mesh = jax.make_mesh((len(devices),), ('data',))
-  replicated = NamedSharding(mesh, PartitionSpec())
-  split = NamedSharding(mesh, PartitionSpec('data'))
+  mesh = parallel.make_mesh()
+  replicated = parallel.replicated(mesh)
+  split = parallel.data_sharding(mesh)
   batch_size = config.per_device_batch_size * len(devices)
   state = jax.jit(init, out_shardings=replicated)(rng)
   batch = jax.jit(
@@ -119,17 +159,10 @@ def main(argv):
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops_per_device = cost.get('flops') if cost else None
+  plan = compiled.memory_analysis()
 
-  state, metrics = compiled(state, batch, step_rngs[0])  # warm-up
-  jax.block_until_ready((state, metrics))
-  times, cpu_times = [], []
-  for step_rng in step_rngs[1:]:
-    start, cpu_start = time.perf_counter(), time.process_time()
-    state, metrics = compiled(state, batch, step_rng)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - start)
-    cpu_times.append(time.process_time() - cpu_start)
-  step_s = statistics.median(times)
+  times, cpu_times = time_steps(compiled, state, batch, step_rngs)
+  step_s = statistics.median(times) if times else None
 
   dtype = train_step.compute_dtype(config.model.compute_dtype)
   peak = peak_flops(devices[0], dtype)
@@ -143,17 +176,26 @@ def main(argv):
       'num_frames': config.num_frames,
       'params': count_params(state.params),
       'disc_params': count_params(state.disc_params),
-      'pairs_per_s': round(batch_size / step_s, 3),
-      'median_step_ms': round(1e3 * step_s, 2),
+      'pairs_per_s': round(batch_size / step_s, 3) if step_s else None,
+      'median_step_ms': round(1e3 * step_s, 2) if step_s else None,
       # Host CPU time of this process per step (all its threads): on a CPU
       # shared with other work it shows the work done, whatever the wait.
-      'median_step_cpu_s': round(statistics.median(cpu_times), 3),
+      'median_step_cpu_s': (round(statistics.median(cpu_times), 3)
+                            if cpu_times else None),
       'compile_s': round(compile_s, 2),
       'flops_per_step': (flops_per_device * len(devices)
                          if flops_per_device else None),
       'mfu': (round(flops_per_device / step_s / peak, 4)
-              if flops_per_device and peak else None),
+              if flops_per_device and peak and step_s else None),
       'peak_memory_bytes': memory.get('peak_bytes_in_use'),
+      'activation_bytes': activation_bytes(config, state, rng),
+      # XLA's buffer plan for one device: state, batch, outputs (less what
+      # is donated) and temporaries, activations included. Known before
+      # running, and on every platform.
+      'planned_memory_bytes': (
+          plan.argument_size_in_bytes + plan.output_size_in_bytes -
+          plan.alias_size_in_bytes + plan.temp_size_in_bytes
+          if plan else None),
       'timed_steps': len(times),
   }))
 
