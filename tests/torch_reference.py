@@ -1,13 +1,23 @@
-"""A PyTorch reference of the Jingle_D model, for checkpoint parity tests.
+"""A PyTorch reference of the Jingle_D model, for parity tests and timing.
 
 Written from SPEC section 4 in the original's layout ([B, D, T]) and with the
 state-dict keys and shapes of SPEC section 7; the GAN discriminator follows
-the layout documented in jingle_jax/convert_torch.py. Only what parity needs
-is here: evaluation, and training-mode forwards without anti-cheating noise
-(so the spectral-norm power iteration can be compared too).
+the layout documented in jingle_jax/convert_torch.py. The parity tests use
+evaluation and training-mode forwards without anti-cheating noise (so the
+spectral-norm power iteration can be compared too).
+
+Run as a script, it times the original's training step (generator and GAN
+discriminator AdamW updates, as the PyTorch training loop does them) at the
+shapes of a jingle_jax.bench preset, on this machine's CPU:
+
+  python tests/torch_reference.py --preset cpu-small
 """
 
+import argparse
+import json
 import math
+import statistics
+import time
 
 import torch
 from torch import nn
@@ -142,8 +152,9 @@ class CascadeTransformer(nn.Module):
 
   def __init__(self, latent_dim=128, num_stages=2, num_layers=6, num_heads=8,
                dropout=0.1, use_creative_agent=True, mask_hidden=256,
-               mask_heads=4, max_len=2000):
+               mask_heads=4, max_len=2000, anti_cheating=0.0):
     super().__init__()
+    self.anti_cheating = anti_cheating
     if use_creative_agent:
       self.creative_agent = CreativeAgent(latent_dim, mask_hidden, mask_heads,
                                           dropout)
@@ -162,9 +173,12 @@ class CascadeTransformer(nn.Module):
       input_mask = target_mask = torch.ones_like(inputs)
       mask_reg = balance = torch.zeros(())
     previous = None
+    noisy_x = self.noisy(x)  # once; the target gets fresh noise per stage
     for stage in self.cascade_stages:
       parts = [x, y] if previous is None else [x, previous, y]
-      stage_input = torch.cat(parts, dim=1).transpose(1, 2)
+      noisy_parts = ([noisy_x, y] if previous is None else
+                     [noisy_x, previous, self.noisy(y)])
+      stage_input = torch.cat(noisy_parts, dim=1).transpose(1, 2)
       previous = stage(stage_input).transpose(1, 2) + sum(parts) / len(parts)
     scale = torch.sqrt((example_rms(x)**2 + example_rms(y)**2) / 2) / (
         example_rms(previous) + 1e-8)
@@ -175,6 +189,13 @@ class CascadeTransformer(nn.Module):
         'mask_reg': mask_reg,
         'balance': balance,
     }
+
+
+  def noisy(self, x):
+    """Training only: x + N(0, 1) * anti_cheating * std(x)."""
+    if not self.training or self.anti_cheating == 0.0:
+      return x
+    return x + torch.randn_like(x) * self.anti_cheating * x.std()
 
 
 class LatentDiscriminator(nn.Module):
@@ -230,3 +251,72 @@ def perturb_(module, seed, scale=0.05):
     for parameter in module.parameters():
       parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
   return module
+
+
+def training_step(model, discriminator, optimizer, disc_optimizer, inputs,
+                  targets):
+  """One step of the original's loop at the seed loss weights (SPEC 4.5):
+  discriminator update on (rolled targets, detached output), then the
+  generator update with the adversarial loss."""
+  bce = nn.functional.binary_cross_entropy_with_logits
+  out = model(inputs, targets)
+  output = out['output']
+  real_logits = discriminator(torch.roll(targets, 1, 0))
+  fake_logits = discriminator(output.detach())
+  d_loss = (bce(real_logits, torch.ones_like(real_logits)) +
+            bce(fake_logits, torch.zeros_like(fake_logits)))
+  disc_optimizer.zero_grad()
+  d_loss.backward()
+  nn.utils.clip_grad_norm_(discriminator.parameters(), 1.0)
+  disc_optimizer.step()
+  adversarial_logits = discriminator(output)
+  loss = ((output - inputs).square().mean().sqrt() + 0.1 * out['mask_reg'] +
+          5.0 * out['balance'] +
+          0.1 * bce(adversarial_logits, torch.ones_like(adversarial_logits)))
+  optimizer.zero_grad()
+  loss.backward()
+  nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+  optimizer.step()
+
+
+def main():
+  from jingle_jax import bench  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--preset', choices=sorted(bench.PRESETS),
+                      default='cpu-small')
+  parser.add_argument('--steps', type=int, default=10,
+                      help='timed steps after one warm-up step')
+  args = parser.parse_args()
+  preset = bench.PRESETS[args.preset]
+  torch.manual_seed(0)
+  model = CascadeTransformer(num_stages=preset['num_stages'],
+                             num_layers=preset['num_layers'],
+                             anti_cheating=0.9).train()
+  discriminator = LatentDiscriminator().train()
+  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4,
+                                weight_decay=0.01)
+  disc_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=5e-5,
+                                     weight_decay=0.01)
+  shape = (preset['per_device_batch_size'], 128, preset['num_frames'])
+  inputs, targets = torch.randn(shape), torch.randn(shape)
+  times = []
+  for _ in range(args.steps + 1):
+    start = time.perf_counter()
+    training_step(model, discriminator, optimizer, disc_optimizer, inputs,
+                  targets)
+    times.append(time.perf_counter() - start)
+  step_s = statistics.median(times[1:])
+  print(json.dumps({
+      'preset': args.preset,
+      'torch': torch.__version__,
+      'threads': torch.get_num_threads(),
+      'batch_size': shape[0],
+      'num_frames': shape[2],
+      'pairs_per_s': round(shape[0] / step_s, 3),
+      'median_step_ms': round(1e3 * step_s, 2),
+      'timed_steps': args.steps,
+  }))
+
+
+if __name__ == '__main__':
+  main()
