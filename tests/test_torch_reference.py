@@ -7,6 +7,7 @@ import sys
 
 import torch
 
+from configs import creative
 import torch_reference as reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +26,8 @@ def test_training_step_updates_both_models_with_training_noise():
   reference.training_step(
       model.train(), discriminator.train(),
       torch.optim.AdamW(model.parameters()),
-      torch.optim.AdamW(discriminator.parameters()), inputs, targets)
+      torch.optim.AdamW(discriminator.parameters()), inputs, targets,
+      creative.get_config())
   after = {f'{prefix}.{name}': parameter
            for prefix, module in modules.items()
            for name, parameter in module.named_parameters()}

@@ -190,7 +190,6 @@ class CascadeTransformer(nn.Module):
         'balance': balance,
     }
 
-
   def noisy(self, x):
     """Training only: x + N(0, 1) * anti_cheating * std(x)."""
     if not self.training or self.anti_cheating == 0.0:
@@ -254,10 +253,11 @@ def perturb_(module, seed, scale=0.05):
 
 
 def training_step(model, discriminator, optimizer, disc_optimizer, inputs,
-                  targets):
-  """One step of the original's loop at the seed loss weights (SPEC 4.5):
-  discriminator update on (rolled targets, detached output), then the
-  generator update with the adversarial loss."""
+                  targets, config):
+  """One step of the original's loop with the config's loss weights and
+  clipping (SPEC 4.5): discriminator update on (rolled targets, detached
+  output), then the generator update with the adversarial loss."""
+  weights, optim = config.loss, config.optim
   bce = nn.functional.binary_cross_entropy_with_logits
   out = model(inputs, targets)
   output = out['output']
@@ -267,43 +267,54 @@ def training_step(model, discriminator, optimizer, disc_optimizer, inputs,
             bce(fake_logits, torch.zeros_like(fake_logits)))
   disc_optimizer.zero_grad()
   d_loss.backward()
-  nn.utils.clip_grad_norm_(discriminator.parameters(), 1.0)
+  nn.utils.clip_grad_norm_(discriminator.parameters(),
+                           optim.disc_grad_clip_norm)
   disc_optimizer.step()
   adversarial_logits = discriminator(output)
-  loss = ((output - inputs).square().mean().sqrt() + 0.1 * out['mask_reg'] +
-          5.0 * out['balance'] +
-          0.1 * bce(adversarial_logits, torch.ones_like(adversarial_logits)))
+  rms = lambda error: error.square().mean().sqrt()
+  loss = (weights.input_weight * rms(output - inputs) +
+          weights.target_weight * rms(output - targets) +
+          weights.mask_reg_weight * out['mask_reg'] +
+          weights.balance_weight * out['balance'] +
+          weights.gan_weight * bce(adversarial_logits,
+                                   torch.ones_like(adversarial_logits)))
   optimizer.zero_grad()
   loss.backward()
-  nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+  nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip_norm)
   optimizer.step()
 
 
 def main():
-  from jingle_jax import bench  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from configs import creative
+  from jingle_jax import bench
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--preset', choices=sorted(bench.PRESETS),
                       default='cpu-small')
   parser.add_argument('--steps', type=int, default=10,
                       help='timed steps after one warm-up step')
   args = parser.parse_args()
-  preset = bench.PRESETS[args.preset]
-  torch.manual_seed(0)
-  model = CascadeTransformer(num_stages=preset['num_stages'],
-                             num_layers=preset['num_layers'],
-                             anti_cheating=0.9).train()
-  discriminator = LatentDiscriminator().train()
-  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4,
-                                weight_decay=0.01)
-  disc_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=5e-5,
-                                     weight_decay=0.01)
-  shape = (preset['per_device_batch_size'], 128, preset['num_frames'])
+  config = creative.get_config()
+  bench.apply_preset(config, args.preset)
+  m, optim = config.model, config.optim
+  torch.manual_seed(config.seed)
+  model = CascadeTransformer(m.latent_dim, m.num_stages, m.num_layers,
+                             m.num_heads, m.dropout, mask_hidden=m.mask_hidden,
+                             mask_heads=m.mask_heads,
+                             anti_cheating=m.anti_cheating).train()
+  discriminator = LatentDiscriminator(m.latent_dim).train()
+  optimizer = torch.optim.AdamW(model.parameters(), lr=optim.learning_rate,
+                                weight_decay=optim.weight_decay)
+  disc_optimizer = torch.optim.AdamW(discriminator.parameters(),
+                                     lr=optim.disc_learning_rate,
+                                     weight_decay=optim.disc_weight_decay)
+  shape = (config.per_device_batch_size, m.latent_dim, config.num_frames)
   inputs, targets = torch.randn(shape), torch.randn(shape)
   times = []
   for _ in range(args.steps + 1):
     start = time.perf_counter()
     training_step(model, discriminator, optimizer, disc_optimizer, inputs,
-                  targets)
+                  targets, config)
     times.append(time.perf_counter() - start)
   step_s = statistics.median(times[1:])
   print(json.dumps({
