@@ -1,4 +1,10 @@
-"""Seed training recipe of the creative agent (SPEC section 5)."""
+"""Seed training recipe of the creative agent (SPEC section 5).
+
+The seed run's objective has no reconstruction term (w_in = w_tgt = 0): the
+cascade learns from the adversarial term alone, the mask generator from it,
+the mask regularisers and the balance term. It sees raw EnCodec latents, as
+the original did.
+"""
 
 import ml_collections
 
@@ -11,9 +17,10 @@ def get_config():
 
   # Data: pairs of consecutive clips cut from the cached song latents.
   config.data_dir = ''  # precompute.encode's output (holds manifest.json).
-  # Standardise latents per channel with the manifest's training statistics;
-  # False feeds raw latents, as the original PyTorch model saw them.
-  config.normalise_latents = True
+  # False feeds raw latents, as the original saw them (RMS ~5.7 with the
+  # pretrained EnCodec); True standardises them per channel with the
+  # manifest's training statistics.
+  config.normalise_latents = False
   config.window_hop = 0  # frames between pair starts; 0: num_frames (disjoint).
   config.shuffle_targets = True  # training inputs get random training targets.
   config.prefetch_batches = 2  # batches put on the devices ahead of the step.
@@ -50,19 +57,28 @@ def get_config():
   # attention weights: O(T) instead of O(T^2) memory per layer) or layers
   # (also all but each layer's matmul outputs).
   model.remat = 'layers'
+  model.disc_dropout = 0.3  # dropout in the GAN latent discriminator.
 
   config.loss = loss = ml_collections.ConfigDict()
-  loss.input_weight = 1.0  # weight of rms(output - input).
+  loss.input_weight = 0.0  # weight of rms(output - input); the seed's is 0.
   loss.target_weight = 0.0  # weight of rms(output - target): 0 = no copying.
-  loss.mask_reg_weight = 0.1  # weight of the mask regulariser.
+  loss.mask_reg_weight = 0.1  # weight of the mask regulariser mask_reg.
+  # mask_reg = overlap_weight x overlap + coverage_weight x coverage
+  #   + temporal_weight x temporal (SPEC 4.1); the published code later
+  #   raised overlap_weight to 10.
+  loss.overlap_weight = 1.0  # weight of mean(m_in x m_tgt) in mask_reg.
+  loss.coverage_weight = 0.5  # weight of mean((m_in + m_tgt - 1)^2).
+  loss.temporal_weight = 5.0  # weight of the too-static-masks penalty.
   loss.balance_weight = 5.0  # weight of the 50/50 mask balance term.
   loss.gan_weight = 0.1  # weight of the adversarial loss; 0 disables the GAN.
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.learning_rate = 1e-4  # generator AdamW learning rate.
   optim.weight_decay = 0.01  # generator AdamW weight decay.
-  optim.grad_clip_norm = 1.0  # generator global gradient-norm clip.
+  optim.grad_clip_norm = 10.0  # generator global gradient-norm clip.
   optim.disc_learning_rate = 5e-5  # GAN discriminator AdamW learning rate.
   optim.disc_weight_decay = 0.01  # GAN discriminator AdamW weight decay.
+  optim.disc_b1 = 0.5  # GAN discriminator AdamW beta1 (the original's).
+  optim.disc_b2 = 0.999  # GAN discriminator AdamW beta2.
   optim.disc_grad_clip_norm = 1.0  # GAN discriminator gradient-norm clip.
   return config

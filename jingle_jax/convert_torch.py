@@ -5,9 +5,12 @@
       [--steps-per-epoch N | --config.data_dir=LATENTS] [--allow-pickle]
 
 writes a new training workdir W (see jingle_jax/checkpoints.py) whose one
-checkpoint training resumes from, with fresh optimiser states, and sampling
-uses. Its step is the checkpoint's `epoch` (epochs completed) times the steps
-per epoch, given or counted from the training pairs of config.data_dir.
+checkpoint training resumes from and sampling uses. Its step is the epochs
+the checkpoint completed (its 0-based `epoch` + 1) times the steps per epoch,
+given or counted from the training pairs of config.data_dir. Both AdamW
+states come along when the checkpoint has them (`optimizer_state_dict`,
+`disc_optimizer_state_dict`: step count, first and second moments), so that
+training resumes with the original's moments; otherwise they start fresh.
 
 Key mapping (a `module.` prefix, left by DistributedDataParallel, is dropped):
 
@@ -39,10 +42,13 @@ log says so); everything else (heads, widths the keys must then match) comes
 from the config. `discriminator_state_dict`, when present, holds the GAN's
 LatentDiscriminator (SPEC 4.4) in this layout:
 
-  encoder.{0,3,6,9}.{weight,bias}  Conv1d, each followed by LeakyReLU(0.2)
-                                   and Dropout(0.3)
-  classifier.{0,3}.{weight,bias}   Linear(256 -> 128), LeakyReLU, Dropout,
-                                   Linear(128 -> 1)
+  conv_layers.{0,3,6,9}.{weight,bias}  Conv1d, each followed by
+                                       LeakyReLU(0.2) and Dropout(0.3)
+  classifier.{0,3}.{weight,bias}       Linear(256 -> 128), LeakyReLU,
+                                       Dropout, Linear(128 -> 1)
+
+A torch optimiser state lists its parameters by index, in the order of
+module.parameters(): the state dict's order without its buffers.
 
 This module imports torch only inside load_torch_checkpoint.
 """
@@ -62,6 +68,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
+import optax
 
 from jingle_jax import checkpoints
 from jingle_jax import evaluate
@@ -74,8 +81,9 @@ _DDP_PREFIX = 'module.'
 # rounding errors of about 1e-4.
 _POSITIONS_TOLERANCE = 1e-3
 _LATENT_DISCRIMINATOR_MODULES = {
-    'conv_0': 'encoder.0', 'conv_1': 'encoder.3', 'conv_2': 'encoder.6',
-    'conv_3': 'encoder.9', 'hidden': 'classifier.0', 'logit': 'classifier.3'}
+    'conv_0': 'conv_layers.0', 'conv_1': 'conv_layers.3',
+    'conv_2': 'conv_layers.6', 'conv_3': 'conv_layers.9',
+    'hidden': 'classifier.0', 'logit': 'classifier.3'}
 
 
 class ConversionError(ValueError):
@@ -213,9 +221,10 @@ def _check_positions(state_dict, config, source):
 def convert(checkpoint, config, source='checkpoint', *, rng=None):
   """(config, TrainState) from an original checkpoint dict of arrays.
 
-  The state has fresh optimiser states (optimizer_state_dict is not read)
-  and step 0; the GAN discriminator is converted when the checkpoint has one
-  and freshly initialised from `rng` (default: config.seed) otherwise.
+  The state has step 0 and the checkpoint's AdamW states where it has them
+  (fresh ones otherwise); the GAN discriminator is converted when the
+  checkpoint has one and freshly initialised from `rng` (default:
+  config.seed) otherwise.
   """
   if 'model_state_dict' not in checkpoint:
     raise ConversionError(f'{source}: no model_state_dict; keys: '
@@ -238,22 +247,91 @@ def convert(checkpoint, config, source='checkpoint', *, rng=None):
       {'params': abstract.params, 'batch_stats': abstract.batch_stats},
       state_dict, _torch_module, model_source, positions)
   _check_positions(state_dict, config, model_source)
+  tx, disc_tx = train_step.make_optimizers(config)
+  o = config.optim
+  opt_state = _optimizer_state(
+      checkpoint, 'optimizer_state_dict', state_dict, _torch_module, tx,
+      variables['params'], (o.learning_rate, (0.9, 0.999), o.weight_decay),
+      source)
   if has_gan:
+    disc_state_dict = strip_ddp_prefix(checkpoint['discriminator_state_dict'])
+    disc_module = lambda path: _LATENT_DISCRIMINATOR_MODULES[path[0]]
     disc_params = _fill(
-        {'params': abstract.disc_params},
-        strip_ddp_prefix(checkpoint['discriminator_state_dict']),
-        lambda path: _LATENT_DISCRIMINATOR_MODULES[path[0]],
+        {'params': abstract.disc_params}, disc_state_dict, disc_module,
         f'{source} discriminator_state_dict')['params']
+    disc_opt_state = _optimizer_state(
+        checkpoint, 'disc_optimizer_state_dict', disc_state_dict, disc_module,
+        disc_tx, disc_params, (o.disc_learning_rate, (o.disc_b1, o.disc_b2),
+                               o.disc_weight_decay), source)
   else:
     disc_params = _fresh_discriminator(config, rng, source)
-  # As train_step.create_train_state, less initialising what is replaced.
-  tx, disc_tx = train_step.make_optimizers(config)
-  params, batch_stats, disc_params = jax.device_put(
-      (variables['params'], variables['batch_stats'], disc_params))
-  return config, train_step.TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-      opt_state=tx.init(params), disc_params=disc_params,
-      disc_opt_state=disc_tx.init(disc_params))
+    disc_opt_state = disc_tx.init(disc_params)
+  return config, jax.device_put(train_step.TrainState(
+      step=jnp.zeros((), jnp.int32), params=variables['params'],
+      batch_stats=variables['batch_stats'], opt_state=opt_state,
+      disc_params=disc_params, disc_opt_state=disc_opt_state))
+
+
+def _optimizer_state(checkpoint, name, state_dict, module_name, tx, params,
+                     hyperparameters, source):
+  """tx's state for `params` from the checkpoint's torch AdamW state `name`.
+
+  Fresh when the checkpoint has none. The config's (learning rate, betas,
+  weight decay) `hyperparameters` apply from here on; the log says where the
+  checkpoint's differ.
+  """
+  if name not in checkpoint:
+    logging.info('%s: no %s; that AdamW state starts fresh', source, name)
+    return tx.init(params)
+  source = f'{source} {name}'
+  optimizer = checkpoint[name]
+  groups = optimizer.get('param_groups', [])
+  indices = [index for group in groups for index in group['params']]
+  keys = _parameter_keys(params, module_name, state_dict)
+  if len(indices) != len(keys):
+    raise ConversionError(f'{source}: {len(indices)} parameters, the model '
+                          f'has {len(keys)}')
+  for group in groups:
+    group_values = (group.get('lr'), tuple(group.get('betas', ())),
+                    group.get('weight_decay'))
+    if group_values != hyperparameters:
+      logging.warning('%s: (lr, betas, weight_decay) = %s; the config has %s',
+                      source, group_values, hyperparameters)
+  moments = {'exp_avg': {}, 'exp_avg_sq': {}}
+  steps = {}
+  for index, key in zip(indices, keys):
+    entry = optimizer['state'].get(index)
+    if entry is None:  # no gradient yet (e.g. the style discriminator)
+      for moment in moments.values():
+        moment[key] = np.zeros_like(state_dict[key])
+      continue
+    for field in ('step', *moments):
+      if field not in entry:
+        raise ConversionError(f'{source}: state[{index}] ({key}) has no '
+                              f'{field!r}; not an AdamW state')
+    for moment_name, moment in moments.items():
+      moment[key] = entry[moment_name]
+    steps[key] = int(entry['step'])
+  if len(set(steps.values())) > 1:
+    first, last = min(steps, key=steps.get), max(steps, key=steps.get)
+    raise ConversionError(f'{source}: parameters were stepped unequally '
+                          f'({first}: {steps[first]}, {last}: {steps[last]})')
+  mu, nu = (_fill({'params': params}, moment, module_name,
+                  f'{source} {moment_name}')['params']
+            for moment_name, moment in moments.items())
+  count = jnp.asarray(max(steps.values(), default=0), jnp.int32)
+  return optax.tree.set(tx.init(params), count=count, mu=mu, nu=nu)
+
+
+def _parameter_keys(params, module_name, state_dict):
+  """The torch keys of `params` in module.parameters() order.
+
+  That is the state dict's order less its buffers; a parameter missing from
+  the state dict was reported when the weights were read.
+  """
+  keys = {_torch_key('params', path, module_name)[0]
+          for path in flax.traverse_util.flatten_dict(params)}
+  return [key for key in state_dict if key in keys]
 
 
 def _fresh_discriminator(config, rng, source):
@@ -269,7 +347,7 @@ def _fresh_discriminator(config, rng, source):
 
 
 def load_torch_checkpoint(path, *, allow_pickle=False):
-  """The checkpoint dict, its state dicts as float32 numpy arrays."""
+  """The checkpoint dict with every tensor as a float32 numpy array."""
   import pickle  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
 
@@ -283,20 +361,29 @@ def load_torch_checkpoint(path, *, allow_pickle=False):
   if not isinstance(checkpoint, dict):
     raise ConversionError(f'{path}: a {type(checkpoint).__name__}, not a '
                           'checkpoint dict')
-  for name in ('model_state_dict', 'discriminator_state_dict'):
-    if name in checkpoint:
-      checkpoint[name] = {key: value.detach().float().numpy()
-                          for key, value in checkpoint[name].items()}
-  return checkpoint
+
+  def to_numpy(value):
+    if isinstance(value, torch.Tensor):
+      return value.detach().float().numpy()
+    if isinstance(value, dict):  # in order: it is the parameters' order
+      return {key: to_numpy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+      return type(value)(to_numpy(item) for item in value)
+    return value
+
+  return to_numpy(checkpoint)
 
 
 def completed_epochs(checkpoint, source) -> int:
-  """The checkpoint's `epoch`: epochs done, as in checkpoint_epoch_{N}.pt."""
+  """Epochs done: the 0-based `epoch` of the last one trained, plus one.
+
+  The original saves checkpoint_epoch_{N}.pt with epoch = N - 1.
+  """
   epoch = checkpoint.get('epoch')
   if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-    raise ConversionError(f'{source}: epoch is {epoch!r}, not a count of '
-                          'epochs')
-  return epoch
+    raise ConversionError(f'{source}: epoch is {epoch!r}, not a 0-based '
+                          'epoch index')
+  return epoch + 1
 
 
 def train_steps_per_epoch(config) -> int:

@@ -25,9 +25,10 @@ outside its training distribution. A generator trained on a baseline's own
 masks is a separate training run (model.use_creative_agent=False,
 model.fixed_masking=NAME) and is not part of this table.
 
-All metrics are computed in the model's space, the latents normalised with the
-dataset's per-channel mean and std, where the training loss lives:
-`rms_error_input` is the training loss's `recon_input` term, per pair. Rhythm
+All metrics are computed in the model's space, where the training loss lives:
+raw latents under the seed recipe, normalised with the dataset's per-channel
+mean and std with config.normalise_latents. `rms_error_input` is the
+training loss's `recon_input` term, per pair. Rhythm
 transfer compares loudness envelopes: per frame the RMS over channels,
 smoothed by a moving average of ENVELOPE_FRAMES; the Pearson correlation of
 the output's envelope with the input's and with the target's; a pair's rhythm
@@ -174,7 +175,7 @@ def method_model(config, variables, method: str):
 
 
 def generate(variables, inputs, targets, *, config):
-  """The model in evaluation mode on normalised latents [B, T, D]."""
+  """The model in evaluation mode on latents [B, T, D] as it sees them."""
   return train_step.build_model(config).apply(variables, inputs, targets,
                                               train=False)
 

@@ -34,7 +34,6 @@ def mask_metrics(input_mask, target_mask):
       'complementarity': 1.0 - overlap,
       'coverage': coverage,
       'temporal': temporal,
-      'mask_reg': 10.0 * overlap + 0.5 * coverage + 5.0 * temporal,
       'balance': jnp.square(input_mean - 0.5) + jnp.square(target_mean - 0.5),
       'input_mask_mean': input_mean,
       'target_mask_mean': target_mean,
@@ -47,27 +46,45 @@ def bce_with_logits(logits, label: float):
   return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
 
 
-def generator_loss(output, inputs, targets, input_mask, target_mask,
-                   fake_logits, weights, learned_masks: bool):
-  """SPEC 4.5: returns (loss, metrics).
+def validation_loss(output, inputs, targets, input_mask, target_mask,
+                    weights, learned_masks: bool):
+  """SPEC 4.5b: returns (loss, metrics).
+
+  The weighted reconstruction terms plus mask_reg_weight x mask_reg (SPEC
+  4.1, with learned masks only): no balance and no adversarial term.
 
   Args:
     output, inputs, targets: latents [B, T, D].
     input_mask, target_mask: the masks the model applied [B, T, D].
-    fake_logits: the GAN discriminator's logits on `output`, or None.
     weights: the config's `loss` block.
     learned_masks: whether the masks are learned (their regularisers join the
       loss) or fixed (they are only reported).
   """
   metrics = mask_metrics(input_mask, target_mask)
+  metrics['mask_reg'] = (weights.overlap_weight * metrics['overlap'] +
+                         weights.coverage_weight * metrics['coverage'] +
+                         weights.temporal_weight * metrics['temporal'])
+  metrics['balance_weighted'] = weights.balance_weight * metrics['balance']
   metrics['recon_input'] = rms(output - inputs)
   metrics['recon_target'] = rms(output - targets)
-  metrics['balance_weighted'] = weights.balance_weight * metrics['balance']
   loss = (weights.input_weight * metrics['recon_input'] +
           weights.target_weight * metrics['recon_target'])
   if learned_masks:
-    loss += (weights.mask_reg_weight * metrics['mask_reg'] +
-             metrics['balance_weighted'])
+    loss += weights.mask_reg_weight * metrics['mask_reg']
+  return loss, metrics
+
+
+def generator_loss(output, inputs, targets, input_mask, target_mask,
+                   fake_logits, weights, learned_masks: bool):
+  """SPEC 4.5: the validation loss, balance and adversarial terms.
+
+  Arguments as validation_loss's; fake_logits: the GAN discriminator's logits
+  on `output`, or None without GAN. Returns (loss, metrics).
+  """
+  loss, metrics = validation_loss(output, inputs, targets, input_mask,
+                                  target_mask, weights, learned_masks)
+  if learned_masks:
+    loss += metrics['balance_weighted']
   if fake_logits is not None:
     metrics['g_adv'] = bce_with_logits(fake_logits, 1.0)
     loss += weights.gan_weight * metrics['g_adv']

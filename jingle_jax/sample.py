@@ -7,8 +7,9 @@
 
 The model runs in evaluation mode (no dropout, no noise). Files hold raw
 EnCodec latents [frames, 128] float32, ready for precompute.decode; the model
-sees them normalised with the dataset's training statistics (config.data_dir
-of the run, or --data-dir). Masks are [frames, 128] in [0, 1].
+sees them raw (the seed recipe) or, with config.normalise_latents, normalised
+with the dataset's training statistics (config.data_dir of the run, or
+--data-dir). Masks are [frames, 128] in [0, 1].
 
 Dataset pairs: O/sample_NNN/ holds input.npy, target.npy, output.npy,
 input_mask.npy, target_mask.npy and masks.png (jingle_jax.plots.mask_figure);

@@ -1,4 +1,4 @@
-"""Train state, one compiled generator + discriminator update, and evaluation.
+"""Train state, one compiled discriminator + generator update, and evaluation.
 
 The step functions are pure and mesh-agnostic: bind the config with
 functools.partial and jit them with whatever shardings the caller uses,
@@ -17,6 +17,7 @@ import optax
 from jingle_jax import losses
 from jingle_jax.models import CascadeTransformer
 from jingle_jax.models import LatentDiscriminator
+from jingle_jax.models.cascade import copy_first_layers
 
 INIT_FRAMES = 16  # parameter shapes do not depend on the clip length
 
@@ -58,7 +59,8 @@ def build_discriminator(config) -> LatentDiscriminator | None:
   """The GAN discriminator, or None when the GAN is off (gan_weight 0)."""
   if config.loss.gan_weight == 0:
     return None
-  return LatentDiscriminator(dtype=compute_dtype(config.model.compute_dtype))
+  return LatentDiscriminator(dropout=config.model.disc_dropout,
+                             dtype=compute_dtype(config.model.compute_dtype))
 
 
 def _decayed(params):
@@ -80,24 +82,29 @@ def make_optimizers(config):
                   mask=_decayed))
   disc_tx = optax.chain(
       optax.clip_by_global_norm(o.disc_grad_clip_norm),
-      optax.adamw(o.disc_learning_rate, weight_decay=o.disc_weight_decay))
+      optax.adamw(o.disc_learning_rate, b1=o.disc_b1, b2=o.disc_b2,
+                  weight_decay=o.disc_weight_decay))
   return tx, disc_tx
 
 
 def create_train_state(config, rng) -> TrainState:
-  """Fresh parameters and optimiser states (jit it to place them on devices)."""
+  """Fresh parameters and optimiser states (jit it to place them on devices).
+
+  Initialised as the original's PyTorch modules are (SPEC 4.5c), the layers
+  of a stage equal (copy_first_layers).
+  """
   model, disc = build_model(config), build_discriminator(config)
   model_rng, disc_rng = jax.random.split(rng)
   dummy = jnp.zeros((1, INIT_FRAMES, config.model.latent_dim), jnp.float32)
   variables = model.init(model_rng, dummy, dummy, train=False)
+  params = copy_first_layers(variables['params'])
   disc_params = ({} if disc is None else
                  disc.init(disc_rng, dummy, train=False)['params'])
   tx, disc_tx = make_optimizers(config)
   return TrainState(
-      step=jnp.zeros((), jnp.int32), params=variables['params'],
-      batch_stats=variables['batch_stats'],
-      opt_state=tx.init(variables['params']), disc_params=disc_params,
-      disc_opt_state=disc_tx.init(disc_params))
+      step=jnp.zeros((), jnp.int32), params=params,
+      batch_stats=variables['batch_stats'], opt_state=tx.init(params),
+      disc_params=disc_params, disc_opt_state=disc_tx.init(disc_params))
 
 
 def generator_forward(params, batch_stats, batch, rng, config, train=True):
@@ -125,6 +132,33 @@ def real_samples(batch):
   return jnp.roll(batch['target'], 1, axis=0)
 
 
+def real_and_fake_logits(disc_params, batch, output, rng, config, train=True):
+  """(logits of real_samples(batch), logits of output): one forward of D."""
+  logits = discriminator_logits(
+      disc_params, jnp.concatenate([real_samples(batch), output]), rng,
+      config, train)
+  return jnp.split(logits, 2)
+
+
+def discriminator_update(state: TrainState, batch, output, rng, config):
+  """(disc_params, disc_opt_state, metrics) after one AdamW step of D.
+
+  D loss = BCE(D(real), 1) + BCE(D(output), 0), output held constant.
+  """
+  def loss_fn(disc_params):
+    return losses.discriminator_loss(*real_and_fake_logits(
+        disc_params, batch, output, rng, config))
+
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.disc_params)
+  metrics['disc_grad_norm'] = optax.tree.norm(grads)  # before clipping
+  _, disc_tx = make_optimizers(config)
+  updates, disc_opt_state = disc_tx.update(grads, state.disc_opt_state,
+                                           state.disc_params)
+  return (optax.apply_updates(state.disc_params, updates), disc_opt_state,
+          metrics)
+
+
 def output_loss(out, fake_logits, batch, config):
   """Generator loss (SPEC 4.5) of the model's outputs: (loss, metrics).
 
@@ -139,61 +173,50 @@ def output_loss(out, fake_logits, batch, config):
 
 
 def gradients(state: TrainState, batch, rng, config):
-  """(generator grads, discriminator grads or None, batch_stats, metrics).
+  """(generator grads, batch_stats, updated discriminator or None, metrics).
 
-  One forward of the generator, and one of the discriminator on the real and
-  on the fake samples, serve both updates: the discriminator's loss (fake
-  held constant) and the generator's adversarial loss, whose gradient
-  reaches the generator through D's input only.
+  The original's order (SPEC 4.4): the generator's forward; the GAN
+  discriminator's update on it (the returned (disc_params, disc_opt_state));
+  then the generator's loss, whose adversarial term comes from a fresh
+  training-mode forward of the updated discriminator and whose gradient
+  reaches the generator only.
   """
-  gen_rng, disc_rng = jax.random.split(rng)
+  gen_rng, disc_rng, adversarial_rng = jax.random.split(rng, 3)
   out, generator_vjp, batch_stats = jax.vjp(
       lambda params: generator_forward(params, state.batch_stats, batch,
                                        gen_rng, config),
       state.params, has_aux=True)
-  with_gan = build_discriminator(config) is not None
-  fake_logits = None
-  if with_gan:
-    real_rng, fake_rng = jax.random.split(disc_rng)
-    real_logits, real_vjp = jax.vjp(
-        lambda disc_params: discriminator_logits(
-            disc_params, real_samples(batch), real_rng, config),
-        state.disc_params)
-    fake_logits, fake_vjp = jax.vjp(
-        lambda disc_params, fake: discriminator_logits(
-            disc_params, fake, fake_rng, config),
-        state.disc_params, out.output)
-  (_, metrics), (out_grads, fake_logits_grads) = jax.value_and_grad(
+  disc, fake_logits, metrics = None, None, {}
+  if build_discriminator(config) is not None:
+    disc_params, disc_opt_state, metrics = discriminator_update(
+        state, batch, jax.lax.stop_gradient(out.output), disc_rng, config)
+    disc = disc_params, disc_opt_state
+    fake_logits, adversarial_vjp = jax.vjp(
+        lambda fake: discriminator_logits(disc_params, fake, adversarial_rng,
+                                          config), out.output)
+  (_, generator_metrics), (out_grads, fake_logits_grads) = jax.value_and_grad(
       output_loss, argnums=(0, 1), has_aux=True)(out, fake_logits, batch,
                                                    config)
-  d_grads = None
-  if with_gan:
-    _, adversarial_grads = fake_vjp(fake_logits_grads)
+  if fake_logits is not None:
+    (adversarial_grads,) = adversarial_vjp(fake_logits_grads)
     out_grads = out_grads.replace(output=out_grads.output + adversarial_grads)
-    (_, d_metrics), (real_grads, fake_grads) = jax.value_and_grad(
-        losses.discriminator_loss, argnums=(0, 1), has_aux=True)(
-            real_logits, fake_logits)
-    d_grads = jax.tree.map(jnp.add, real_vjp(real_grads)[0],
-                           fake_vjp(fake_grads)[0])
-    metrics.update(d_metrics)
   (grads,) = generator_vjp(out_grads)
-  return grads, d_grads, batch_stats, metrics
+  return grads, batch_stats, disc, {**metrics, **generator_metrics}
 
 
 def train_step(state: TrainState, batch, rng, *, config):
-  """One generator and one discriminator AdamW update from the same forward.
+  """One discriminator and one generator AdamW update, in that order.
 
   batch: {'input', 'target'}: float32 latents [B, T, D]. A step whose loss or
   gradients are not finite changes nothing (the step counter included) and
   reports skipped = 1.
   """
-  tx, disc_tx = make_optimizers(config)
-  grads, d_grads, batch_stats, metrics = gradients(state, batch, rng, config)
+  tx, _ = make_optimizers(config)
+  grads, batch_stats, disc, metrics = gradients(state, batch, rng, config)
   metrics['grad_norm'] = optax.tree.norm(grads)  # before clipping
   metrics['learning_rate'] = jnp.float32(config.optim.learning_rate)
   finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
-  if d_grads is not None:
-    metrics['disc_grad_norm'] = optax.tree.norm(d_grads)
+  if disc is not None:
     finite &= (jnp.isfinite(metrics['d_loss']) &
                jnp.isfinite(metrics['disc_grad_norm']))
 
@@ -202,12 +225,8 @@ def train_step(state: TrainState, batch, rng, *, config):
     state = state.replace(
         step=state.step + 1, params=optax.apply_updates(state.params, updates),
         batch_stats=batch_stats, opt_state=opt_state)
-    if d_grads is not None:
-      d_updates, disc_opt_state = disc_tx.update(
-          d_grads, state.disc_opt_state, state.disc_params)
-      state = state.replace(
-          disc_params=optax.apply_updates(state.disc_params, d_updates),
-          disc_opt_state=disc_opt_state)
+    if disc is not None:
+      state = state.replace(disc_params=disc[0], disc_opt_state=disc[1])
     return state
 
   # A conditional rather than a select over the state: the update runs in
@@ -218,18 +237,24 @@ def train_step(state: TrainState, batch, rng, *, config):
 
 
 def eval_step(state: TrainState, batch, *, config):
-  """Deterministic metrics: no dropout, no noise, stored spectral norms."""
+  """Deterministic metrics: no dropout, no noise, stored spectral norms.
+
+  'loss' is the validation loss of SPEC 4.5b (no balance, no adversarial
+  term), which picks the best checkpoint and drives early stopping; the
+  other terms are reported as in training.
+  """
   out, _ = generator_forward(state.params, state.batch_stats, batch, None,
                              config, train=False)
-  fake_logits = None
+  loss, metrics = losses.validation_loss(
+      out.output, batch['input'], batch['target'], out.input_mask,
+      out.target_mask, config.loss,
+      learned_masks=config.model.use_creative_agent)
+  metrics.update(loss=loss, rms_scale=jnp.mean(out.rms_scale))
   if build_discriminator(config) is not None:
-    fake_logits = discriminator_logits(state.disc_params, out.output, None,
-                                       config, train=False)
-  _, metrics = output_loss(out, fake_logits, batch, config)
-  if fake_logits is not None:
-    real_logits = discriminator_logits(state.disc_params, real_samples(batch),
-                                       None, config, train=False)
-    metrics.update(losses.discriminator_loss(real_logits, fake_logits)[1])
+    real_logits, fake_logits = real_and_fake_logits(
+        state.disc_params, batch, out.output, None, config, train=False)
+    metrics.update(losses.discriminator_loss(real_logits, fake_logits)[1],
+                   g_adv=losses.bce_with_logits(fake_logits, 1.0))
   return metrics
 
 

@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 
+import flax.traverse_util
 import jax
 import ml_collections
 import numpy as np
+import optax
 import pytest
 import torch
 
@@ -45,12 +47,14 @@ def float32_config(tiny_config):
 def reference_model(config, num_stages, use_creative_agent, seed=0):
   """A PyTorch model of the config's widths with perturbed weights, its
   spectral-norm vectors refreshed by training-mode forwards as in training."""
-  m = config.model
+  m, weights = config.model, config.loss
   torch.manual_seed(seed)
   model = reference.CascadeTransformer(
       m.latent_dim, num_stages, m.num_layers, m.num_heads, dropout=0.0,
       use_creative_agent=use_creative_agent, mask_hidden=m.mask_hidden,
-      mask_heads=m.mask_heads)
+      mask_heads=m.mask_heads, mask_reg_weights=(
+          weights.overlap_weight, weights.coverage_weight,
+          weights.temporal_weight))
   reference.perturb_(model, seed)
   with torch.no_grad():
     model.train()
@@ -59,12 +63,12 @@ def reference_model(config, num_stages, use_creative_agent, seed=0):
   return model.eval()
 
 
-def latents(config, seed):
+def latents(config, seed, gain=1.0):
   """(inputs, targets) float32 [B, T, D], the Flax layout."""
   rng = np.random.default_rng(seed)
   shape = (2, FRAMES, config.model.latent_dim)
-  return (rng.standard_normal(shape, np.float32),
-          rng.standard_normal(shape, np.float32))
+  return (gain * rng.standard_normal(shape, np.float32),
+          gain * rng.standard_normal(shape, np.float32))
 
 
 def to_torch(x):  # [B, T, D] -> [B, D, T]
@@ -98,10 +102,11 @@ def assert_close(actual, expected):
                              rtol=0, atol=TOLERANCE)
 
 
-@pytest.mark.parametrize('num_stages, use_creative_agent, distributed', [
-    (2, True, False), (3, True, True), (2, False, True), (3, False, False)])
+@pytest.mark.parametrize('num_stages, use_creative_agent, distributed, gain', [
+    (2, True, False, 1.0), (3, True, True, 0.1), (2, False, True, 1.0),
+    (3, False, False, 0.1)])
 def test_evaluation_matches_pytorch(tmp_path, config, num_stages,
-                                    use_creative_agent, distributed):
+                                    use_creative_agent, distributed, gain):
   model = reference_model(config, num_stages, use_creative_agent)
   config, state = convert_saved(tmp_path, model, config,
                                 distributed=distributed)
@@ -109,20 +114,26 @@ def test_evaluation_matches_pytorch(tmp_path, config, num_stages,
   assert config.model.num_stages == num_stages
   assert config.model.use_creative_agent == use_creative_agent
 
-  inputs, targets = latents(config, seed=1)
+  inputs, targets = latents(config, seed=1, gain=gain)
   with torch.no_grad():
     expected = model(to_torch(inputs), to_torch(targets))
+  if num_stages == 3:  # an intermediate stage's scale is clipped
+    scales = expected['rms_scale'].numpy()[:, :-1]
+    assert np.any((scales == np.float32(0.7)) | (scales == np.float32(1.5)))
   out, _ = flax_forward(config, state, inputs, targets)
+  assert_close(out.rms_scale, expected['rms_scale'])
   assert_close(out.output, from_torch(expected['output']))
   assert_close(out.input_mask, from_torch(expected['input_mask']))
   assert_close(out.target_mask, from_torch(expected['target_mask']))
   if use_creative_agent:
-    metrics = losses.mask_metrics(out.input_mask, out.target_mask)
+    _, metrics = losses.validation_loss(
+        out.output, inputs, targets, out.input_mask, out.target_mask,
+        config.loss, learned_masks=True)
     assert_close(metrics['mask_reg'], expected['mask_reg'])
     assert_close(metrics['balance'], expected['balance'])
     with torch.no_grad():
       expected_scores = model.creative_agent.discriminator(to_torch(inputs))
-    scores = StyleDiscriminator().apply(
+    scores = StyleDiscriminator(config.model.latent_dim).apply(
         {'params': state.params['creative_agent']['discriminator']}, inputs)
     for actual, wanted in zip(scores, expected_scores):
       assert_close(actual, wanted)
@@ -164,6 +175,108 @@ def test_gan_discriminator_matches_pytorch(tmp_path, config):
   logits = LatentDiscriminator().apply({'params': state.disc_params}, inputs,
                                        train=False)
   assert_close(logits, expected)
+
+
+def step_config(config):
+  """The tiny config with every random draw off (dropout, anti-cheating
+  noise), so that one training step is a function of the weights and the
+  batch, and with reconstruction terms too."""
+  config = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
+  m = config.model
+  m.dropout = m.attention_dropout = m.disc_dropout = m.anti_cheating = 0.0
+  config.loss.input_weight, config.loss.target_weight = 0.3, 0.2
+  return config
+
+
+def test_training_step_after_import_matches_pytorch(tmp_path, config):
+  """Both AdamW states imported, one step on each side: same weights after.
+
+  Covers the GAN discriminator's update before the generator's adversarial
+  term (through the updated discriminator), the loss weights, clipping and
+  the optimisers. The PyTorch side after its step is read back through the
+  converter, so both are compared in the Flax layout.
+  """
+  config = step_config(config)
+  torch.manual_seed(0)
+  model, discriminator, optimizer, disc_optimizer = reference.from_config(
+      config)
+  reference.perturb_(model, 0)
+  reference.perturb_(discriminator, 1)
+  batches = [latents(config, seed) for seed in (10, 11, 12)]
+
+  def step_pytorch(inputs, targets):
+    reference.training_step(model, discriminator, optimizer, disc_optimizer,
+                            to_torch(inputs), to_torch(targets), config)
+
+  def converted(name):
+    path = tmp_path / name
+    reference.save_checkpoint(path, model, epoch=0, best_val_loss=1.0,
+                              discriminator=discriminator,
+                              optimizer=optimizer,
+                              disc_optimizer=disc_optimizer)
+    return convert_torch.convert(convert_torch.load_torch_checkpoint(path),
+                                 config, str(path))[1]
+
+  for batch in batches[:2]:  # moments that a fresh state would not have
+    step_pytorch(*batch)
+  state = converted('before.pt')
+  for opt_state in (state.opt_state, state.disc_opt_state):
+    assert int(optax.tree.get(opt_state, 'count')) == 2
+  inputs, targets = batches[2]
+  step_pytorch(inputs, targets)
+  expected = converted('after.pt')
+  state, metrics = jax.jit(functools.partial(
+      train_step.train_step, config=config))(
+          state, {'input': inputs, 'target': targets}, jax.random.key(0))
+  assert float(metrics['skipped']) == 0.0
+
+  def assert_tree_close(actual, wanted, atol):
+    flat_actual = flax.traverse_util.flatten_dict(actual)
+    for path, value in flax.traverse_util.flatten_dict(wanted).items():
+      np.testing.assert_allclose(flat_actual[path], value, rtol=0, atol=atol,
+                                 err_msg='/'.join(path))
+
+  # Adam's step is about +-lr wherever the gradient is consistent: 2% of it
+  # tells steps apart. The moments compare the gradients themselves.
+  assert_tree_close(state.params, expected.params,
+                    0.02 * config.optim.learning_rate)
+  assert_tree_close(state.disc_params, expected.disc_params,
+                    0.02 * config.optim.disc_learning_rate)
+  assert_tree_close(state.batch_stats, expected.batch_stats, TOLERANCE)
+  for actual, wanted in ((state.opt_state, expected.opt_state),
+                         (state.disc_opt_state, expected.disc_opt_state)):
+    assert int(optax.tree.get(actual, 'count')) == 3
+    for moment in ('mu', 'nu'):
+      wanted_moment = optax.tree.get(wanted, moment)
+      scale = max(float(np.abs(leaf).max())
+                  for leaf in jax.tree.leaves(wanted_moment))
+      assert_tree_close(optax.tree.get(actual, moment), wanted_moment,
+                        1e-4 * scale)
+
+
+def test_optimizer_state_that_does_not_fit_names_the_key(tmp_path, config):
+  config = step_config(config)
+  model, discriminator, optimizer, disc_optimizer = reference.from_config(
+      config)
+  reference.training_step(model, discriminator, optimizer, disc_optimizer,
+                          *map(to_torch, latents(config, 0)), config)
+  path = tmp_path / 'checkpoint.pt'
+  reference.save_checkpoint(path, model, epoch=0, best_val_loss=1.0,
+                            discriminator=discriminator, optimizer=optimizer,
+                            disc_optimizer=disc_optimizer)
+  checkpoint = convert_torch.load_torch_checkpoint(path)
+  # The moments of conv_layers.3.weight (parameter 2) with a wrong shape.
+  entry = checkpoint['disc_optimizer_state_dict']['state'][2]
+  entry['exp_avg'] = entry['exp_avg'][:, :1]
+  with pytest.raises(convert_torch.ConversionError,
+                     match=r'(?s)disc_optimizer_state_dict exp_avg: .*'
+                     r'conv_layers\.3\.weight'):
+    convert_torch.convert(checkpoint, config, str(path))
+  del checkpoint['optimizer_state_dict']['state'][0]['exp_avg_sq']
+  with pytest.raises(convert_torch.ConversionError,
+                     match=r"state\[0\] \(creative_agent\.mask_generator\."
+                     r"input_analyzer\.0\.weight\) has no 'exp_avg_sq'"):
+    convert_torch.convert(checkpoint, config, str(path))
 
 
 def numpy_checkpoint(model, **extra):
@@ -243,6 +356,43 @@ def test_seed_architecture_converts_with_spec_keys():
   assert config.model.max_len == 2000
 
 
+def test_initialisation_is_pytorchs():
+  """Every fresh variable is distributed as in the PyTorch model (SPEC 4.5c).
+
+  Compared leaf by leaf with a default-initialised PyTorch model of the seed
+  size, converted: constants equal, random draws with the same spread and
+  bound, the layers of a stage equal (TransformerEncoder copies one layer),
+  spectral-norm vectors of unit norm.
+  """
+  torch.manual_seed(0)
+  config = get_config()
+  _, torch_state = convert_torch.convert(
+      numpy_checkpoint(reference.CascadeTransformer(num_stages=3)), config)
+  state = jax.jit(functools.partial(train_step.create_train_state, config))(
+      jax.random.key(0))
+  wanted = flax.traverse_util.flatten_dict(
+      {'params': torch_state.params, 'batch_stats': torch_state.batch_stats})
+  actual = flax.traverse_util.flatten_dict(
+      {'params': state.params, 'batch_stats': state.batch_stats})
+  assert set(actual) == set(wanted)
+  for path, value in wanted.items():
+    name, value, mine = '/'.join(path), np.asarray(value), np.asarray(
+        actual[path])
+    if path[0] == 'batch_stats':
+      assert np.linalg.norm(mine) == pytest.approx(1.0, rel=1e-5), name
+    elif value.size > 1 and np.all(value == value.flat[0]):  # LayerNorm, zeros
+      np.testing.assert_array_equal(mine, value, err_msg=name)
+    elif value.size >= 1000:
+      assert np.std(mine) == pytest.approx(np.std(value), rel=0.05), name
+      assert np.abs(mine).max() == pytest.approx(np.abs(value).max(),
+                                                 rel=0.05), name
+  for stage in range(3):
+    layers = state.params[f'cascade_stages_{stage}']
+    for layer in range(1, 6):
+      jax.tree.map(np.testing.assert_array_equal, layers[f'layers_{layer}'],
+                   layers['layers_0'])
+
+
 def test_command_writes_a_workdir_that_training_restores(tmp_path,
                                                          config):
   model = reference_model(config, 2, False)
@@ -264,7 +414,8 @@ def test_command_writes_a_workdir_that_training_restores(tmp_path,
           'False') in result.stderr
 
   config, state, step = checkpoints.load_for_inference(workdir, 'latest')
-  assert step == 7 * 3 and int(state.step) == 7 * 3
+  # epoch 7 is 0-based: 8 epochs of 3 steps are done.
+  assert step == 8 * 3 and int(state.step) == 8 * 3
   assert config.model.num_stages == 2
   assert not config.model.use_creative_agent
   _, expected = convert_torch.convert(
@@ -274,7 +425,7 @@ def test_command_writes_a_workdir_that_training_restores(tmp_path,
                (expected.params, expected.batch_stats))
   tx, _ = train_step.make_optimizers(config)
   jax.tree.map(np.testing.assert_array_equal, state.opt_state,
-               tx.init(state.params))  # fresh AdamW moments
+               tx.init(state.params))  # a fresh torch AdamW's moments
 
   with pytest.raises(convert_torch.ConversionError, match='holds checkpoints'):
     convert_torch.write_workdir(workdir, config, state, step=0)

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -29,7 +30,6 @@ def test_mask_metrics_match_numpy_formulas():
       'complementarity': 1 - overlap,
       'coverage': coverage,
       'temporal': temporal,
-      'mask_reg': 10 * overlap + 0.5 * coverage + 5 * temporal,
       'balance': (m_in.mean() - 0.5) ** 2 + (m_tgt.mean() - 0.5) ** 2,
       'input_mask_mean': m_in.mean(),
       'target_mask_mean': m_tgt.mean(),
@@ -48,11 +48,12 @@ def test_disjoint_constant_masks():
   assert float(metrics['balance']) == pytest.approx(0.5)
   # Constant masks have no temporal variance: both floors are hit.
   assert float(metrics['temporal']) == pytest.approx(0.1)
-  assert float(metrics['mask_reg']) == pytest.approx(0.5)
 
 
-def test_generator_loss_combines_weighted_terms():
-  weights = get_config().loss
+def test_generator_and_validation_losses_combine_weighted_terms():
+  weights = ml_collections.ConfigDict(get_config().loss.to_dict())
+  weights.input_weight, weights.target_weight = 0.7, 0.2
+  weights.overlap_weight = 10.0  # the published code's
   output, inputs, targets = jax.random.normal(jax.random.key(1), (3, 2, 40, 8))
   input_mask, target_mask = _random_masks()
   fake_logits = jnp.array([0.3, -1.2])
@@ -61,21 +62,32 @@ def test_generator_loss_combines_weighted_terms():
                                         learned_masks=True)
   g_adv = np.mean(np.log1p(np.exp(-np.asarray(fake_logits))))
   recon_input = np.sqrt(np.mean(np.square(output - inputs)))
-  assert float(metrics['recon_input']) == pytest.approx(recon_input, rel=1e-5)
-  assert float(metrics['g_adv']) == pytest.approx(g_adv, rel=1e-5)
-  expected = (1.0 * recon_input + 0.0 * float(metrics['recon_target']) +
-              0.1 * float(metrics['mask_reg']) +
-              5.0 * float(metrics['balance']) + 0.1 * g_adv)
-  assert float(loss) == pytest.approx(expected, rel=1e-5)
-  assert float(metrics['loss']) == float(loss)
-  assert float(metrics['balance_weighted']) == pytest.approx(
-      5.0 * float(metrics['balance']))
+  recon_target = np.sqrt(np.mean(np.square(output - targets)))
+  m = {name: float(value) for name, value in metrics.items()}
+  assert m['recon_input'] == pytest.approx(recon_input, rel=1e-5)
+  assert m['recon_target'] == pytest.approx(recon_target, rel=1e-5)
+  assert m['g_adv'] == pytest.approx(g_adv, rel=1e-5)
+  assert m['mask_reg'] == pytest.approx(
+      10.0 * m['overlap'] + 0.5 * m['coverage'] + 5.0 * m['temporal'])
+  assert m['balance_weighted'] == pytest.approx(5.0 * m['balance'])
+  validation = 0.7 * recon_input + 0.2 * recon_target + 0.1 * m['mask_reg']
+  assert float(loss) == pytest.approx(
+      validation + 5.0 * m['balance'] + 0.1 * g_adv, rel=1e-5)
+  assert m['loss'] == float(loss)
+  # SPEC 4.5b: no balance, no adversarial term.
+  val_loss, val_metrics = losses.validation_loss(
+      output, inputs, targets, input_mask, target_mask, weights,
+      learned_masks=True)
+  assert float(val_loss) == pytest.approx(validation, rel=1e-5)
+  assert 'g_adv' not in val_metrics and 'loss' not in val_metrics
 
+  # Fixed masks: their regularisers are reported, not trained.
   fixed_loss, fixed_metrics = losses.generator_loss(
       output, inputs, targets, input_mask, target_mask, None, weights,
       learned_masks=False)
-  assert float(fixed_loss) == pytest.approx(recon_input, rel=1e-5)
-  assert 'g_adv' not in fixed_metrics
+  assert float(fixed_loss) == pytest.approx(
+      0.7 * recon_input + 0.2 * recon_target, rel=1e-5)
+  assert 'g_adv' not in fixed_metrics and 'mask_reg' in fixed_metrics
 
 
 def test_discriminator_loss_and_accuracies():

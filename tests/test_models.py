@@ -14,6 +14,7 @@ from jingle_jax.models import AttentionMaskGenerator
 from jingle_jax.models import CascadeTransformer
 from jingle_jax.models import CreativeAgent
 from jingle_jax.models import LatentDiscriminator
+from jingle_jax.models.cascade import CascadeStage
 from jingle_jax.models.cascade import SpectralNormDense
 from jingle_jax.models.cascade import sinusoidal_positions
 
@@ -59,7 +60,8 @@ def test_seed_architecture_has_27_449_410_parameters():
 
 
 def test_untrained_masks_are_75_percent_complementary():
-  inputs, targets = latents(0, (4, 300, 128))
+  # Raw-scale latents: the pretrained EnCodec's have an RMS of about 5.7.
+  inputs, targets = (5.7 * x for x in latents(0, (4, 300, 128)))
   generator = AttentionMaskGenerator()
   variables = generator.init(jax.random.key(1), inputs, targets, train=False)
   apply = jax.jit(functools.partial(generator.apply, variables),
@@ -176,11 +178,15 @@ def test_rms_scale_stays_in_range_and_clips(tiny_model, train):
                    jax.random.key(0), train)
     scales[gain] = np.asarray(out.rms_scale)
     assert np.all((scales[gain] >= 0.7) & (scales[gain] <= 1.5))
-  # Tiny latents make the projection dominate: the scale clips at 0.7. Huge
-  # ones make the residual (x + y) / 2 dominate, whose RMS is 1/sqrt(2) of
-  # theirs for independent x and y.
+  # Tiny latents make the projection dominate: every stage clips at 0.7.
+  # Huge ones make the residual dominate: stage 0's (x + y) / 2 has 1/sqrt(2)
+  # of the RMS of independent x and y, so it is scaled by sqrt(2) to
+  # p = (x + y) / sqrt(2); stage 1's (x + p + y) / 3 then has (1 + sqrt(2)) / 3
+  # of their RMS.
   np.testing.assert_allclose(scales[1e-3], 0.7)
-  np.testing.assert_allclose(scales[1e3], np.sqrt(2), rtol=0.05)
+  np.testing.assert_allclose(scales[1e3][:, 0], np.sqrt(2), rtol=0.05)
+  np.testing.assert_allclose(scales[1e3][:, 1], 3 / (1 + np.sqrt(2)),
+                             rtol=0.05)
 
 
 def test_rms_scale_clips_at_1_5_when_the_residual_cancels():
@@ -192,6 +198,50 @@ def test_rms_scale_clips_at_1_5_when_the_residual_cancels():
   out = jax.jit(functools.partial(model.apply, train=False))(
       variables, inputs, -inputs)
   np.testing.assert_allclose(out.rms_scale, 1.5)
+
+
+def test_every_stage_output_is_rescaled_before_the_next_stage():
+  """Stage s's output, scaled and clipped, is what stage s + 1 receives.
+
+  Rebuilt from the stages themselves; with an intermediate scale clipped,
+  scaling once at the end would give another output.
+  """
+  model = CascadeTransformer(**dict(TINY, num_stages=3),
+                             use_creative_agent=False)
+  inputs, targets = (1e-2 * x for x in latents(11, (2, 32, 16)))
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.key(1), inputs, targets)
+  out = jax.jit(functools.partial(model.apply, train=False))(
+      variables, inputs, targets)
+  example_rms = lambda x: jnp.sqrt(jnp.mean(jnp.square(x), axis=(1, 2)) +
+                                   1e-8)[:, None, None]
+  reference = jnp.sqrt((example_rms(inputs) ** 2 + example_rms(targets) ** 2)
+                       / 2)
+
+  def stage(index, stage_input):
+    module = CascadeStage(
+        model.latent_dim, model.num_layers, model.num_heads, model.dropout,
+        model.attention_dropout, model.max_len)
+    return module.apply(
+        {name: tree[f'cascade_stages_{index}']
+         for name, tree in variables.items()}, stage_input, train=False)
+
+  def cascade(scale_every_stage):
+    previous = None
+    for index in range(3):
+      parts = [inputs, targets] if previous is None else [
+          inputs, previous, targets]
+      out = stage(index, jnp.concatenate(parts, axis=-1)) + sum(parts) / len(
+          parts)
+      if scale_every_stage or index == 2:
+        out *= jnp.clip(reference / (example_rms(out) + 1e-8), 0.7, 1.5)
+      previous = out
+    return previous
+
+  assert np.all(np.asarray(out.rms_scale)[:, :2] == np.float32(0.7))
+  np.testing.assert_allclose(out.output, cascade(True), rtol=1e-4,
+                             atol=1e-5)
+  assert not np.allclose(out.output, cascade(False), rtol=1e-2)
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_results(tiny_model):
@@ -259,13 +309,16 @@ def test_spectral_norm_dense_tracks_the_largest_singular_value():
   # Evaluation divides by the stored estimate and leaves it alone.
   y, updated = layer.apply({**variables, 'batch_stats': stats}, x,
                            update_stats=False, mutable=['batch_stats'])
-  np.testing.assert_allclose(y, x @ (kernel / sigma), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(y, x @ (kernel / sigma) +
+                             variables['params']['bias'], rtol=1e-5,
+                             atol=1e-6)
   assert jax.tree.all(jax.tree.map(np.array_equal, updated['batch_stats'],
                                    stats))
 
 
 def test_fixed_masking_mode_applies_the_baseline():
-  inputs, targets = latents(5, (2, 300, 16))
+  # Large latents: the residual, not the untrained projection, dominates.
+  inputs, targets = (100 * x for x in latents(5, (2, 300, 16)))
   model = CascadeTransformer(**TINY, use_creative_agent=False,
                              fixed_masking='temporal')
   variables = jax.jit(functools.partial(model.init, train=False))(
@@ -277,15 +330,16 @@ def test_fixed_masking_mode_applies_the_baseline():
   np.testing.assert_array_equal(out.input_mask, expected_in)
   np.testing.assert_array_equal(out.target_mask, expected_tgt)
   assert out.output.shape == inputs.shape
-  # Unmasked RMS restoration is the agent's: fixed masks scale the output to
-  # the raw latents' RMS (SPEC 4.3), not to the masked ones'.
+  # Fixed masks are not RMS-restored, and the output's RMS follows the masked
+  # latents the stages receive (SPEC 4.3).
   example_rms = lambda x: np.sqrt(np.mean(np.square(x), axis=(1, 2)))
-  raw_rms = np.sqrt((example_rms(inputs) ** 2 + example_rms(targets) ** 2) / 2)
-  scale = np.asarray(out.rms_scale)
+  masked_rms = np.sqrt((example_rms(inputs * expected_in) ** 2 +
+                        example_rms(targets * expected_tgt) ** 2) / 2)
+  scale = np.asarray(out.rms_scale)[:, -1]
   unclipped = (scale > 0.7) & (scale < 1.5)
   assert unclipped.any()
   np.testing.assert_allclose(example_rms(out.output)[unclipped],
-                             raw_rms[unclipped], rtol=1e-4)
+                             masked_rms[unclipped], rtol=1e-4)
   with pytest.raises(ValueError, match='fixed_masking'):
     CascadeTransformer(**TINY, fixed_masking='temporal').init(
         jax.random.key(1), inputs, targets, train=False)

@@ -7,27 +7,23 @@ import sys
 
 import torch
 
-from configs import creative
 import torch_reference as reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_training_step_updates_both_models_with_training_noise():
+def test_training_step_updates_both_models_with_training_noise(tiny_config):
   torch.manual_seed(0)
-  model = reference.CascadeTransformer(16, 2, 1, 2, mask_hidden=16,
-                                       mask_heads=2, anti_cheating=0.9)
-  discriminator = reference.LatentDiscriminator(16)
+  model, discriminator, optimizer, disc_optimizer = reference.from_config(
+      tiny_config)
+  assert disc_optimizer.defaults['betas'] == (0.5, 0.999)
   modules = {'model': model, 'discriminator': discriminator}
   before = {f'{prefix}.{name}': parameter.detach().clone()
             for prefix, module in modules.items()
             for name, parameter in module.named_parameters()}
   inputs, targets = torch.randn(2, 16, 24), torch.randn(2, 16, 24)
-  reference.training_step(
-      model.train(), discriminator.train(),
-      torch.optim.AdamW(model.parameters()),
-      torch.optim.AdamW(discriminator.parameters()), inputs, targets,
-      creative.get_config())
+  reference.training_step(model, discriminator, optimizer, disc_optimizer,
+                          inputs, targets, tiny_config)
   after = {f'{prefix}.{name}': parameter
            for prefix, module in modules.items()
            for name, parameter in module.named_parameters()}

@@ -1,14 +1,15 @@
 """A PyTorch reference of the Jingle_D model, for parity tests and timing.
 
-Written from SPEC section 4 in the original's layout ([B, D, T]) and with the
-state-dict keys and shapes of SPEC section 7; the GAN discriminator follows
-the layout documented in jingle_jax/convert_torch.py. The parity tests use
-evaluation and training-mode forwards without anti-cheating noise (so the
-spectral-norm power iteration can be compared too).
+Written from SPEC sections 4 and 5 in the original's layout ([B, D, T]), with
+the state-dict keys and shapes of SPEC section 7 and PyTorch's default
+initialisation. The parity tests use evaluation and training-mode forwards
+without anti-cheating noise (so the spectral-norm power iteration can be
+compared too), and whole training steps without dropout.
 
-Run as a script, it times the original's training step (generator and GAN
-discriminator AdamW updates, as the PyTorch training loop does them) at the
-shapes of a jingle_jax.bench preset, on this machine's CPU:
+Run as a script, it times the original's training step (the GAN
+discriminator's AdamW update, then the generator's, as the PyTorch training
+loop does them) at the shapes of a jingle_jax.bench preset, on this
+machine's CPU:
 
   python tests/torch_reference.py --preset cpu-small
 """
@@ -99,14 +100,16 @@ class AttentionMaskGenerator(nn.Module):
             self.target_mask_generator(target_attended.transpose(1, 2)))
 
 
-def mask_regularisers(input_mask, target_mask):
-  """(mask_reg, balance) of SPEC 4.1."""
+def mask_regularisers(input_mask, target_mask, weights):
+  """(mask_reg, balance) of SPEC 4.1; weights: (overlap, coverage, temporal)."""
   overlap = (input_mask * target_mask).mean()
   coverage = (input_mask + target_mask - 1).square().mean()
   temporal = sum(torch.relu(0.05 - mask.var(dim=2).mean())
                  for mask in (input_mask, target_mask))
   balance = (input_mask.mean() - 0.5)**2 + (target_mask.mean() - 0.5)**2
-  return 10 * overlap + 0.5 * coverage + 5 * temporal, balance
+  overlap_weight, coverage_weight, temporal_weight = weights
+  return (overlap_weight * overlap + coverage_weight * coverage +
+          temporal_weight * temporal), balance
 
 
 class StyleDiscriminator(nn.Module):
@@ -152,9 +155,11 @@ class CascadeTransformer(nn.Module):
 
   def __init__(self, latent_dim=128, num_stages=2, num_layers=6, num_heads=8,
                dropout=0.1, use_creative_agent=True, mask_hidden=256,
-               mask_heads=4, max_len=2000, anti_cheating=0.0):
+               mask_heads=4, max_len=2000, anti_cheating=0.0,
+               mask_reg_weights=(1.0, 0.5, 5.0)):
     super().__init__()
     self.anti_cheating = anti_cheating
+    self.mask_reg_weights = mask_reg_weights
     if use_creative_agent:
       self.creative_agent = CreativeAgent(latent_dim, mask_hidden, mask_heads,
                                           dropout)
@@ -167,23 +172,27 @@ class CascadeTransformer(nn.Module):
     """inputs, targets [B, D, T] -> dict of output, masks, mask_reg, balance."""
     if hasattr(self, 'creative_agent'):
       x, y, input_mask, target_mask = self.creative_agent(inputs, targets)
-      mask_reg, balance = mask_regularisers(input_mask, target_mask)
+      mask_reg, balance = mask_regularisers(input_mask, target_mask,
+                                            self.mask_reg_weights)
     else:
       x, y = inputs, targets
       input_mask = target_mask = torch.ones_like(inputs)
       mask_reg = balance = torch.zeros(())
-    previous = None
+    previous, scales = None, []
     noisy_x = self.noisy(x)  # once; the target gets fresh noise per stage
+    reference_rms = torch.sqrt((example_rms(x)**2 + example_rms(y)**2) / 2)
     for stage in self.cascade_stages:
       parts = [x, y] if previous is None else [x, previous, y]
       noisy_parts = ([noisy_x, y] if previous is None else
                      [noisy_x, previous, self.noisy(y)])
       stage_input = torch.cat(noisy_parts, dim=1).transpose(1, 2)
-      previous = stage(stage_input).transpose(1, 2) + sum(parts) / len(parts)
-    scale = torch.sqrt((example_rms(x)**2 + example_rms(y)**2) / 2) / (
-        example_rms(previous) + 1e-8)
+      out = stage(stage_input).transpose(1, 2) + sum(parts) / len(parts)
+      scales.append((reference_rms / (example_rms(out) + 1e-8)).clamp(0.7,
+                                                                       1.5))
+      previous = out * scales[-1]  # the next stage sees the scaled output
     return {
-        'output': previous * scale.clamp(0.7, 1.5),
+        'output': previous,
+        'rms_scale': torch.cat(scales, dim=1)[:, :, 0],  # [B, S]
         'input_mask': input_mask,
         'target_mask': target_mask,
         'mask_reg': mask_reg,
@@ -208,28 +217,29 @@ class LatentDiscriminator(nn.Module):
       layers += [nn.Conv1d(channels, features, kernel, stride, kernel // 2),
                  nn.LeakyReLU(0.2), nn.Dropout(dropout)]
       channels = features
-    self.encoder = nn.Sequential(*layers)
+    self.conv_layers = nn.Sequential(*layers)
     self.classifier = nn.Sequential(
         nn.Linear(256, 128), nn.LeakyReLU(0.2), nn.Dropout(dropout),
         nn.Linear(128, 1))
 
   def forward(self, latents):
-    return self.classifier(self.encoder(latents).mean(dim=2))[:, 0]
+    return self.classifier(self.conv_layers(latents).mean(dim=2))[:, 0]
 
 
 def save_checkpoint(path, model, *, epoch, best_val_loss, discriminator=None,
-                    distributed=False):
+                    optimizer=None, disc_optimizer=None, distributed=False):
   """torch.save's the dict the original training script writes.
 
-  `distributed` prefixes the keys with `module.` as a
-  DistributedDataParallel wrapper does.
+  `epoch` is 0-based: that of the last epoch trained. Without `optimizer`, a
+  fresh AdamW's state is written. `distributed` prefixes the keys with
+  `module.` as a DistributedDataParallel wrapper does.
   """
 
   def state_dict(module):
     prefix = 'module.' if distributed else ''
     return {prefix + key: value for key, value in module.state_dict().items()}
 
-  optimizer = torch.optim.AdamW(model.parameters())
+  optimizer = optimizer or torch.optim.AdamW(model.parameters())
   checkpoint = {
       'epoch': epoch,
       'model_state_dict': state_dict(model),
@@ -238,6 +248,8 @@ def save_checkpoint(path, model, *, epoch, best_val_loss, discriminator=None,
   }
   if discriminator is not None:
     checkpoint['discriminator_state_dict'] = state_dict(discriminator)
+  if disc_optimizer is not None:
+    checkpoint['disc_optimizer_state_dict'] = disc_optimizer.state_dict()
   torch.save(checkpoint, path)
 
 
@@ -284,6 +296,25 @@ def training_step(model, discriminator, optimizer, disc_optimizer, inputs,
   optimizer.step()
 
 
+def from_config(config):
+  """(model, discriminator, optimizer, disc_optimizer) of a jingle_jax config,
+  in training mode, with PyTorch's default initialisation."""
+  m, optim, weights = config.model, config.optim, config.loss
+  model = CascadeTransformer(
+      m.latent_dim, m.num_stages, m.num_layers, m.num_heads, m.dropout,
+      m.use_creative_agent, m.mask_hidden, m.mask_heads, m.max_len,
+      m.anti_cheating, (weights.overlap_weight, weights.coverage_weight,
+                        weights.temporal_weight)).train()
+  discriminator = LatentDiscriminator(m.latent_dim, m.disc_dropout).train()
+  optimizer = torch.optim.AdamW(model.parameters(), lr=optim.learning_rate,
+                                weight_decay=optim.weight_decay)
+  disc_optimizer = torch.optim.AdamW(
+      discriminator.parameters(), lr=optim.disc_learning_rate,
+      betas=(optim.disc_b1, optim.disc_b2),
+      weight_decay=optim.disc_weight_decay)
+  return model, discriminator, optimizer, disc_optimizer
+
+
 def main():
   # pylint: disable=import-outside-toplevel
   from configs import creative
@@ -296,18 +327,9 @@ def main():
   args = parser.parse_args()
   config = creative.get_config()
   bench.apply_preset(config, args.preset)
-  m, optim = config.model, config.optim
   torch.manual_seed(config.seed)
-  model = CascadeTransformer(m.latent_dim, m.num_stages, m.num_layers,
-                             m.num_heads, m.dropout, mask_hidden=m.mask_hidden,
-                             mask_heads=m.mask_heads,
-                             anti_cheating=m.anti_cheating).train()
-  discriminator = LatentDiscriminator(m.latent_dim).train()
-  optimizer = torch.optim.AdamW(model.parameters(), lr=optim.learning_rate,
-                                weight_decay=optim.weight_decay)
-  disc_optimizer = torch.optim.AdamW(discriminator.parameters(),
-                                     lr=optim.disc_learning_rate,
-                                     weight_decay=optim.disc_weight_decay)
+  model, discriminator, optimizer, disc_optimizer = from_config(config)
+  m = config.model
   shape = (config.per_device_batch_size, m.latent_dim, config.num_frames)
   inputs, targets = torch.randn(shape), torch.randn(shape)
   times = []

@@ -18,6 +18,9 @@ import numpy as np
 from jingle_jax import baselines
 from jingle_jax.models.layers import Dropout
 from jingle_jax.models.layers import MultiheadAttention
+from jingle_jax.models.layers import linear
+from jingle_jax.models.layers import torch_bias_init
+from jingle_jax.models.layers import torch_kernel_init
 from jingle_jax.models.mask_generator import CreativeAgent
 from jingle_jax.models.mask_generator import example_rms
 
@@ -44,10 +47,11 @@ def _l2_normalize(x, epsilon):
 class SpectralNormDense(nn.Module):
   """Dense layer divided by its largest singular value, as torch spectral_norm.
 
-  `u` (output side) and `v` (input side) live in 'batch_stats'. With
-  update_stats (training) one power iteration refreshes them; evaluation uses
-  the stored pair unchanged, so sigma = v . K u exactly as PyTorch computes
-  it from weight_u and weight_v (K = weight_orig transposed).
+  `u` (output side) and `v` (input side) live in 'batch_stats' and start as
+  independent normalised normal draws, as PyTorch's. With update_stats
+  (training) one power iteration refreshes them; evaluation uses the stored
+  pair unchanged, so sigma = v . K u exactly as PyTorch computes it from
+  weight_u and weight_v (K = weight_orig transposed).
   """
 
   features: int
@@ -56,15 +60,14 @@ class SpectralNormDense(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, update_stats: bool):
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (x.shape[-1], self.features))
-    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    fan_in = x.shape[-1]
+    kernel = self.param('kernel', torch_kernel_init, (fan_in, self.features))
+    bias = self.param('bias', torch_bias_init(fan_in), (self.features,))
     normalize = functools.partial(_l2_normalize, epsilon=self.epsilon)
-    u = self.variable(
-        'batch_stats', 'u', lambda: normalize(
-            jax.random.normal(self.make_rng('params'), (self.features,))))
-    # v starts consistent with u, so an untrained model evaluates sanely.
-    v = self.variable('batch_stats', 'v', lambda: normalize(kernel @ u.value))
+    u = self.variable('batch_stats', 'u', lambda: normalize(
+        jax.random.normal(self.make_rng('params'), (self.features,))))
+    v = self.variable('batch_stats', 'v', lambda: normalize(
+        jax.random.normal(self.make_rng('params'), (fan_in,))))
     if update_stats:
       weight = jax.lax.stop_gradient(kernel)
       v.value = normalize(weight @ u.value)
@@ -88,15 +91,16 @@ class EncoderLayer(nn.Module):
     width = x.shape[-1]
     norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPSILON,
                              dtype=self.dtype)
-    dense = functools.partial(nn.Dense, dtype=self.dtype)
     drop = Dropout(self.dropout, deterministic=deterministic)
     attended = MultiheadAttention(
         self.num_heads, self.attention_dropout, self.dtype,
         self.remat_attention, name='self_attn')(
             x, deterministic=deterministic)
     x = norm(name='norm1')(x + drop(attended))
-    hidden = nn.gelu(dense(4 * width, name='linear1')(x), approximate=False)
-    hidden = dense(width, name='linear2')(drop(hidden))
+    hidden = nn.gelu(linear(4 * width, width, dtype=self.dtype,
+                            name='linear1')(x), approximate=False)
+    hidden = linear(width, 4 * width, dtype=self.dtype,
+                    name='linear2')(drop(hidden))
     return norm(name='norm2')(x + drop(hidden))
 
 
@@ -134,12 +138,25 @@ class CascadeStage(nn.Module):
                              name='output_proj')(x, update_stats=train)
 
 
+def copy_first_layers(params):
+  """Every stage's encoder layers set to copies of its first one.
+
+  torch.nn.TransformerEncoder deep-copies the one layer it is given, so in
+  the original all layers of a stage start with equal weights.
+  """
+  return {
+      name: {key: tree['layers_0'] if key.startswith('layers_') else value
+             for key, value in tree.items()}
+      if name.startswith('cascade_stages_') else tree
+      for name, tree in params.items()}
+
+
 @flax.struct.dataclass
 class CascadeOutput:
-  output: jax.Array  # [B, T, D] float32, after RMS scaling
+  output: jax.Array  # [B, T, D] float32: the last stage's scaled output
   input_mask: jax.Array  # [B, T, D] float32; ones when nothing is masked
   target_mask: jax.Array  # [B, T, D] float32
-  rms_scale: jax.Array  # [B], the clipped output scale
+  rms_scale: jax.Array  # [B, S], each stage's clipped output scale
 
 
 class CascadeTransformer(nn.Module):
@@ -190,8 +207,11 @@ class CascadeTransformer(nn.Module):
       input_mask, target_mask = self._fixed_masks(inputs, targets, train)
       x, y = inputs * input_mask, targets * target_mask
 
+    # The latents the stages receive (agent: masked and RMS-restored; fixed
+    # baseline: masked; none: raw) set every stage's output RMS.
+    reference_rms = jnp.sqrt((example_rms(x) ** 2 + example_rms(y) ** 2) / 2)
     noisy_x = self._anti_cheating_noise(x, train)  # once, shared by stages
-    previous = None
+    previous, scales = None, []
     for stage in range(self.num_stages):
       if previous is None:
         stage_input = jnp.concatenate([noisy_x, y], axis=-1)
@@ -205,18 +225,14 @@ class CascadeTransformer(nn.Module):
           self.attention_dropout, self.max_len, self.dtype,
           self.remat, name=f'cascade_stages_{stage}')(
               stage_input, train=train)
-      previous = projected.astype(jnp.float32) + residual
-
-    # The agent's masked latents are RMS-restored; fixed masks are not, so
-    # the scale then follows the raw latents (SPEC 4.3).
-    reference_x, reference_y = ((x, y) if self.use_creative_agent else
-                                (inputs, targets))
-    scale = jnp.sqrt(
-        (example_rms(reference_x) ** 2 + example_rms(reference_y) ** 2) / 2) / (
-            example_rms(previous) + 1e-8)
-    scale = jnp.clip(scale, *RMS_SCALE_RANGE)
-    return CascadeOutput(previous * scale[:, None, None], input_mask,
-                         target_mask, scale)
+      out = projected.astype(jnp.float32) + residual
+      # Each stage's output is rescaled, and the next stage sees it scaled.
+      scale = jnp.clip(reference_rms / (example_rms(out) + 1e-8),
+                       *RMS_SCALE_RANGE)
+      previous = out * scale[:, None, None]
+      scales.append(scale)
+    return CascadeOutput(previous, input_mask, target_mask,
+                         jnp.stack(scales, axis=1))
 
   def _fixed_masks(self, inputs, targets, train):
     if self.fixed_masking == 'none':

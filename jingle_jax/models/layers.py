@@ -1,4 +1,5 @@
-"""Building blocks shared by the models: dropout and multi-head attention."""
+"""Building blocks shared by the models: PyTorch's initialisation, dropout and
+multi-head attention."""
 
 from typing import Any
 
@@ -6,6 +7,35 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+# torch.nn.Linear and Conv1d weights (SPEC 4.5c): kaiming_uniform with
+# a = sqrt(5) is U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in x kernel.
+torch_kernel_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+
+
+def torch_bias_init(fan_in: int):
+  """torch.nn.Linear and Conv1d biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = fan_in ** -0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def linear(features: int, fan_in: int, **kwargs) -> nn.Dense:
+  """nn.Dense initialised as torch.nn.Linear(fan_in, features)."""
+  return nn.Dense(features, kernel_init=torch_kernel_init,
+                  bias_init=torch_bias_init(fan_in), **kwargs)
+
+
+def conv1d(features: int, kernel_size: int, in_channels: int,
+           **kwargs) -> nn.Conv:
+  """nn.Conv initialised as torch.nn.Conv1d(in_channels, features, k)."""
+  return nn.Conv(features, (kernel_size,), kernel_init=torch_kernel_init,
+                 bias_init=torch_bias_init(in_channels * kernel_size),
+                 **kwargs)
 
 
 def _mix32(x):
@@ -104,7 +134,8 @@ class MultiheadAttention(nn.Module):
 
   `in_proj_kernel` is PyTorch's `in_proj_weight` transposed ([d, 3d], columns
   q, k, v), so checkpoints convert without splitting. Dropout acts on the
-  attention weights, as in PyTorch.
+  attention weights, and initialisation is torch.nn.MultiheadAttention's:
+  Xavier-uniform in_proj, zero biases, out_proj as a Linear's weight.
   """
 
   num_heads: int
@@ -132,7 +163,8 @@ class MultiheadAttention(nn.Module):
     out = self._attend(split_heads(q), split_heads(k), split_heads(v),
                        deterministic)
     out = out.reshape(out.shape[:-2] + (width,))
-    return nn.Dense(width, dtype=self.dtype, name='out_proj')(out)
+    return nn.Dense(width, dtype=self.dtype, kernel_init=torch_kernel_init,
+                    name='out_proj')(out)
 
   def _attend(self, q, k, v, deterministic):
     if deterministic or self.attention_dropout == 0.0:

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from jingle_jax.models.layers import MultiheadAttention
+from jingle_jax.models.layers import conv1d
+from jingle_jax.models.layers import linear
 
 
 def example_rms(x):
@@ -35,16 +37,19 @@ class AttentionMaskGenerator(nn.Module):
   remat_attention: bool = False
 
   def setup(self):
-    def conv(features, kernel_size):
-      return nn.Conv(features, (kernel_size,), padding='SAME', dtype=self.dtype)
+    def conv(features, kernel_size, in_channels):
+      return conv1d(features, kernel_size, in_channels, padding='SAME',
+                    dtype=self.dtype)
+
+    hidden = self.hidden_dim
 
     def analyzer():
-      return nn.Sequential([conv(self.hidden_dim, 3), nn.relu,
-                            conv(self.hidden_dim, 3), nn.relu])
+      return nn.Sequential([conv(hidden, 3, self.latent_dim), nn.relu,
+                            conv(hidden, 3, hidden), nn.relu])
 
     def mask_head():  # mask logits; the sigmoid comes after
-      return nn.Sequential([conv(self.hidden_dim // 2, 3), nn.relu,
-                            conv(self.latent_dim, 1)])
+      return nn.Sequential([conv(hidden // 2, 3, hidden), nn.relu,
+                            conv(self.latent_dim, 1, hidden // 2)])
 
     self.input_analyzer = analyzer()
     self.target_analyzer = analyzer()
@@ -94,18 +99,19 @@ class AttentionMaskGenerator(nn.Module):
 class StyleDiscriminator(nn.Module):
   """Real/fake and style scores of a latent pattern (~198K parameters)."""
 
+  latent_dim: int = 128
   dtype: Any = jnp.float32
 
   def setup(self):
-    def down(features):  # Conv1d(k4, s2, p1) halves the frame count
-      return nn.Conv(features, (4,), strides=(2,), padding=((1, 1),),
-                     dtype=self.dtype)
+    def down(features, in_channels):  # Conv1d(k4, s2, p1) halves the frames
+      return conv1d(features, 4, in_channels, strides=(2,),
+                    padding=((1, 1),), dtype=self.dtype)
 
     leaky = lambda x: nn.leaky_relu(x, 0.2)
-    self.encoder = nn.Sequential([down(64), leaky, down(128), leaky, down(256),
-                                  leaky])
-    self.classifier = nn.Dense(1, dtype=self.dtype)
-    self.style_matcher = nn.Dense(1, dtype=self.dtype)
+    self.encoder = nn.Sequential([down(64, self.latent_dim), leaky,
+                                  down(128, 64), leaky, down(256, 128), leaky])
+    self.classifier = linear(1, 256, dtype=self.dtype)
+    self.style_matcher = linear(1, 512, dtype=self.dtype)
 
   def __call__(self, pattern):
     """pattern [B, T, D] -> (real_fake_score [B], style_score [B])."""
@@ -134,7 +140,7 @@ class CreativeAgent(nn.Module):
         self.latent_dim, self.hidden_dim, self.num_heads,
         self.attention_dropout, self.hard_masks, self.dtype,
         self.remat_attention)
-    self.discriminator = StyleDiscriminator(self.dtype)
+    self.discriminator = StyleDiscriminator(self.latent_dim, self.dtype)
 
   def __call__(self, inputs, targets, *, train: bool):
     """generate_creative_masks: masked, RMS-restored latents and the masks.
