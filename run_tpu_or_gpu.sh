@@ -7,6 +7,7 @@
 #   decode      python -m precompute.decode ARGS
 #   train       python -m jingle_jax.train ARGS (one host; see README for srun)
 #   sample      python -m jingle_jax.sample ARGS
+#   arrange     python -m precompute.arrange ARGS (two audio files -> a wav)
 #   demo        synthesize demo songs -> precompute -> train -> sample -> decode
 set -euo pipefail
 
@@ -130,6 +131,7 @@ case $verb in
   train) [[ -n ${SLURM_PROCID:-} && -x $PY ]] || setup
          exec "$PY" -m jingle_jax.train "$@" ;;
   sample) setup; sample "$@" ;;
+  arrange) setup; exec "$PY" -m precompute.arrange "$@" ;;
   demo) setup; demo ;;
-  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

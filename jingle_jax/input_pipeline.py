@@ -150,7 +150,9 @@ def prefetch_to_devices(batches, *, size: int, sharding,
   """Yields `batches` as global device arrays, `size` of them made ahead.
 
   A background thread reads and transfers; its errors reach the consumer.
-  Closing the generator (or leaving a for loop) stops the thread.
+  Closing the generator (or leaving a for loop) stops the thread and waits
+  for it: a thread still inside a transfer when the interpreter exits
+  aborts the process.
   """
   ready = queue.Queue(maxsize=size)
   stop = threading.Event()
@@ -174,7 +176,8 @@ def prefetch_to_devices(batches, *, size: int, sharding,
     except Exception as e:  # pylint: disable=broad-except
       put(_Failure(e))
 
-  threading.Thread(target=produce, daemon=True).start()
+  producer = threading.Thread(target=produce, daemon=True)
+  producer.start()
   try:
     while (item := ready.get()) is not _END:
       if isinstance(item, _Failure):
@@ -182,3 +185,4 @@ def prefetch_to_devices(batches, *, size: int, sharding,
       yield item
   finally:
     stop.set()
+    producer.join()

@@ -3,20 +3,26 @@
 precompute.encode writes it with DatasetWriter; training reads it with
 LatentDataset. numpy only. A dataset directory holds
 
-  shard_NNNNN.npy   [frames, 128]: the latents of its songs, one after another
-  shard_NNNNN.json  the shard's songs, offsets and writer settings, so that a
-                    rerun can reuse the shard instead of encoding it again
+  song-<id>.npy     [frames, 128]: the latents of one song (a shard)
+  song-<id>.json    its source file's size and modification time, its
+                    duration and the writer settings, so that a rerun can
+                    reuse the song instead of encoding it again
   manifest.json     written last; the dataset is complete when it exists:
     format_version, encodec_weights ('sha256:<hex>' of the EnCodec state dict
     or 'random:<seed>'), bandwidth (recorded, latents are not quantised),
-    sample_rate, frame_rate, latent_dim, dtype,
+    sample_rate, frame_rate, latent_dim, dtype, min_seconds (songs shorter
+    were left out),
     songs: [{id, source, split, duration, frames, shard, offset}],
     mean, std: [128] per-channel statistics of the training latents,
     skipped: [{source, reason}] the audio files left out.
+
+The reader takes any shard layout the songs' shard and offset describe (a
+shard may hold several songs one after another, as older datasets do).
 """
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import secrets
@@ -230,11 +236,10 @@ class LatentDataset:
 
 
 class DatasetWriter:
-  """Writes shards, then the manifest; every file atomically.
+  """Writes song shards, then the manifest; every file atomically.
 
   Opening a writer removes the directory's manifest, so the dataset reads as
-  unfinished until finish() writes the new one. Shards count in the order
-  they are written or reused; the manifest lists their songs in that order.
+  unfinished until finish() writes the new one.
   """
 
   def __init__(self, out_dir, *, encodec_weights: str, dtype='float16',
@@ -245,98 +250,54 @@ class DatasetWriter:
     self.settings = {'format_version': FORMAT_VERSION,
                      'encodec_weights': encodec_weights, 'dtype': dtype,
                      'bandwidth': float(bandwidth)}
-    self._songs = []  # manifest records of the shards so far
     os.makedirs(self.out_dir, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
       os.remove(os.path.join(self.out_dir, MANIFEST))
 
-  def _shard_path(self, name, suffix) -> str:
-    if not name or os.path.basename(name) != name or '.' in name:
-      raise ValueError(f'shard name {name!r} is not a plain file stem')
-    return os.path.join(self.out_dir, name + suffix)
+  def _path(self, song_id: str, suffix: str) -> str:
+    name = f'song-{song_id}{suffix}'
+    if not song_id or os.path.basename(name) != name:
+      raise ValueError(f'song id {song_id!r} is not a plain file name')
+    return os.path.join(self.out_dir, name)
 
-  def reuse_shard(self, name: str, records: list[dict]) -> bool:
-    """Counts shard `name` as written when an earlier run wrote it with
-    these songs (id, source, duration) and these settings.
-
-    records: as for write_shard, without latents.
-    """
+  def cached(self, song_id: str, source: str, fingerprint=None):
+    """The record {id, source, duration, frames} of the song when an earlier
+    run wrote it from this source (the same `fingerprint`, e.g. its size and
+    modification time) with these settings; None otherwise."""
     try:
-      with open(self._shard_path(name, '.json')) as f:
+      with open(self._path(song_id, '.json')) as f:
         written = json.load(f)
-      shard = np.load(self._shard_path(name, '.npy'), mmap_mode='r')
+      shard = np.load(self._path(song_id, '.npy'), mmap_mode='r')
     except (OSError, ValueError):
-      return False
-    if (not isinstance(written, dict)
-        or written.get('settings') != self.settings):
-      return False
-    keys = ('id', 'source', 'duration')
-    songs = written.get('songs')
-    try:
-      if ([[song[k] for k in keys] for song in songs]
-          != [[record[k] for k in keys] for record in records]
-          or shard.shape != (sum(s['frames'] for s in songs), LATENT_DIM)):
-        return False
-    except (KeyError, TypeError):
-      return False
-    self._add(name, records, songs)
-    return True
+      return None
+    expected = {'settings': self.settings, 'source': source,
+                'fingerprint': fingerprint}
+    if (not isinstance(written, dict) or
+        any(written.get(key) != value for key, value in expected.items())
+        or shard.shape != (written.get('frames'), LATENT_DIM)
+        or shard.dtype != np.dtype(self.settings['dtype'])):
+      return None
+    return {'id': song_id, 'source': source,
+            'duration': written['duration'], 'frames': written['frames']}
 
-  def write_shard(self, name: str, songs: list[tuple[dict, np.ndarray]]):
-    """Writes one shard: songs are (record, latents [frames, 128]) with
-    records holding id, source, split and duration."""
-    parts, placed, offset = [], [], 0
-    for record, latents in songs:
-      latents = np.asarray(latents)
-      if (latents.ndim != 2 or latents.shape[1] != LATENT_DIM
-          or not len(latents)):
-        raise ValueError(f'song {record["id"]!r}: latents of shape '
-                         f'{latents.shape}, expected [frames, {LATENT_DIM}]')
-      with np.errstate(over='ignore'):  # overflow is reported just below
-        latents = latents.astype(self.settings['dtype'])
-      if not np.all(np.isfinite(latents)):
-        raise ValueError(f'song {record["id"]!r}: latents hold non-finite '
-                         f'values as {self.settings["dtype"]}')
-      parts.append(latents)
-      placed.append({'id': record['id'], 'source': record['source'],
-                     'duration': record['duration'],
-                     'frames': len(latents), 'offset': offset})
-      offset += len(latents)
-    # The old record goes first: a run killed before the new record is
-    # written must not find a record that vouches for the new data.
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(self._shard_path(name, '.json'))
-    with atomic_write(self._shard_path(name, '.npy')) as f:
-      np.save(f, np.concatenate(parts))
-    _write_json(self._shard_path(name, '.json'),
-                {'settings': self.settings, 'songs': placed})
-    self._add(name, [record for record, _ in songs], placed)
+  def song(self, song_id: str, source: str, fingerprint=None) -> 'SongWriter':
+    """A context in which to write one song's latents, block by block."""
+    return SongWriter(self, song_id, source, fingerprint)
 
-  def _add(self, name, records, placed) -> None:
-    for record, where in zip(records, placed):
-      self._songs.append({
-          'id': record['id'], 'source': record['source'],
-          'split': record['split'], 'duration': record['duration'],
-          'frames': where['frames'], 'shard': name + '.npy',
-          'offset': where['offset']})
-
-  def _train_statistics(self):
+  def _train_statistics(self, songs):
     """Per-channel mean and std over every training frame (float64)."""
     total = np.zeros(LATENT_DIM)
     total_squares = np.zeros(LATENT_DIM)
     count = 0
-    for song in self._songs:
+    for song in songs:
       if song['split'] != 'train':
         continue
-      shard = np.load(os.path.join(self.out_dir, song['shard']),
-                      mmap_mode='r')
-      end = song['offset'] + song['frames']
-      for start in range(song['offset'], end, _CHECK_FRAMES):
-        frames = shard[start:min(start + _CHECK_FRAMES, end)].astype(
-            np.float64)
+      shard = np.load(self._path(song['id'], '.npy'), mmap_mode='r')
+      for start in range(0, len(shard), _CHECK_FRAMES):
+        frames = shard[start:start + _CHECK_FRAMES].astype(np.float64)
         total += frames.sum(0)
         total_squares += np.square(frames).sum(0)
-      count += song['frames']
+      count += len(shard)
     if not count:
       raise ValueError(f'{self.out_dir}: no training songs to compute the '
                        'latent statistics from')
@@ -344,12 +305,17 @@ class DatasetWriter:
     std = np.sqrt(np.maximum(total_squares / count - np.square(mean), 0))
     return mean, np.maximum(std, _MIN_STD)
 
-  def finish(self, skipped: list[dict]) -> dict:
-    """Writes manifest.json (skipped: [{source, reason}]) and returns it."""
-    ids = [song['id'] for song in self._songs]
+  def finish(self, songs: list[dict], skipped: list[dict],
+             min_seconds=None) -> dict:
+    """Writes manifest.json and returns it.
+
+    songs: the written songs' records with their split, in manifest order;
+    skipped: [{source, reason}]; min_seconds: the shortest song kept.
+    """
+    ids = [song['id'] for song in songs]
     if len(set(ids)) != len(ids):
       raise ValueError(f'{self.out_dir}: song ids are not unique')
-    mean, std = self._train_statistics()
+    mean, std = self._train_statistics(songs)
     manifest = {
         'format_version': FORMAT_VERSION,
         'encodec_weights': self.settings['encodec_weights'],
@@ -358,10 +324,94 @@ class DatasetWriter:
         'frame_rate': FRAME_RATE,
         'latent_dim': LATENT_DIM,
         'dtype': self.settings['dtype'],
-        'songs': self._songs,
+        'min_seconds': min_seconds,
+        'songs': [{'id': song['id'], 'source': song['source'],
+                   'split': song['split'], 'duration': song['duration'],
+                   'frames': song['frames'],
+                   'shard': os.path.basename(self._path(song['id'], '.npy')),
+                   'offset': 0} for song in songs],
         'mean': [float(x) for x in mean.astype(np.float32)],
         'std': [float(x) for x in std.astype(np.float32)],
         'skipped': list(skipped),
     }
     _write_json(os.path.join(self.out_dir, MANIFEST), manifest)
     return manifest
+
+
+class SongWriter:
+  """One song's shard, written as its latents arrive (bounded memory).
+
+    with writer.song(song_id, source, fingerprint) as song:
+      for latents in blocks:
+        song.append(latents)
+      record = song.commit(duration)
+
+  Nothing is kept unless commit() ran and the block ended without an
+  exception; the .json that vouches for the .npy is written last.
+  """
+
+  _HEADER_BYTES = 128  # of the .npy header for any [frames, 128] shape
+
+  def __init__(self, writer: DatasetWriter, song_id, source, fingerprint):
+    self._settings, self._id = writer.settings, song_id
+    self._npy, self._json = (writer._path(song_id, suffix)
+                             for suffix in ('.npy', '.json'))
+    self._source, self._fingerprint = source, fingerprint
+    self._dtype = np.dtype(self._settings['dtype'])
+    self._frames, self._record = 0, None
+    self._stack = contextlib.ExitStack()
+
+  def __enter__(self):
+    # The old record goes first: a run killed before the new record is
+    # written must not find a record that vouches for the new data.
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(self._json)
+    self._file = self._stack.enter_context(atomic_write(self._npy))
+    self._file.seek(self._HEADER_BYTES)
+    return self
+
+  def append(self, latents) -> None:
+    """Appends [frames, 128] latents, stored in the dataset's dtype."""
+    latents = np.asarray(latents)
+    if latents.ndim != 2 or latents.shape[1] != LATENT_DIM:
+      raise ValueError(f'song {self._id!r}: latents of shape '
+                       f'{latents.shape}, expected [frames, {LATENT_DIM}]')
+    with np.errstate(over='ignore'):  # overflow is reported just below
+      stored = latents.astype(self._dtype)
+    if not np.all(np.isfinite(stored)):
+      raise ValueError(f'song {self._id!r}: latents hold non-finite values '
+                       f'as {self._dtype}')
+    self._file.write(np.ascontiguousarray(stored).tobytes())
+    self._frames += len(stored)
+
+  def commit(self, duration: float) -> dict:
+    """Completes the shard of `duration` seconds of audio; its record."""
+    if not self._frames:
+      raise ValueError(f'song {self._id!r}: no latent frames')
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {
+        'descr': np.lib.format.dtype_to_descr(self._dtype),
+        'fortran_order': False, 'shape': (self._frames, LATENT_DIM)})
+    if header.tell() != self._HEADER_BYTES:  # numpy pads to 64-byte lines
+      raise RuntimeError(f'.npy header of {header.tell()} bytes')
+    self._file.seek(0)
+    self._file.write(header.getvalue())
+    self._record = {'id': self._id, 'source': self._source,
+                    'duration': float(duration), 'frames': self._frames}
+    return dict(self._record)
+
+  def __exit__(self, exc_type, exc, traceback):
+    if exc_type is not None or self._record is None:
+      # atomic_write, seeing an exception, removes the unfinished .npy.
+      error = exc or ValueError(f'song {self._id!r}: left without commit()')
+      self._stack.__exit__(type(error), error, traceback)
+      if exc is None:
+        raise error
+      return False
+    self._stack.__exit__(None, None, None)  # the .npy takes its place
+    _write_json(self._json, {
+        'settings': self._settings, 'source': self._source,
+        'fingerprint': self._fingerprint,
+        'duration': self._record['duration'],
+        'frames': self._record['frames']})
+    return False

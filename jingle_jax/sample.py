@@ -86,22 +86,26 @@ def save_npy(path, array) -> None:
     np.save(f, np.asarray(array, np.float32))
 
 
+def save_mask_picture(arrays: dict, path, title='') -> None:
+  """The pair's masks over its envelopes (jingle_jax.plots.mask_figure)."""
+  from jingle_jax import plots  # pylint: disable=g-import-not-at-top
+  plots.save_png(plots.mask_figure(
+      arrays['input'], arrays['target'], arrays['output'],
+      arrays['input_mask'], arrays['target_mask'], title), path)
+
+
 def write_pair(directory, normaliser, arrays: dict, saved, title='') -> None:
   """Saves the `saved` arrays of one pair and draws its mask picture.
 
-  arrays: normalised input, target and output, and the two masks, each
-  [T, D]; latents are saved raw (denormalised), masks as they are.
+  arrays: input, target and output in the model's space, and the two masks,
+  each [T, D]; latents are saved raw (denormalised), masks as they are.
   """
-  from jingle_jax import plots  # pylint: disable=g-import-not-at-top
   os.makedirs(directory, exist_ok=True)
   for name in saved:
     array = arrays[name]
     raw = array if name.endswith('_mask') else normaliser.denormalise(array)
     save_npy(os.path.join(directory, f'{name}.npy'), raw)
-  figure = plots.mask_figure(
-      arrays['input'], arrays['target'], arrays['output'],
-      arrays['input_mask'], arrays['target_mask'], title)
-  plots.save_png(figure, os.path.join(directory, 'masks.png'))
+  save_mask_picture(arrays, os.path.join(directory, 'masks.png'), title)
 
 
 def sample_dataset(workdir, out_dir, *, which='best', num_samples=4,
@@ -160,17 +164,13 @@ def read_clip(path, flag: str, latent_dim: int, max_frames: int):
   return clip.astype(np.float32)
 
 
-def sample_pair(workdir, input_path, target_path, out_dir, *, which='best',
-                data_dir=None) -> int:
-  """Runs one given pair; writes output and masks. Returns the step."""
-  config = checkpoints.read_config(workdir)  # checks the files before loading
-  dim, max_frames = config.model.latent_dim, config.model.max_len
-  raw_input = read_clip(input_path, '--input', dim, max_frames)
-  raw_target = read_clip(target_path, '--target', dim, max_frames)
-  if len(raw_input) != len(raw_target):
-    raise PairError(f'--input {input_path} has {len(raw_input)} frames, '
-                    f'--target {target_path} {len(raw_target)}; they must '
-                    'match')
+def arrange_pair(workdir, raw_input, raw_target, *, which='best',
+                 data_dir=None):
+  """The trained model on one pair of raw latent clips [frames, D].
+
+  Returns (step, arrays, normaliser): arrays as write_pair takes them.
+  """
+  config = checkpoints.read_config(workdir)
   dataset = (latents.LatentDataset(data_dir or config.data_dir)
              if config.get('normalise_latents', True) else None)
   normaliser = input_pipeline.Normaliser.for_config(config, dataset)
@@ -182,6 +182,22 @@ def sample_pair(workdir, input_path, target_path, out_dir, *, which='best',
                                                  targets, batch_size=1)
   arrays = {'input': inputs[0], 'target': targets[0], 'output': output[0],
             'input_mask': input_mask[0], 'target_mask': target_mask[0]}
+  return step, arrays, normaliser
+
+
+def sample_pair(workdir, input_path, target_path, out_dir, *, which='best',
+                data_dir=None) -> int:
+  """Runs one given pair; writes output and masks. Returns the step."""
+  config = checkpoints.read_config(workdir)  # checks the files before loading
+  dim, max_frames = config.model.latent_dim, config.model.max_len
+  raw_input = read_clip(input_path, '--input', dim, max_frames)
+  raw_target = read_clip(target_path, '--target', dim, max_frames)
+  if len(raw_input) != len(raw_target):
+    raise PairError(f'--input {input_path} has {len(raw_input)} frames, '
+                    f'--target {target_path} {len(raw_target)}; they must '
+                    'match')
+  step, arrays, normaliser = arrange_pair(workdir, raw_input, raw_target,
+                                          which=which, data_dir=data_dir)
   write_pair(out_dir, normaliser, arrays,
              saved=('output', 'input_mask', 'target_mask'))
   return step

@@ -1,10 +1,11 @@
-"""Whole songs through the EnCodec encoder and decoder, 16 s at a time.
+"""Songs through the EnCodec encoder and decoder, 16 s at a time.
 
 A song is cut into consecutive chunks of 16 s (1,200 frames) from its
 start, each encoded or decoded on its own, as the original encoded each of
 its 16 s clips: the clips of the default pairs are encoded alike. Chunks of
 equal length are batched in a fixed order, so a rerun computes the same
-numbers.
+numbers. Encoding streams: a song's audio arrives in blocks, and its
+latents leave a batch of chunks at a time.
 """
 
 import collections
@@ -16,6 +17,10 @@ from jingle_jax import latents
 
 HOP = latents.SAMPLE_RATE // latents.FRAME_RATE  # samples per latent frame
 CHUNK_FRAMES = 16 * latents.FRAME_RATE
+# The encoder's last convolution (kernel 7) pads 6 frames by reflection: a
+# chunk shorter than 7 frames reflects its own end, so zeros after it would
+# change its first frames; from 7 frames on they change nothing.
+PADDED_FRAMES = 7
 
 
 def _run_batched(module, chunks, *, device, batch_size):
@@ -41,27 +46,43 @@ def _split(lengths, chunk):
           for start in range(0, length, chunk)]
 
 
-def encode(model, songs, *, device, batch_size: int):
-  """Mono 24 kHz float32 songs -> latents [frames, 128] float32 each.
+def encode(model, blocks, *, device, batch_size: int):
+  """Latents [frames, 128] float32 of one song's mono 24 kHz float32 audio.
 
-  A song of n samples gives n // 320 frames (75 per second); the samples
-  after the last whole frame are dropped.
+  `blocks` (any sizes) are the song in order; the latents are yielded in
+  order, batch_size chunks at a time. n samples give n // 320 frames (75 per
+  second): the samples after the last whole frame are dropped.
+
+  Encoder calls take [1 to batch_size, 1, 16 s]: the last chunk is padded
+  with zeros (EnCodec is causal, so its frames come out the same). The
+  convolutions keep a plan per input shape, and a shape per song made
+  memory grow song after song. Only a last chunk of under PADDED_FRAMES
+  frames is encoded as it is.
   """
-  songs = [song[:len(song) // HOP * HOP] for song in songs]
-  pieces = _split([len(song) for song in songs], CHUNK_FRAMES * HOP)
-  chunks = [songs[item][None, start:start + CHUNK_FRAMES * HOP]
-            for item, start in pieces]
-  outputs = _run_batched(model.encoder, chunks, device=device,
-                         batch_size=batch_size)
-  encoded = [[] for _ in songs]
-  for (item, _), output in zip(pieces, outputs):
-    encoded[item].append(output.T)  # [frames, 128]
-  result = [np.concatenate(parts) for parts in encoded]
-  for song, latent in zip(songs, result):
-    if len(latent) != len(song) // HOP:
-      raise RuntimeError(f'EnCodec gave {len(latent)} frames for '
-                         f'{len(song)} samples, expected {len(song) // HOP}')
-  return result
+  chunk = CHUNK_FRAMES * HOP
+  pending = np.zeros(0, np.float32)
+  for block in blocks:
+    pending = np.concatenate([pending, block])
+    while len(pending) >= batch_size * chunk:
+      yield _encode_chunks(model, pending[:batch_size * chunk], chunk, device)
+      pending = pending[batch_size * chunk:]
+  frames = len(pending) // HOP
+  if frames:
+    yield _encode_chunks(model, pending[:frames * HOP],
+                         chunk if frames >= PADDED_FRAMES else frames * HOP,
+                         device)[:frames]
+
+
+def _encode_chunks(model, samples, chunk: int, device) -> np.ndarray:
+  """model.encoder over `samples` cut into chunks, the last zero-padded."""
+  batch = np.zeros((-(-len(samples) // chunk), 1, chunk), np.float32)
+  batch.reshape(-1)[:len(samples)] = samples
+  with torch.inference_mode():
+    outputs = model.encoder(torch.from_numpy(batch).to(device)).cpu().numpy()
+  if outputs.shape[2] != chunk // HOP:
+    raise RuntimeError(f'EnCodec gave {outputs.shape[2]} frames for {chunk} '
+                       f'samples, expected {chunk // HOP}')
+  return np.concatenate(list(np.swapaxes(outputs, 1, 2)))
 
 
 def decode(model, clips, *, device, batch_size: int):

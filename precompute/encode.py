@@ -3,19 +3,23 @@
   python -m precompute.encode --audio-dir A --out-dir L \
       [--encodec-checkpoint PATH | --random-encodec SEED] \
       [--device auto|cpu|cuda] [--val-fraction 0.1] [--seed 42] \
-      [--dtype float16|float32] [--shard-seconds 1800] [--batch-size 4]
+      [--min-seconds 32] [--dtype float16|float32] [--batch-size N]
 
-Finds the wav, flac and ogg files below A, reads each with soundfile,
-averages its channels, resamples it to 24 kHz (band-limited sinc) and encodes
-it once into [frames, 128] latents at 75 frames per second. A file that
-cannot be used (unreadable, empty, silent, shorter than one pair of 16 s
-clips, an odd channel count or sample rate) is skipped and reported with its
-reason. Songs, not pairs, are split into train and val, by the seed.
+Finds the audio files below A: every format the installed libsndfile reads
+(wav, flac, ogg, opus, mp3, aiff, ...), and other common audio suffixes,
+which are reported as unreadable. Each file is read once, streamed in
+bounded memory whatever its length through channel averaging, resampling to
+24 kHz (band-limited sinc) and the EnCodec encoder into [frames, 128]
+latents at 75 frames per second. A file that cannot be used (unreadable,
+empty, silent, shorter than --min-seconds, a rate outside 8-192 kHz, or any
+failure while it is encoded) is skipped and reported with its reason, and
+the run goes on. Songs, not pairs, are split into train and val, by the
+seed.
 
-Songs go to shards of about --shard-seconds of audio; a shard is the unit of
-work that a rerun after an interruption keeps: the rerun checks every file
-again, reuses the finished shards and encodes the rest, and ends with the
-same manifest and shards as an uninterrupted run.
+Every song is a shard of its own and the unit of work that a rerun keeps:
+the rerun reuses the songs whose source files have the size and
+modification time they had, encodes the others, and ends with the same
+manifest and shards as an uninterrupted run.
 """
 
 import os
@@ -27,34 +31,26 @@ from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
-import soundfile
-import torch
-import torchaudio
 import tqdm
 
 from jingle_jax import latents
+from precompute import audio
 from precompute import codec
 from precompute import encodec_weights
 
-AUDIO_SUFFIXES = ('.flac', '.ogg', '.wav')
-# The shortest song: one pair, an input clip and its target, of 16 s each.
-MIN_FRAMES = 2 * codec.CHUNK_FRAMES
-SAMPLE_RATES = (8_000, 192_000)  # the accepted range, in Hz
-MAX_CHANNELS = 2
-SILENCE_PEAK = 1e-4  # -80 dBFS
-
-
-class BadAudio(ValueError):
-  """A file to skip; the message is the reason."""
+# The default shortest song: one pair, an input clip and its target, of 16 s.
+MIN_SECONDS = 2 * codec.CHUNK_FRAMES / latents.FRAME_RATE
 
 
 def find_audio(audio_dir) -> list[str]:
   """Audio file paths below `audio_dir`, relative to it, sorted."""
+  suffixes = audio.audio_suffixes()
   found = []
   for root, dirs, files in os.walk(audio_dir):
     dirs.sort()
     found += [os.path.relpath(os.path.join(root, name), audio_dir)
-              for name in files if name.lower().endswith(AUDIO_SUFFIXES)]
+              for name in files
+              if os.path.splitext(name)[1].lower() in suffixes]
   return sorted(path.replace(os.sep, '/') for path in found)
 
 
@@ -64,77 +60,39 @@ def song_id(source: str) -> str:
   return re.sub(r'[^A-Za-z0-9._-]', '_', stem)
 
 
-def read_mono(path):
-  """(samples float32 [n], sample rate): channels averaged; BadAudio when
-  the file cannot be used."""
-  if os.path.getsize(path) == 0:
-    raise BadAudio('empty file (0 bytes)')
+def fingerprint(path) -> dict:
+  """What tells a rerun that a source file is the one encoded before."""
+  status = os.stat(path)
+  return {'size': status.st_size, 'mtime_ns': status.st_mtime_ns}
+
+
+def _reported(blocks):
+  """`blocks`, with any failure to produce them raised as BadAudio."""
   try:
-    audio, rate = soundfile.read(path, dtype='float32', always_2d=True)
-  except (soundfile.LibsndfileError, RuntimeError, ValueError) as e:
-    raise BadAudio(f'unreadable: {e}') from None
-  if not SAMPLE_RATES[0] <= rate <= SAMPLE_RATES[1]:
-    raise BadAudio(f'sample rate {rate} Hz outside {SAMPLE_RATES[0]}-'
-                   f'{SAMPLE_RATES[1]} Hz')
-  if audio.shape[1] > MAX_CHANNELS:
-    raise BadAudio(f'{audio.shape[1]} channels, expected mono or stereo')
-  if not len(audio):
-    raise BadAudio('no audio samples')
-  if not np.all(np.isfinite(audio)):
-    raise BadAudio('non-finite samples')
-  mono = audio.mean(axis=1)
-  if np.max(np.abs(mono)) <= SILENCE_PEAK:
-    raise BadAudio(f'silent (peak at or below {SILENCE_PEAK})')
-  return mono, rate
+    yield from blocks
+  except audio.BadAudio:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise audio.BadAudio(f'failed while encoding: {type(e).__name__}: {e}'
+                         ) from e
 
 
-def resampled_length(length: int, rate: int) -> int:
-  """Samples at 24 kHz of `length` samples at `rate` (as resample gives)."""
-  return -(-length * latents.SAMPLE_RATE // rate)
-
-
-def to_24khz(samples, rate: int) -> np.ndarray:
-  """Band-limited (windowed sinc) resampling of mono float32 to 24 kHz."""
-  if rate == latents.SAMPLE_RATE:
-    return samples
-  return torchaudio.functional.resample(
-      torch.from_numpy(samples), rate, latents.SAMPLE_RATE).numpy()
-
-
-def load_song(audio_dir, record) -> np.ndarray:
-  """The surveyed song `record` as mono 24 kHz float32."""
-  path = os.path.join(audio_dir, record['source'])
-  expected = round(record['duration'] * latents.SAMPLE_RATE)
+def encode_song(writer, path, source, identifier, status, model, *, device,
+                batch_size: int) -> dict:
+  """Streams one file (its fingerprint `status`) into the dataset; returns
+  its record {id, source, duration, frames}. BadAudio when the file cannot
+  be used; a failure to write stops the run."""
   try:
-    samples = to_24khz(*read_mono(path))
-    if len(samples) != expected:
-      raise BadAudio(f'{len(samples)} samples at 24 kHz, not {expected}')
-  except BadAudio as e:
-    raise ValueError(f'{path}: changed during the run ({e}); run again'
-                     ) from None
-  return samples
-
-
-def survey(audio_dir, sources):
-  """(records of the usable songs, skipped) with reasons for the others."""
-  records, skipped, ids = [], [], {}
-  for source in sources:
-    try:
-      identifier = song_id(source)
-      if identifier in ids:
-        raise BadAudio(f'song id {identifier!r} is taken by {ids[identifier]}')
-      samples, rate = read_mono(os.path.join(audio_dir, source))
-      length = resampled_length(len(samples), rate)
-      if length // codec.HOP < MIN_FRAMES:
-        raise BadAudio(f'{length / latents.SAMPLE_RATE:.2f} s is shorter '
-                       f'than one pair (2 x 16 s)')
-    except BadAudio as e:
-      skipped.append({'source': source, 'reason': str(e)})
-      continue
-    ids[identifier] = source
-    records.append({'id': identifier, 'source': source,
-                    'duration': length / latents.SAMPLE_RATE})
-  return records, skipped
+    stream = audio.MonoStream(path)
+  except OSError as e:
+    raise audio.BadAudio(f'unreadable: {e}') from None
+  with writer.song(identifier, source, status) as song:
+    for block in _reported(codec.encode(model, stream, device=device,
+                                        batch_size=batch_size)):
+      song.append(block)
+    if stream.samples < codec.HOP:
+      raise audio.BadAudio('shorter than one latent frame')
+    return song.commit(stream.samples / latents.SAMPLE_RATE)
 
 
 def assign_splits(records, val_fraction: float, seed: int) -> None:
@@ -150,66 +108,68 @@ def assign_splits(records, val_fraction: float, seed: int) -> None:
     record['split'] = 'val' if index in val else 'train'
 
 
-def plan_shards(records, shard_seconds: float):
-  """[(shard name, records)]: consecutive songs, each shard about
-  `shard_seconds` of audio (one song at least)."""
-  shards, current, seconds = [], [], 0.0
-  for record in records:
-    if current and seconds + record['duration'] > shard_seconds:
-      shards.append(current)
-      current, seconds = [], 0.0
-    current.append(record)
-    seconds += record['duration']
-  if current:
-    shards.append(current)
-  return [(f'shard_{index:05d}', songs) for index, songs in enumerate(shards)]
-
-
 def encode_dataset(audio_dir, out_dir, model, weights: str, *, device,
                    val_fraction=0.1, seed=42, dtype='float16',
-                   shard_seconds=1800.0, batch_size=4) -> dict:
+                   min_seconds=MIN_SECONDS, batch_size=1) -> dict:
   """Encodes the songs of `audio_dir` into the dataset `out_dir`; returns
   its manifest."""
   if not os.path.isdir(audio_dir):
     raise ValueError(f'--audio-dir {audio_dir}: not a directory')
   if not 0 <= val_fraction < 1:
     raise ValueError(f'--val-fraction {val_fraction}: expected [0, 1)')
+  if not min_seconds > 0:
+    raise ValueError(f'--min-seconds {min_seconds}: expected > 0')
   started = time.perf_counter()
-  records, skipped = survey(audio_dir, find_audio(audio_dir))
-  for record in skipped:
-    logging.warning('skipping %s: %s', record['source'], record['reason'])
-  if not records:
-    raise ValueError(f'--audio-dir {audio_dir}: no usable audio files')
-  assign_splits(records, val_fraction, seed)
   writer = latents.DatasetWriter(out_dir, encodec_weights=weights,
                                  dtype=dtype)
-  total = sum(record['duration'] for record in records)
-  songs_done = 0
-  with tqdm.tqdm(total=total, unit='audio-s', unit_scale=True,
+  songs, skipped, ids = [], [], {}
+  encoded_seconds = 0.0
+  with tqdm.tqdm(find_audio(audio_dir), unit='song',
                  dynamic_ncols=True) as bar:
-    for name, shard in plan_shards(records, shard_seconds):
-      reused = writer.reuse_shard(name, shard)
-      encoded = []
-      for record in shard:
-        if not reused:
-          encoded += codec.encode(model, [load_song(audio_dir, record)],
-                                  device=device, batch_size=batch_size)
-        songs_done += 1
-        bar.set_postfix_str(f'{songs_done}/{len(records)} songs')
-        bar.update(record['duration'])
-      if not reused:
-        writer.write_shard(name, list(zip(shard, encoded)))
-  manifest = writer.finish(skipped)
+    for source in bar:
+      path = os.path.join(audio_dir, source)
+      identifier = song_id(source)
+      try:
+        if identifier in ids:
+          raise audio.BadAudio(f'song id {identifier!r} is taken by '
+                               f'{ids[identifier]}')
+        try:
+          status = fingerprint(path)
+        except OSError as e:
+          raise audio.BadAudio(f'unreadable: {e}') from None
+        record = writer.cached(identifier, source, status)
+        if record is None:
+          record = encode_song(writer, path, source, identifier, status,
+                               model, device=device, batch_size=batch_size)
+          encoded_seconds += record['duration']
+        if record['duration'] < min_seconds:
+          raise audio.BadAudio(f'{record["duration"]:.2f} s is shorter than '
+                               f'--min-seconds {min_seconds:g}')
+      except audio.BadAudio as e:
+        skipped.append({'source': source, 'reason': str(e)})
+        logging.warning('skipping %s: %s', source, e)
+        continue
+      ids[identifier] = source
+      songs.append(record)
+      bar.set_postfix_str(f'{len(songs)} kept, {encoded_seconds:.0f} '
+                          'audio-s encoded')
+  if not songs:
+    raise ValueError(f'--audio-dir {audio_dir}: no usable audio files')
+  assign_splits(songs, val_fraction, seed)
+  manifest = writer.finish(songs, skipped, min_seconds=min_seconds)
   elapsed = time.perf_counter() - started
-  logging.info('%d songs, %.1f s of audio in %.1f s (%.1fx real time), %d '
-               'skipped: %s', len(records), total, elapsed, total / elapsed,
+  total = sum(song['duration'] for song in songs)
+  logging.info('%d songs (%.1f s of audio; %.1f s encoded now) in %.1f s '
+               '(%.1fx real time), %d skipped: %s', len(songs), total,
+               encoded_seconds, elapsed, encoded_seconds / elapsed,
                len(skipped), os.path.join(out_dir, latents.MANIFEST))
   return manifest
 
 
 def define_flags():
   """The command line (defined only when run as a program)."""
-  flags.DEFINE_string('audio-dir', None, 'Folder of wav/flac/ogg songs.')
+  flags.DEFINE_string('audio-dir', None, 'Folder of songs (wav, flac, ogg, '
+                      'opus, mp3, ...; searched recursively).')
   flags.DEFINE_string('out-dir', None, 'Latent dataset folder to write.')
   flags.DEFINE_string('encodec-checkpoint', None, 'Local EnCodec 24 kHz '
                       'state dict (default: the pretrained download).')
@@ -219,8 +179,11 @@ def define_flags():
   flags.DEFINE_float('val-fraction', 0.1, 'Fraction of songs for val.')
   flags.DEFINE_integer('seed', 42, 'Seed of the train/val split.')
   flags.DEFINE_enum('dtype', 'float16', latents.DTYPES, 'Latent storage.')
-  flags.DEFINE_float('shard-seconds', 1800, 'Audio seconds per shard.')
-  flags.DEFINE_integer('batch-size', 4, '16 s chunks per EnCodec call.',
+  flags.DEFINE_float('min-seconds', MIN_SECONDS, 'Shortest song kept, in '
+                     'seconds (default: one pair of 16 s clips).')
+  flags.DEFINE_integer('batch-size', None, '16 s chunks per EnCodec call; '
+                       'default: 1 on the CPU (faster and leaner there than '
+                       'more), 4 on a GPU.',
                        lower_bound=1)
 
 
@@ -235,8 +198,9 @@ def main(argv):
     encode_dataset(f['audio-dir'].value, f['out-dir'].value,
                    model.to(device), weights, device=device,
                    val_fraction=f['val-fraction'].value, seed=f.seed,
-                   dtype=f.dtype, shard_seconds=f['shard-seconds'].value,
-                   batch_size=f['batch-size'].value)
+                   dtype=f.dtype, min_seconds=f['min-seconds'].value,
+                   batch_size=f['batch-size'].value or (
+                       4 if device.type == 'cuda' else 1))
   except (ValueError, OSError, encodec_weights.WeightsError) as e:
     sys.exit(f'precompute.encode: error: {e}')
 

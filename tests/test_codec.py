@@ -1,5 +1,5 @@
-"""Whole songs through EnCodec in chunks: frame counts, chunk independence,
-batching."""
+"""Songs through EnCodec in chunks: frame counts, chunk independence,
+batching, streaming."""
 
 import numpy as np
 import pytest
@@ -21,23 +21,38 @@ def short_chunks(monkeypatch):
   monkeypatch.setattr(codec, 'CHUNK_FRAMES', CHUNK)
 
 
-def test_encode_cuts_songs_into_independent_chunks(model, short_chunks):
+def test_encode_streams_a_song_as_independent_chunks(model, short_chunks):
   del short_chunks
-  rng = np.random.default_rng(0)
-  songs = [rng.uniform(-0.5, 0.5, n).astype(np.float32)
-           for n in (2 * CHUNK * codec.HOP + 5 * codec.HOP + 100,
-                     CHUNK * codec.HOP)]
-  encoded = codec.encode(model, songs, device='cpu', batch_size=2)
-  assert [e.shape for e in encoded] == [(2 * CHUNK + 5, 128), (CHUNK, 128)]
+  song = np.random.default_rng(0).uniform(
+      -0.5, 0.5, 2 * CHUNK * codec.HOP + 5 * codec.HOP + 100).astype(
+          np.float32)
+  # Blocks of any sizes in, a batch of 2 chunks at a time out.
+  blocks = np.split(song, [1000, 1001, 3 * CHUNK * codec.HOP // 2])
+  encoded = list(codec.encode(model, blocks, device='cpu', batch_size=2))
+  assert [e.shape for e in encoded] == [(2 * CHUNK, 128), (5, 128)]
+  latents = np.concatenate(encoded)
   with torch.inference_mode():
     for start, frames in ((0, CHUNK), (CHUNK, CHUNK), (2 * CHUNK, 5)):
-      chunk = songs[0][start * codec.HOP:(start + frames) * codec.HOP]
+      chunk = song[start * codec.HOP:(start + frames) * codec.HOP]
       alone = model.encoder(torch.from_numpy(chunk)[None, None])[0].T
-      np.testing.assert_allclose(encoded[0][start:start + frames], alone,
+      np.testing.assert_allclose(latents[start:start + frames], alone,
                                  atol=1e-5)
-  one_by_one = codec.encode(model, songs, device='cpu', batch_size=1)
-  for batched, single in zip(encoded, one_by_one):
-    np.testing.assert_allclose(batched, single, atol=1e-5)
+  one_by_one = codec.encode(model, [song], device='cpu', batch_size=1)
+  np.testing.assert_allclose(np.concatenate(list(one_by_one)), latents,
+                             atol=1e-5)
+  whole_chunk = codec.encode(model, [song[:CHUNK * codec.HOP]], device='cpu',
+                             batch_size=4)
+  assert [e.shape for e in whole_chunk] == [(CHUNK, 128)]
+  assert not list(codec.encode(model, [song[:codec.HOP - 1]], device='cpu',
+                               batch_size=4))
+  # A last chunk too short to be padded is encoded as it is.
+  for frames in (codec.PADDED_FRAMES - 1, codec.PADDED_FRAMES):
+    tail = song[:frames * codec.HOP]
+    with torch.inference_mode():
+      alone = model.encoder(torch.from_numpy(tail)[None, None])[0].T
+    np.testing.assert_allclose(
+        np.concatenate(list(codec.encode(model, [tail], device='cpu',
+                                         batch_size=2))), alone, atol=1e-5)
 
 
 def test_decode_gives_320_samples_per_frame(model, short_chunks):

@@ -12,6 +12,7 @@ import torch
 from jingle_jax import latents
 from precompute import decode
 from precompute import encodec_weights
+import latent_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMES = {'song_a': 90, 'song_b': 40}
@@ -20,13 +21,10 @@ FRAMES = {'song_a': 90, 'song_b': 40}
 def write_dataset(path, weights):
   """A dataset of random latents recording EnCodec weights `weights`."""
   rng = np.random.default_rng(0)
-  writer = latents.DatasetWriter(path, encodec_weights=weights)
-  writer.write_shard('shard_00000', [
-      ({'id': song_id, 'source': f'{song_id}.wav', 'split': split,
-        'duration': frames / latents.FRAME_RATE},
-       0.1 * rng.normal(size=(frames, latents.LATENT_DIM)))
-      for (song_id, frames), split in zip(FRAMES.items(), ['train', 'val'])])
-  writer.finish([])
+  latent_data.write_dataset(path, {
+      song_id: (split, 0.1 * rng.normal(size=(frames, latents.LATENT_DIM)))
+      for (song_id, frames), split in zip(FRAMES.items(), ['train', 'val'])},
+                            weights=weights)
   return latents.LatentDataset(path)
 
 

@@ -1,35 +1,44 @@
-"""Audio folder -> latent dataset: bad files, round trip, resume, CLI."""
+"""Audio folder -> latent dataset: formats, bad files, streaming, resume, CLI."""
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import soundfile
 import torch
+import torchaudio
 
 from jingle_jax import latents
+from precompute import audio
 from precompute import codec
 from precompute import encode
 from precompute import encodec_weights
 from precompute import synth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = {'val_fraction': 0.34, 'seed': 0, 'shard_seconds': 1.0}
-CLI_SETTINGS = ['--val-fraction', '0.34', '--seed', '0', '--shard-seconds',
-                '1', '--random-encodec', '0']
+SETTINGS = {'val_fraction': 0.34, 'seed': 0}
+CLI_SETTINGS = ['--val-fraction', '0.34', '--seed', '0', '--random-encodec',
+                '0', '--device', 'cpu']
 GOOD = {'live/stereo_48k.flac': 32.0, 'mono_44k.wav': 32.0,
         'song_24k.ogg': 32.5}
 BAD = {'corrupt.wav': 'unreadable', 'empty.flac': 'empty file',
-       'short.wav': 'shorter than one pair', 'silent.wav': 'silent',
-       'surround.wav': '3 channels'}
+       'short.wav': '10.00 s is shorter than --min-seconds 32',
+       'silent.wav': 'silent', 'low_rate.wav': '4000 Hz outside',
+       'tune.m4a': '.m4a files cannot be read'}
+# 44.1 kHz samples whose length at 24 kHz, ceil(n x 80 / 147), is one more
+# than torchaudio's whole-file resampling gives (it rounds n x 80 / 147 to
+# float32 first).
+ROUNDING = 147 * 1800 + pow(80, -1, 147)
 
 
 @pytest.fixture(scope='module')
 def audio_dir(tmp_path_factory):
-  """Three usable songs (one per rate, channel count and format) and five
+  """Three usable songs (one per rate, channel count and format) and six
   files to skip."""
   path = tmp_path_factory.mktemp('audio')
   os.makedirs(path / 'live')
@@ -46,7 +55,8 @@ def audio_dir(tmp_path_factory):
   soundfile.write(path / 'short.wav', synth.render_song(5, 3, 10.0, 24_000),
                   24_000)
   soundfile.write(path / 'silent.wav', np.zeros(33 * 8000), 8000)
-  soundfile.write(path / 'surround.wav', np.full((33 * 8000, 3), 0.1), 8000)
+  soundfile.write(path / 'low_rate.wav', np.full(33 * 4000, 0.1), 4000)
+  (path / 'tune.m4a').write_bytes(b'\x00\x00\x00\x20ftypM4A ' + bytes(64))
   (path / 'notes.txt').write_text('not audio')
   return path
 
@@ -58,7 +68,7 @@ def model():
 
 @pytest.fixture(scope='module')
 def dataset_dir(audio_dir, model, tmp_path_factory):
-  """The folder encoded with random EnCodec weights, one song per shard."""
+  """The folder encoded with random EnCodec weights."""
   path = tmp_path_factory.mktemp('latents')
   encode.encode_dataset(audio_dir, path, model, 'random:0', device='cpu',
                         **SETTINGS)
@@ -69,27 +79,13 @@ def test_finds_audio_files_recursively(audio_dir):
   assert encode.find_audio(audio_dir) == sorted(list(GOOD) + list(BAD))
   assert encode.song_id('live/stereo_48k.flac') == 'live__stereo_48k'
   assert encode.song_id('a b/Déjà vu.ogg') == 'a_b__D_j__vu'
-
-
-def test_resampling_is_band_limited():
-  def tone(hz, rate, seconds=1.0):
-    return np.sin(2 * np.pi * hz * np.arange(int(seconds * rate)) / rate
-                  ).astype(np.float32)
-
-  kept = encode.to_24khz(tone(1000, 44_100), 44_100)
-  assert len(kept) == encode.resampled_length(44_100, 44_100) == 24_000
-  np.testing.assert_allclose(kept[500:-500], tone(1000, 24_000)[500:-500],
-                             atol=2e-3)
-  # Above the 12 kHz Nyquist frequency of 24 kHz: filtered out, not aliased
-  # to 9 kHz.
-  removed = encode.to_24khz(tone(15_000, 48_000), 48_000)
-  assert np.sqrt(np.mean(removed[500:-500] ** 2)) < 1e-2
-  assert encode.resampled_length(1001, 44_100) == 545  # ceil(544.2)
+  assert {'.mp3', '.opus', '.flac', '.aiff'} <= audio.readable_suffixes()
 
 
 def test_good_files_are_encoded_and_bad_ones_reported(dataset_dir):
   manifest = latents.LatentDataset(dataset_dir).manifest
   assert {s['source']: s['duration'] for s in manifest['songs']} == GOOD
+  assert manifest['min_seconds'] == 32.0
   reasons = {s['source']: s['reason'] for s in manifest['skipped']}
   assert sorted(reasons) == sorted(BAD)
   for source, reason in BAD.items():
@@ -108,39 +104,133 @@ def test_round_trip_at_75_frames_per_second_split_by_song(dataset_dir):
   assert not {s.id for s in train} & {s.id for s in val}
   for song in train + val:
     assert song.latents.shape == (int(song.duration * 75), 128)
-  assert len(dataset.songs('train')[0].latents) in (2400, 2437)
   frames = np.concatenate([s.latents for s in train]).astype(np.float64)
   np.testing.assert_allclose(dataset.mean, frames.mean(0), atol=1e-6)
   np.testing.assert_allclose(dataset.std, frames.std(0), rtol=1e-4)
-  assert sorted(os.listdir(dataset_dir)) == [
-      'manifest.json', 'shard_00000.json', 'shard_00000.npy',
-      'shard_00001.json', 'shard_00001.npy', 'shard_00002.json',
-      'shard_00002.npy']
+  # The short song was encoded (a rerun with a lower --min-seconds keeps
+  # it) but is not in the dataset.
+  assert sorted(os.listdir(dataset_dir)) == ['manifest.json'] + sorted(
+      f'song-{encode.song_id(source)}.{suffix}'
+      for source in [*GOOD, 'short.wav'] for suffix in ('json', 'npy'))
 
 
-def test_latents_are_the_encoder_output_of_each_16s_clip(audio_dir,
-                                                         dataset_dir, model):
+def whole_file_24khz(path):
+  """The reference path: the whole file read, channels averaged, resampled
+  at once."""
+  samples, rate = soundfile.read(path, dtype='float32', always_2d=True)
+  return torchaudio.functional.resample(
+      torch.from_numpy(samples.mean(1)), rate, 24_000).numpy()
+
+
+def test_streaming_equals_the_whole_file_path(audio_dir, dataset_dir, model,
+                                              monkeypatch):
+  """Latents streamed in blocks (seams every second here) are those of the
+  whole file resampled at once, to float16 storage precision."""
   songs = {s.source: s for split in latents.SPLITS
            for s in latents.LatentDataset(dataset_dir).songs(split)}
+  monkeypatch.setattr(audio, 'BLOCK_SECONDS', 1)
   for source in GOOD:
-    samples, rate = soundfile.read(audio_dir / source, dtype='float32',
-                                   always_2d=True)
-    audio = encode.to_24khz(samples.mean(1), rate)
-    # EnCodec is causal: the first second of a clip encodes alike alone.
+    whole = whole_file_24khz(audio_dir / source)
+    streamed = np.concatenate(list(audio.MonoStream(audio_dir / source)))
+    assert len(streamed) == len(whole)
+    np.testing.assert_allclose(streamed, whole, atol=1e-5)
+    expected = np.concatenate(list(codec.encode(model, [whole], device='cpu',
+                                                batch_size=4)))
+    stored = songs[source].latents.astype(np.float32)
+    np.testing.assert_allclose(stored, expected, rtol=2**-10, atol=1e-6)
+    # EnCodec is causal: a clip's first second encodes alike alone.
     for clip in (0, 1):
       start = clip * codec.CHUNK_FRAMES
-      second = torch.from_numpy(audio[start * codec.HOP:][:24_000])
+      second = torch.from_numpy(whole[start * codec.HOP:][:24_000])
       with torch.inference_mode():
         alone = model.encoder(second[None, None])[0].T.numpy()
-      np.testing.assert_allclose(songs[source].latents[start:start + 75],
-                                 alone, atol=1e-3, rtol=1e-2)
+      np.testing.assert_allclose(stored[start:start + 75], alone, atol=1e-3,
+                                 rtol=1e-2)
 
 
-def fake_encode(model, songs, *, device, batch_size):
-  """Latents of mono audio without EnCodec: frame means of the waveform."""
+def test_44_1_khz_lengths_are_counted_once_and_exactly(tmp_path):
+  """The issue's 557 s file: 24,572,469 samples give 13,372,773 at 24 kHz,
+  where torchaudio's whole-file resampling gives 13,372,772."""
+  length = 24_572_469
+  path = tmp_path / 'long.wav'
+  soundfile.write(path, 0.1 * np.sin(0.01 * np.arange(length)), 44_100,
+                  subtype='PCM_16')
+  stream = audio.MonoStream(path)
+  assert sum(len(block) for block in stream) == stream.samples == 13_372_773
+
+
+@pytest.fixture(scope='module')
+def formats_dir(tmp_path_factory):
+  """Short songs of the formats and shapes users have."""
+  path = tmp_path_factory.mktemp('formats')
+  song = synth.render_song(7, 0, 3.0, 44_100)
+  soundfile.write(path / 'stereo.mp3', np.stack([song, song[::-1]], 1), 44_100,
+                  format='MP3', subtype='MPEG_LAYER_III')
+  soundfile.write(path / 'voice.opus', synth.render_song(7, 1, 3.0, 48_000),
+                  48_000, format='OGG', subtype='OPUS')
+  surround = np.stack([synth.render_song(7, 2 + i, 3.0, 44_100)
+                       for i in range(6)], 1)
+  soundfile.write(path / 'surround_5.1.wav', surround, 44_100,
+                  subtype='FLOAT')
+  soundfile.write(path / 'mean_of_5.1.wav', surround.mean(1), 44_100,
+                  subtype='FLOAT')
+  rounding = synth.render_song(7, 8, ROUNDING / 44_100, 44_100)
+  assert len(rounding) == ROUNDING
+  soundfile.write(path / 'rounding_44k.flac', rounding, 44_100)
+  return path
+
+
+def test_formats_channel_counts_and_short_songs(formats_dir, model, tmp_path):
+  manifest = encode.encode_dataset(formats_dir, tmp_path, model, 'random:0',
+                                   device='cpu', min_seconds=2.0, **SETTINGS)
+  assert manifest['skipped'] == [] and manifest['min_seconds'] == 2.0
+  songs = {s['source']: s for s in manifest['songs']}
+  assert sorted(songs) == ['mean_of_5.1.wav', 'rounding_44k.flac',
+                           'stereo.mp3', 'surround_5.1.wav', 'voice.opus']
+  for source in ('stereo.mp3', 'voice.opus'):
+    assert songs[source]['duration'] == pytest.approx(3.0, abs=0.1), source
+  # Six channels are averaged.
+  dataset = latents.LatentDataset(tmp_path)
+  clips = {s.source: s.latents for split in latents.SPLITS
+           for s in dataset.songs(split)}
+  np.testing.assert_array_equal(clips['surround_5.1.wav'],
+                                clips['mean_of_5.1.wav'])
+  # One computation of the length: exact, where torchaudio's is one short.
+  assert len(whole_file_24khz(formats_dir / 'rounding_44k.flac')) == (
+      -(-ROUNDING * 80 // 147) - 1)
+  assert songs['rounding_44k.flac']['duration'] * 24_000 == (
+      -(-ROUNDING * 80 // 147))
+
+
+def fake_encode(model, blocks, *, device, batch_size):
+  """Latents without EnCodec: frame means of the waveform, block by block."""
   del model, device, batch_size
-  return [np.repeat(song[:len(song) // 320 * 320].reshape(-1, 320)
-                    .mean(1, keepdims=True), 128, 1) for song in songs]
+  for block in blocks:
+    yield np.repeat(block[:len(block) // 320 * 320].reshape(-1, 320)
+                    .mean(1, keepdims=True), 128, 1)
+
+
+def run(audio_dir, out_dir, **settings):
+  return encode.encode_dataset(audio_dir, out_dir, None, 'random:0',
+                               device='cpu', **SETTINGS, **settings)
+
+
+def test_a_song_failing_midway_is_reported_and_the_others_kept(
+    audio_dir, tmp_path, monkeypatch):
+  def failing(model, stream, **kwargs):
+    for index, block in enumerate(fake_encode(model, stream, **kwargs)):
+      if index == 1 and stream.path.endswith('mono_44k.wav'):
+        raise RuntimeError('lost sync in the middle')
+      yield block
+
+  monkeypatch.setattr(codec, 'encode', failing)
+  manifest = run(audio_dir, tmp_path)
+  assert sorted(s['source'] for s in manifest['songs']) == sorted(
+      set(GOOD) - {'mono_44k.wav'})
+  reasons = {s['source']: s['reason'] for s in manifest['skipped']}
+  assert reasons['mono_44k.wav'] == (
+      'failed while encoding: RuntimeError: lost sync in the middle')
+  assert not [name for name in os.listdir(tmp_path) if 'mono_44k' in name]
 
 
 def test_interrupted_run_resumes_to_identical_output(audio_dir, tmp_path,
@@ -148,31 +238,29 @@ def test_interrupted_run_resumes_to_identical_output(audio_dir, tmp_path,
   calls = []
 
   def encode_until(limit):
-    def counted(*args, **kwargs):
+    def counted(model, stream, **kwargs):
       if len(calls) == limit:
-        raise KeyboardInterrupt  # killed while encoding shard `limit`
-      calls.append(1)
-      return fake_encode(*args, **kwargs)
+        raise KeyboardInterrupt  # killed while encoding song `limit`
+      calls.append(stream.path)
+      return fake_encode(model, stream, **kwargs)
     return counted
 
-  def run(out_dir):
-    return encode.encode_dataset(audio_dir, out_dir, None, 'random:0',
-                                 device='cpu', **SETTINGS)
-
   monkeypatch.setattr(codec, 'encode', encode_until(99))
-  run(tmp_path / 'whole')
+  run(audio_dir, tmp_path / 'whole')
   calls.clear()
   monkeypatch.setattr(codec, 'encode', encode_until(1))
   with pytest.raises(KeyboardInterrupt):
-    run(tmp_path / 'resumed')
+    run(audio_dir, tmp_path / 'resumed')
   resumed = tmp_path / 'resumed'
   assert not (resumed / 'manifest.json').exists()
-  first_shard = os.stat(resumed / 'shard_00000.npy').st_mtime_ns
+  first = os.stat(resumed / 'song-live__stereo_48k.npy').st_mtime_ns
   calls.clear()
   monkeypatch.setattr(codec, 'encode', encode_until(99))
-  run(resumed)
-  assert len(calls) == 2  # the two unfinished shards only
-  assert os.stat(resumed / 'shard_00000.npy').st_mtime_ns == first_shard
+  run(audio_dir, resumed)
+  # The finished song is reused; the others (the short one included) and
+  # the bad files, which leave nothing, are read again.
+  assert len(calls) == 4
+  assert os.stat(resumed / 'song-live__stereo_48k.npy').st_mtime_ns == first
   names = sorted(os.listdir(tmp_path / 'whole'))
   assert sorted(os.listdir(resumed)) == names
   for name in names:
@@ -180,33 +268,54 @@ def test_interrupted_run_resumes_to_identical_output(audio_dir, tmp_path,
             == (tmp_path / 'whole' / name).read_bytes()), name
 
 
-def test_cli_reruns_a_finished_dataset_without_encoding(audio_dir,
-                                                        dataset_dir,
-                                                        tmp_path):
-  copy = tmp_path / 'latents'
-  shutil.copytree(dataset_dir, copy)
-  shards = {name: os.stat(copy / name).st_mtime_ns
-            for name in os.listdir(copy) if name.startswith('shard')}
-  result = subprocess.run(
-      [sys.executable, '-m', 'precompute.encode', '--audio-dir',
-       str(audio_dir), '--out-dir', str(copy), '--device', 'cpu']
-      + CLI_SETTINGS, cwd=REPO, capture_output=True, text=True, check=True)
-  assert 'SEEDED RANDOM (seed 0)' in result.stderr
-  assert '3/3 songs' in result.stderr and 'audio-s/s' in result.stderr
-  assert ((copy / 'manifest.json').read_bytes()
-          == (dataset_dir / 'manifest.json').read_bytes())
-  assert shards == {name: os.stat(copy / name).st_mtime_ns for name in shards}
+def cli(audio_dir, out_dir, *more, wait=True):
+  command = [sys.executable, '-m', 'precompute.encode', '--audio-dir',
+             str(audio_dir), '--out-dir', str(out_dir), *CLI_SETTINGS, *more]
+  if not wait:
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+  return subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+
+
+def test_cli_killed_and_rerun_gives_identical_files(audio_dir, tmp_path):
+  whole = cli(audio_dir, tmp_path / 'whole')
+  assert whole.returncode == 0, whole.stderr
+  assert 'SEEDED RANDOM (seed 0)' in whole.stderr
+  assert '9/9' in whole.stderr and '3 kept' in whole.stderr
+  killed = cli(audio_dir, tmp_path / 'killed', wait=False)
+  deadline = time.monotonic() + 120
+  while not (tmp_path / 'killed' / 'song-live__stereo_48k.json').exists():
+    assert killed.poll() is None and time.monotonic() < deadline
+    time.sleep(0.05)
+  killed.send_signal(signal.SIGKILL)  # while encoding the next song
+  killed.wait()
+  rerun = cli(audio_dir, tmp_path / 'killed')
+  assert rerun.returncode == 0, rerun.stderr
+  names = sorted(os.listdir(tmp_path / 'whole'))
+  assert sorted(name for name in os.listdir(tmp_path / 'killed')
+                if not name.endswith('.tmp')) == names
+  for name in names:
+    assert ((tmp_path / 'killed' / name).read_bytes()
+            == (tmp_path / 'whole' / name).read_bytes()), name
+
+  # A rerun of a finished dataset encodes nothing and rewrites nothing.
+  shards = {name: os.stat(tmp_path / 'whole' / name).st_mtime_ns
+            for name in names if name.startswith('song-')}
+  again = cli(audio_dir, tmp_path / 'whole')
+  assert again.returncode == 0 and '0 s encoded now' in again.stderr
+  assert shards == {name: os.stat(tmp_path / 'whole' / name).st_mtime_ns
+                    for name in shards}
 
 
 def test_cli_errors_name_the_flag(tmp_path):
-  result = subprocess.run(
-      [sys.executable, '-m', 'precompute.encode', '--audio-dir',
-       str(tmp_path / 'nowhere'), '--out-dir', str(tmp_path / 'out')]
-      + CLI_SETTINGS, cwd=REPO, capture_output=True, text=True)
+  result = cli(tmp_path / 'nowhere', tmp_path / 'out')
   assert result.returncode == 1
   assert f'--audio-dir {tmp_path / "nowhere"}: not a directory' in (
       result.stderr)
   assert 'Traceback' not in result.stderr
+  os.makedirs(tmp_path / 'audio')
+  result = cli(tmp_path / 'audio', tmp_path / 'out', '--min-seconds', '0')
+  assert '--min-seconds 0.0: expected > 0' in result.stderr
 
 
 def test_splits_are_by_song_and_follow_the_seed():
@@ -223,10 +332,38 @@ def test_splits_are_by_song_and_follow_the_seed():
   assert len({tuple(splits(20, 0.25, seed)) for seed in range(5)}) > 1
 
 
-def test_shards_hold_consecutive_songs_of_about_shard_seconds():
-  records = [{'id': str(i), 'duration': d}
-             for i, d in enumerate([40.0, 40.0, 100.0, 10.0, 10.0])]
-  plan = encode.plan_shards(records, shard_seconds=90.0)
-  assert [(name, [r['id'] for r in songs]) for name, songs in plan] == [
-      ('shard_00000', ['0', '1']), ('shard_00001', ['2']),
-      ('shard_00002', ['3', '4'])]
+@pytest.mark.parametrize('rate', [8_000, 11_025, 22_050, 32_000, 44_056,
+                                  44_100, 48_000, 88_200, 96_000, 192_000])
+def test_streamed_resampling_is_torchaudios_of_the_whole(rate):
+  samples = np.random.default_rng(rate).uniform(
+      -0.5, 0.5, 2 * rate + 1237).astype(np.float32)
+  resampler = audio.Resampler(rate)
+  blocks = np.split(samples, [1000, 1001, 8000, rate])
+  streamed = np.concatenate([resampler.push(b) for b in blocks] +
+                            [resampler.flush()])
+  whole = torchaudio.functional.resample(torch.from_numpy(samples), rate,
+                                         24_000).numpy()
+  assert len(streamed) == -(-len(samples) * 24_000 // rate) == len(whole)
+  np.testing.assert_allclose(streamed, whole, atol=1e-5)
+
+
+def test_resampling_is_band_limited():
+  def tone(hz, rate, seconds=1.0):
+    return np.sin(2 * np.pi * hz * np.arange(int(seconds * rate)) / rate
+                  ).astype(np.float32)
+
+  def resampled(samples, rate):
+    resampler = audio.Resampler(rate)
+    return np.concatenate([resampler.push(samples), resampler.flush()])
+
+  kept = resampled(tone(1000, 44_100), 44_100)
+  assert len(kept) == 24_000
+  np.testing.assert_allclose(kept[500:-500], tone(1000, 24_000)[500:-500],
+                             atol=2e-3)
+  # Above the 12 kHz Nyquist frequency of 24 kHz: filtered out, not aliased
+  # to 9 kHz.
+  removed = resampled(tone(15_000, 48_000), 48_000)
+  assert np.sqrt(np.mean(removed[500:-500] ** 2)) < 1e-2
+  assert len(resampled(np.zeros(1001, np.float32), 44_100)) == 545
+  with pytest.raises(audio.BadAudio, match='44101 Hz.*filter bank'):
+    audio.Resampler(44_101)

@@ -10,6 +10,7 @@ import pytest
 from jingle_jax import input_pipeline
 from jingle_jax import latents
 from jingle_jax import parallel
+import latent_data
 
 WINDOW = 4
 IDENTITY = input_pipeline.Normaliser(np.zeros(2, np.float32),
@@ -98,15 +99,12 @@ def test_validation_batches_are_matched_and_in_order(pairs):
 def test_normalisation_uses_the_manifest_statistics(tmp_path):
   rng = np.random.default_rng(0)
   scale = rng.uniform(0.5, 3.0, latents.LATENT_DIM)
-  writer = latents.DatasetWriter(tmp_path, encodec_weights='random:0',
-                                 dtype='float32')
-  songs = [({'id': f's{i}', 'source': f's{i}.wav', 'split': split,
-             'duration': 1.0},
-            (rng.normal(size=(75, latents.LATENT_DIM)) * scale + 5 * scale)
-            .astype(np.float32))
-           for i, split in enumerate(['train', 'train', 'val'])]
-  writer.write_shard('all', songs)
-  writer.finish(skipped=[])
+  songs = [(split, (rng.normal(size=(75, latents.LATENT_DIM)) * scale +
+                   5 * scale).astype(np.float32))
+           for split in ['train', 'train', 'val']]
+  latent_data.write_dataset(
+      tmp_path, {f's{i}': song for i, song in enumerate(songs)},
+      dtype='float32')
   dataset = latents.LatentDataset(tmp_path)
   config = ml_collections.ConfigDict({'num_frames': 10, 'window_hop': 0})
   train = input_pipeline.split_pairs(config, dataset, 'train')

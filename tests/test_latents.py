@@ -7,43 +7,38 @@ import numpy as np
 import pytest
 
 from jingle_jax import latents
+import latent_data
 
 D = latents.LATENT_DIM
 
 
-def song(song_id, split, frames, rng, scale=1.0):
-  record = {'id': song_id, 'source': f'music/{song_id}.wav', 'split': split,
-            'duration': frames / latents.FRAME_RATE}
-  return record, (scale * rng.normal(size=(frames, D))).astype(np.float32)
+SKIPPED = [{'source': 'bad.wav', 'reason': 'empty'}]
 
 
-def write(path, shards, dtype='float16', weights='random:0'):
-  """Writes {shard name: [(record, latents)]}; returns the manifest."""
-  writer = latents.DatasetWriter(path, encodec_weights=weights, dtype=dtype)
-  for name, songs in shards.items():
-    writer.write_shard(name, songs)
-  return writer.finish(skipped=[{'source': 'bad.wav', 'reason': 'empty'}])
+def write(path, songs, dtype='float16', weights='random:0'):
+  """Writes {id: (split, latents)} from music/<id>.wav; returns the
+  manifest."""
+  return latent_data.write_dataset(path, songs, weights=weights, dtype=dtype,
+                                   skipped=SKIPPED, source='music/{}.wav')
 
 
 @pytest.fixture
-def shards():
+def songs():
   rng = np.random.default_rng(0)
-  return {'shard_00000': [song('a', 'train', 90, rng, 3.0),
-                          song('b', 'val', 40, rng)],
-          'shard_00001': [song('c', 'train', 75, rng, 0.5)]}
+  return {'a': ('train', 3.0 * rng.normal(size=(90, D))),
+          'b': ('val', rng.normal(size=(40, D))),
+          'c': ('train', 0.5 * rng.normal(size=(75, D)))}
 
 
 @pytest.mark.parametrize('dtype', ['float16', 'float32'])
-def test_round_trip(tmp_path, shards, dtype):
-  manifest = write(tmp_path, shards, dtype)
+def test_round_trip(tmp_path, songs, dtype):
+  manifest = write(tmp_path, songs, dtype)
   dataset = latents.LatentDataset(tmp_path / 'manifest.json')
   assert dataset.manifest == manifest
   assert manifest['encodec_weights'] == 'random:0'
-  assert manifest['skipped'] == [{'source': 'bad.wav', 'reason': 'empty'}]
+  assert manifest['skipped'] == SKIPPED
   assert [(s['shard'], s['offset']) for s in manifest['songs']] == [
-      ('shard_00000.npy', 0), ('shard_00000.npy', 90), ('shard_00001.npy', 0)]
-  written = {record['id']: values for shard in shards.values()
-             for record, values in shard}
+      ('song-a.npy', 0), ('song-b.npy', 0), ('song-c.npy', 0)]
   train, val = dataset.songs('train'), dataset.songs('val')
   assert [s.id for s in train] == ['a', 'c'] and [s.id for s in val] == ['b']
   for item in train + val:
@@ -51,9 +46,9 @@ def test_round_trip(tmp_path, shards, dtype):
     assert item.source == f'music/{item.id}.wav'
     assert item.duration == len(item.latents) / latents.FRAME_RATE
     np.testing.assert_array_equal(item.latents,
-                                  written[item.id].astype(dtype))
+                                  songs[item.id][1].astype(dtype))
   # Statistics of the training songs only, as stored.
-  frames = np.concatenate([written[i].astype(dtype) for i in 'ac'])
+  frames = np.concatenate([songs[i][1].astype(dtype) for i in 'ac'])
   np.testing.assert_allclose(dataset.mean, frames.mean(0, np.float64),
                              rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(dataset.std, frames.std(0, dtype=np.float64),
@@ -63,96 +58,107 @@ def test_round_trip(tmp_path, shards, dtype):
     dataset.songs('test')
 
 
-def test_reuse_shard_only_when_songs_and_settings_match(tmp_path, shards):
-  manifest = write(tmp_path, shards)
-  records = {name: [record for record, _ in songs]
-             for name, songs in shards.items()}
+def test_a_song_written_in_blocks_is_the_npy_file_of_its_latents(tmp_path):
+  values = np.random.default_rng(2).normal(size=(1234, D)).astype(np.float16)
+  writer = latents.DatasetWriter(tmp_path, encodec_weights='random:0')
+  with writer.song('x', 'x.wav') as song:
+    for block in np.split(values, [500, 501]):
+      song.append(block)
+    assert song.commit(1234 / 75) == {'id': 'x', 'source': 'x.wav',
+                                      'duration': 1234 / 75, 'frames': 1234}
+  np.save(tmp_path / 'expected.npy', values)
+  assert ((tmp_path / 'song-x.npy').read_bytes() ==
+          (tmp_path / 'expected.npy').read_bytes())
+
+
+def test_cached_only_when_source_and_settings_match(tmp_path, songs):
+  manifest = write(tmp_path, songs)
   writer = latents.DatasetWriter(tmp_path, encodec_weights='random:0')
   assert not (tmp_path / 'manifest.json').exists()  # unfinished again
-  assert all(writer.reuse_shard(name, songs)
-             for name, songs in records.items())
-  assert writer.finish(manifest['skipped']) == manifest
+  records = [writer.cached(song_id, f'music/{song_id}.wav')
+             for song_id in songs]
+  assert [r['frames'] for r in records] == [90, 40, 75]
+  splits = [split for split, _ in songs.values()]
+  assert writer.finish([dict(r, split=split) for r, split in
+                        zip(records, splits)], SKIPPED, None) == manifest
+  assert writer.cached('c', 'music/other.wav') is None
+  assert writer.cached('c', 'music/c.wav', {'size': 1}) is None
+  for other in (dict(encodec_weights='random:1'),
+                dict(encodec_weights='random:0', dtype='float32')):
+    assert latents.DatasetWriter(tmp_path, **other).cached(
+        'c', 'music/c.wav') is None
+  os.remove(tmp_path / 'song-a.json')  # killed between the two files
+  assert writer.cached('a', 'music/a.wav') is None
 
-  changed = [dict(records['shard_00001'][0], duration=2.0)]
-  assert not writer.reuse_shard('shard_00001', changed)
+
+def test_a_song_left_unfinished_is_not_reused(tmp_path, songs, monkeypatch):
+  write(tmp_path, songs)
   other = latents.DatasetWriter(tmp_path, encodec_weights='random:1')
-  assert not other.reuse_shard('shard_00001', records['shard_00001'])
-  wider = latents.DatasetWriter(tmp_path, encodec_weights='random:0',
-                                dtype='float32')
-  assert not wider.reuse_shard('shard_00001', records['shard_00001'])
-  os.remove(tmp_path / 'shard_00000.json')  # killed between the two files
-  assert not writer.reuse_shard('shard_00000', records['shard_00000'])
-
-
-def test_a_shard_left_half_rewritten_is_not_reused(tmp_path, shards,
-                                                   monkeypatch):
-  write(tmp_path, shards)
-  records = [record for record, _ in shards['shard_00001']]
-
-  def killed(*args):
-    raise KeyboardInterrupt
-
-  monkeypatch.setattr(latents, '_write_json', killed)
-  other = latents.DatasetWriter(tmp_path, encodec_weights='random:1')
+  with pytest.raises(KeyboardInterrupt):  # killed while writing
+    with other.song('b', 'music/b.wav') as song:
+      song.append(songs['b'][1])
+      raise KeyboardInterrupt
+  monkeypatch.setattr(latents, '_write_json', _killed)
   with pytest.raises(KeyboardInterrupt):  # after the .npy, before the .json
-    other.write_shard('shard_00001', shards['shard_00001'])
+    with other.song('c', 'music/c.wav') as song:
+      song.append(songs['c'][1])
+      song.commit(1.0)
   monkeypatch.undo()
   writer = latents.DatasetWriter(tmp_path, encodec_weights='random:0')
-  assert writer.reuse_shard('shard_00000', [r for r, _ in
-                                            shards['shard_00000']])
-  assert not writer.reuse_shard('shard_00001', records)
+  assert writer.cached('a', 'music/a.wav') is not None
+  assert writer.cached('b', 'music/b.wav') is None
+  assert writer.cached('c', 'music/c.wav') is None
+  assert sorted(os.listdir(tmp_path)) == [
+      'song-a.json', 'song-a.npy', 'song-b.npy', 'song-c.npy']
 
 
-def test_a_new_split_reuses_shards(tmp_path, shards):
-  write(tmp_path, shards)
-  writer = latents.DatasetWriter(tmp_path, encodec_weights='random:0')
-  for name, songs in shards.items():
-    assert writer.reuse_shard(name, [dict(record, split='train')
-                                     for record, _ in songs])
-  writer.finish([])
-  assert not latents.LatentDataset(tmp_path).songs('val')
+def _killed(*args):
+  raise KeyboardInterrupt
+
+
+SHARD = 'song-c.npy'
 
 
 def corrupt_truncate(path):
-  with open(path / 'shard_00001.npy', 'r+b') as f:
-    f.truncate(os.path.getsize(path / 'shard_00001.npy') - 100)
+  with open(path / SHARD, 'r+b') as f:
+    f.truncate(os.path.getsize(path / SHARD) - 100)
 
 
 def corrupt_nonfinite(path):
-  shard = np.load(path / 'shard_00001.npy', mmap_mode='r+')
+  shard = np.load(path / SHARD, mmap_mode='r+')
   shard[3, 7] = np.nan
   shard.flush()
 
 
 def corrupt_dtype(path):
-  shard = np.load(path / 'shard_00001.npy')
-  np.save(path / 'shard_00001.npy', shard.astype(np.float32))
+  shard = np.load(path / SHARD)
+  np.save(path / SHARD, shard.astype(np.float32))
 
 
 def corrupt_shape(path):
-  shard = np.load(path / 'shard_00001.npy')
-  np.save(path / 'shard_00001.npy', shard[:, :64])
+  shard = np.load(path / SHARD)
+  np.save(path / SHARD, shard[:, :64])
 
 
 def corrupt_short(path):
-  shard = np.load(path / 'shard_00001.npy')
-  np.save(path / 'shard_00001.npy', shard[:50])
+  shard = np.load(path / SHARD)
+  np.save(path / SHARD, shard[:50])
 
 
 @pytest.mark.parametrize('corrupt, message', [
-    (lambda p: os.remove(p / 'shard_00001.npy'), 'missing'),
+    (lambda p: os.remove(p / SHARD), 'missing'),
     (corrupt_truncate, 'truncated'),
     (corrupt_nonfinite, 'non-finite'),
     (corrupt_dtype, 'dtype float32'),
     (corrupt_shape, 'shape'),
     (corrupt_short, 'ends at 75'),
 ])
-def test_bad_shard_names_the_file(tmp_path, shards, corrupt, message):
-  write(tmp_path, shards)
+def test_bad_shard_names_the_file(tmp_path, songs, corrupt, message):
+  write(tmp_path, songs)
   corrupt(tmp_path)
   with pytest.raises(latents.LatentDataError) as error:
     latents.LatentDataset(tmp_path)
-  assert str(tmp_path / 'shard_00001.npy') in str(error.value)
+  assert str(tmp_path / SHARD) in str(error.value)
   assert message in str(error.value)
 
 
@@ -169,8 +175,8 @@ def test_bad_shard_names_the_file(tmp_path, shards, corrupt, message):
     (lambda m: m.update(std=[0.0] * D), "'std'"),
     (lambda m: m.update(mean=[1.0] * 3), "'mean'"),
 ])
-def test_bad_manifest_names_file_and_field(tmp_path, shards, edit, message):
-  manifest = write(tmp_path, shards)
+def test_bad_manifest_names_file_and_field(tmp_path, songs, edit, message):
+  manifest = write(tmp_path, songs)
   edit(manifest)
   with open(tmp_path / 'manifest.json', 'w') as f:
     json.dump(manifest, f)
@@ -180,10 +186,10 @@ def test_bad_manifest_names_file_and_field(tmp_path, shards, edit, message):
   assert message in str(error.value)
 
 
-def test_missing_or_broken_manifest(tmp_path, shards):
+def test_missing_or_broken_manifest(tmp_path, songs):
   with pytest.raises(latents.LatentDataError, match='no such manifest'):
     latents.LatentDataset(tmp_path)
-  write(tmp_path, shards)
+  write(tmp_path, songs)
   with open(tmp_path / 'manifest.json', 'a') as f:
     f.write('}')
   with pytest.raises(latents.LatentDataError, match='unreadable manifest'):
@@ -191,23 +197,29 @@ def test_missing_or_broken_manifest(tmp_path, shards):
 
 
 def test_writer_refuses_bad_songs(tmp_path):
-  rng = np.random.default_rng(1)
+  values = np.random.default_rng(1).normal(size=(10, D))
   writer = latents.DatasetWriter(tmp_path, encodec_weights='random:0')
-  record, values = song('x', 'train', 10, rng)
-  with pytest.raises(ValueError, match="'x'.*non-finite values as float16"):
-    writer.write_shard('s', [(record, values + 1e5)])  # float16 overflow
-  with pytest.raises(ValueError, match="'x'.*shape"):
-    writer.write_shard('s', [(record, values.T)])
-  with pytest.raises(ValueError, match='plain file stem'):
-    writer.write_shard('../s', [(record, values)])
+  for bad, message in ((values + 1e5, "'x'.*non-finite values as float16"),
+                       (values.T, "'x'.*shape")):
+    with pytest.raises(ValueError, match=message):
+      with writer.song('x', 'x.wav') as song:
+        song.append(bad)  # float16 overflow, transposed
+  with pytest.raises(ValueError, match='not a plain file name'):
+    writer.song('../x', 'x.wav')
+  with pytest.raises(ValueError, match="'x': left without commit"):
+    with writer.song('x', 'x.wav') as song:
+      song.append(values)
+  with pytest.raises(ValueError, match="'x': no latent frames"):
+    with writer.song('x', 'x.wav') as song:
+      song.commit(0.0)
   assert os.listdir(tmp_path) == []
-  writer.write_shard('s', [(dict(record, split='val'), values)])
+  with writer.song('x', 'x.wav') as song:
+    song.append(values)
+    record = song.commit(10 / 75)
   with pytest.raises(ValueError, match='no training songs'):
-    writer.finish([])
-  writer.write_shard('t', [(record, values)])
-  writer.write_shard('u', [(record, values)])
+    writer.finish([dict(record, split='val')], [])
   with pytest.raises(ValueError, match='not unique'):
-    writer.finish([])
+    writer.finish([dict(record, split='train')] * 2, [])
   with pytest.raises(ValueError, match='dtype'):
     latents.DatasetWriter(tmp_path, encodec_weights='random:0',
                           dtype='bfloat16')

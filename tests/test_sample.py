@@ -16,6 +16,7 @@ from jingle_jax import input_pipeline
 from jingle_jax import latents
 from jingle_jax import sample
 from jingle_jax import train_step
+import latent_data
 import train_config
 
 FRAMES = 8  # frames per clip of train_config
@@ -26,18 +27,12 @@ def write_dataset(path, songs: dict, seed=0) -> dict:
   """A latent dataset of random songs {id: (split, frames)}; returns the raw
   latents {id: [frames, 128]}."""
   rng = np.random.default_rng(seed)
-  writer = latents.DatasetWriter(path, encodec_weights='random:0',
-                                 dtype='float32')
-  raw = {}
-  records = []
-  for song_id, (split, frames) in songs.items():
-    raw[song_id] = (OFFSET + SCALE * rng.normal(
-        size=(frames, latents.LATENT_DIM))).astype(np.float32)
-    records.append(({'id': song_id, 'source': f'{song_id}.wav',
-                     'split': split,
-                     'duration': frames / latents.FRAME_RATE}, raw[song_id]))
-  writer.write_shard('shard0', records)
-  writer.finish(skipped=[])
+  raw = {song_id: (OFFSET + SCALE * rng.normal(
+      size=(frames, latents.LATENT_DIM))).astype(np.float32)
+         for song_id, (_, frames) in songs.items()}
+  latent_data.write_dataset(path, {song_id: (split, raw[song_id])
+                                   for song_id, (split, _) in songs.items()},
+                            dtype='float32')
   return raw
 
 

@@ -20,6 +20,7 @@ from jingle_jax import checkpoints
 from jingle_jax import latents
 from jingle_jax import run_log
 from jingle_jax import train
+import latent_data
 import train_config
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -32,15 +33,10 @@ def data_dir(tmp_path_factory):
   """4 train songs (16 pairs: 4 steps per epoch) and 2 val songs (8 pairs)."""
   path = tmp_path_factory.mktemp('latents')
   rng = np.random.default_rng(0)
-  writer = latents.DatasetWriter(path, encodec_weights='random:0')
-  songs = []
-  for i, split in enumerate(['train'] * 4 + ['val'] * 2):
-    record = {'id': f'song{i}', 'source': f'song{i}.wav', 'split': split,
-              'duration': SONG_FRAMES / latents.FRAME_RATE}
-    songs.append((record, rng.normal(
-        size=(SONG_FRAMES, latents.LATENT_DIM)).astype(np.float32)))
-  writer.write_shard('shard0', songs)
-  writer.finish(skipped=[])
+  latent_data.write_dataset(path, {
+      f'song{i}': (split, rng.normal(size=(SONG_FRAMES, latents.LATENT_DIM))
+                   .astype(np.float32))
+      for i, split in enumerate(['train'] * 4 + ['val'] * 2)})
   return str(path)
 
 

@@ -1,0 +1,137 @@
+"""Arranges two songs with a trained model, from audio files to audio.
+
+  python -m precompute.arrange --workdir W --input A.mp3 --target B.wav \
+      --out OUT.wav [--input-start S] [--target-start S] \
+      [--checkpoint best|latest|STEP] [--data-dir LATENTS] \
+      [--encodec-checkpoint PATH | --random-encodec SEED] [--device auto]
+
+Takes one clip of the run's length (config.num_frames: 16 s for the seed
+recipe) from each file, from its start second, encodes both with the EnCodec
+weights of the run's latent dataset (weights whose identity differs from its
+manifest's are refused), runs the trained model and decodes its output to
+OUT.wav (24 kHz mono). OUT.png shows the masks over the loudness envelopes.
+A run without a latent dataset (a converted checkpoint) encodes with the
+weights given, the pretrained EnCodec by default, unchecked.
+"""
+
+import os
+import sys
+
+# The model and EnCodec share the accelerator: JAX takes memory as needed.
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+import numpy as np
+
+from jingle_jax import checkpoints
+from jingle_jax import evaluate
+from jingle_jax import latents
+from jingle_jax import sample
+from precompute import audio
+from precompute import codec
+from precompute import decode
+from precompute import encodec_weights
+
+
+def read_clip(path, flag: str, start: float, seconds: float) -> np.ndarray:
+  """`seconds` of mono 24 kHz audio of the file from `start` seconds."""
+  try:
+    clip = np.concatenate(
+        [np.zeros(0, np.float32),
+         *audio.MonoStream(path, start=start, seconds=seconds)])
+  except (audio.BadAudio, OSError, RuntimeError) as e:  # soundfile's too
+    raise ValueError(f'{flag} {path}: {e}') from None
+  if len(clip) < round(seconds * latents.SAMPLE_RATE):
+    raise ValueError(f'{flag} {path}: {len(clip) / latents.SAMPLE_RATE:.2f} '
+                     f's from {start:g} s; the model\'s clips are '
+                     f'{seconds:g} s')
+  return clip
+
+
+def encodec_model(config, data_dir, checkpoint, random_seed):
+  """The EnCodec weights the run's latent dataset records."""
+  data_dir = data_dir or config.data_dir
+  if not data_dir:
+    logging.warning('the run records no latent dataset (config.data_dir): '
+                    'the EnCodec weights given are not checked against one')
+    return encodec_weights.load(checkpoint, random_seed)[0]
+  return decode.matching_weights(latents.LatentDataset(data_dir), checkpoint,
+                                 random_seed)
+
+
+def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
+            target_start=0.0, which='best', data_dir=None, checkpoint=None,
+            random_seed=None, device='auto', batch_size=4) -> int:
+  """Writes out_path (.wav) and its .png; returns the checkpoint's step."""
+  stem, suffix = os.path.splitext(out_path)
+  if suffix.lower() != '.wav':
+    raise ValueError(f'--out {out_path}: expected a .wav file name')
+  config = checkpoints.read_config(workdir)
+  seconds = config.num_frames / latents.FRAME_RATE
+  clips = [read_clip(input_path, '--input', input_start, seconds),
+           read_clip(target_path, '--target', target_start, seconds)]
+  model = encodec_model(config, data_dir, checkpoint, random_seed)
+  torch_device = encodec_weights.device(device)
+  model.to(torch_device)
+  raw_input, raw_target = (
+      np.concatenate(list(codec.encode(model, [clip], device=torch_device,
+                                       batch_size=batch_size)))
+      for clip in clips)
+  step, arrays, normaliser = sample.arrange_pair(
+      workdir, raw_input, raw_target, which=which, data_dir=data_dir)
+  decode.decode_to_wavs(
+      model, [(os.path.basename(stem),
+               normaliser.denormalise(arrays['output']))],
+      os.path.dirname(os.path.abspath(out_path)), device=torch_device,
+      batch_size=batch_size)
+  sample.save_mask_picture(
+      arrays, stem + '.png',
+      f'{os.path.basename(input_path)} + {os.path.basename(target_path)}')
+  return step
+
+
+def define_flags():
+  """The command line (defined only when run as a program)."""
+  flags.DEFINE_string('workdir', None, 'Training workdir (has config.json).')
+  flags.DEFINE_string('input', None, 'Audio file of the input song.')
+  flags.DEFINE_string('target', None, 'Audio file of the target song.')
+  flags.DEFINE_string('out', None, 'The .wav to write (and its .png).')
+  flags.DEFINE_float('input-start', 0.0, 'Second of --input the clip starts '
+                     'at.', lower_bound=0.0)
+  flags.DEFINE_float('target-start', 0.0, 'Second of --target the clip '
+                     'starts at.', lower_bound=0.0)
+  flags.DEFINE_string('checkpoint', 'best', 'best, latest or a step number.')
+  flags.DEFINE_string('data-dir', None, 'Latent dataset whose EnCodec '
+                      'weights (and statistics) apply; default: the run\'s.')
+  flags.DEFINE_string('encodec-checkpoint', None, 'Local EnCodec 24 kHz '
+                      'state dict (default: what the manifest records).')
+  flags.DEFINE_integer('random-encodec', None, 'Seed of random EnCodec '
+                       'weights (default: what the manifest records).')
+  flags.DEFINE_string('device', 'auto', 'auto, cpu or cuda (EnCodec).')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  try:
+    step = arrange(
+        f.workdir, f.input, f.target, f.out,
+        input_start=f['input-start'].value,
+        target_start=f['target-start'].value,
+        which=evaluate.parse_checkpoint(f.checkpoint),
+        data_dir=f['data-dir'].value,
+        checkpoint=f['encodec-checkpoint'].value,
+        random_seed=f['random-encodec'].value, device=f.device)
+  except (ValueError, OSError, checkpoints.CheckpointError,
+          encodec_weights.WeightsError) as e:
+    sys.exit(f'precompute.arrange: error: {e}')
+  print(f'checkpoint step {step}: {f.out}')
+
+
+if __name__ == '__main__':
+  define_flags()
+  flags.mark_flags_as_required(['workdir', 'input', 'target', 'out'])
+  app.run(main)

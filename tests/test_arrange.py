@@ -1,0 +1,92 @@
+"""Two audio files -> an arrangement by a trained model, as a wav."""
+
+import functools
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import soundfile
+
+from jingle_jax import checkpoints
+from jingle_jax import latents
+from jingle_jax import train_step
+from precompute import arrange
+from precompute import codec
+from precompute import encodec_weights
+from precompute import synth
+import latent_data
+import train_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  """(workdir, audio dir): an initialised model of 8-frame clips whose
+  dataset records random EnCodec weights (seed 0), and two songs."""
+  data_dir = tmp_path_factory.mktemp('latents')
+  rng = np.random.default_rng(0)
+  latent_data.write_dataset(data_dir, {
+      song_id: (split, 0.03 * rng.normal(size=(40, latents.LATENT_DIM)))
+      for song_id, split in (('a', 'train'), ('b', 'val'))})
+  config = train_config.get_config()
+  config.data_dir = str(data_dir)
+  state = jax.jit(functools.partial(train_step.create_train_state, config))(
+      jax.random.key(0))
+  workdir = tmp_path_factory.mktemp('workdir')
+  manager = checkpoints.open_manager(workdir, config)
+  checkpoints.save(manager, state, data_position=3, rng=jax.random.key(0),
+                   val_loss=1.0)
+  manager.wait_until_finished()
+  manager.close()
+  songs = tmp_path_factory.mktemp('songs')
+  soundfile.write(songs / 'input.wav', synth.render_song(3, 0, 2.0, 44_100),
+                  44_100)
+  soundfile.write(songs / 'target.mp3', synth.render_song(3, 1, 2.0, 48_000),
+                  48_000, format='MP3', subtype='MPEG_LAYER_III')
+  return workdir, songs
+
+
+def test_two_songs_make_a_wav_of_one_clip(run, tmp_path):
+  workdir, songs = run
+  out = tmp_path / 'arranged.wav'
+  step = arrange.arrange(workdir, songs / 'input.wav', songs / 'target.mp3',
+                         str(out), input_start=0.5, target_start=1.0)
+  assert step == 0  # updates applied
+  audio, rate = soundfile.read(out)
+  # 8 frames (train_config.num_frames) of 320 samples at 24 kHz.
+  assert rate == 24_000 and audio.shape == (8 * codec.HOP,)
+  assert np.all(np.isfinite(audio)) and np.any(audio != 0)
+  assert (tmp_path / 'arranged.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_other_encodec_weights_and_short_clips_are_refused(run, tmp_path):
+  workdir, songs = run
+  out = str(tmp_path / 'out.wav')
+  with pytest.raises(encodec_weights.WeightsError, match='random:1'):
+    arrange.arrange(workdir, songs / 'input.wav', songs / 'target.mp3', out,
+                    random_seed=1)
+  with pytest.raises(ValueError, match=r'--target .*target.mp3: 0.\d\d s '
+                     r'from 1.9 s; the model\'s clips are 0.106667 s'):
+    arrange.arrange(workdir, songs / 'input.wav', songs / 'target.mp3', out,
+                    target_start=1.9)
+  with pytest.raises(ValueError, match='--out .*: expected a .wav'):
+    arrange.arrange(workdir, songs / 'input.wav', songs / 'target.mp3',
+                    str(tmp_path / 'out.mp3'))
+  assert os.listdir(tmp_path) == []
+
+
+def test_command_line(run, tmp_path):
+  workdir, songs = run
+  result = subprocess.run(
+      ['bash', os.path.join(REPO, 'run_tpu_or_gpu.sh'), 'arrange',
+       '--workdir', str(workdir), '--input', str(songs / 'target.mp3'),
+       '--target', str(songs / 'nowhere.wav'), '--out',
+       str(tmp_path / 'out.wav')],
+      cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 1
+  assert 'precompute.arrange: error: --target' in result.stderr
+  assert 'nowhere.wav' in result.stderr and 'Traceback' not in result.stderr
