@@ -17,15 +17,29 @@ validation loss besides. Saves are asynchronous; Orbax commits a checkpoint by
 renaming its temporary directory, so a killed run leaves no half checkpoint
 under a step name. The checksum catches what Orbax does not: restored bytes
 that differ from the saved ones (a damaged disk, a partly overwritten file).
+
+A checkpoint that cannot be read is moved aside by training, to
+WORKDIR/checkpoints/<step>.unreadable (never deleted), so that the rerun can
+save that step again; a config that would restore other shapes or give a
+checkpoint another meaning (CHECKPOINT_FIELDS) is refused before anything is
+written.
 """
 
+import contextlib
 import functools
+import gc
+import io
 import json
+import logging as python_logging
 import os
+import sys
+import time
 import zlib
 
 from absl import logging
+import flax.traverse_util
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -44,29 +58,63 @@ class CheckpointError(RuntimeError):
   """No usable checkpoint; the message names the directory or step."""
 
 
-def _flat(tree, prefix=''):
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _flat(value, f'{prefix}{key}.')
-    else:
-      yield prefix + key, value
+# Fields whose change gives a workdir's checkpoints other shapes or another
+# meaning; training refuses them on a workdir that has checkpoints. Other
+# fields (learning rates, steps, dropout, remat, ...) may change on resume.
+CHECKPOINT_FIELDS = (
+    'normalise_latents', 'model.latent_dim', 'model.num_stages',
+    'model.num_layers', 'model.num_heads', 'model.use_creative_agent',
+    'model.fixed_masking', 'model.hard_masks', 'model.mask_hidden',
+    'model.mask_heads')
+UNREADABLE_SUFFIX = '.unreadable'
+# How long a failed restore's abandoned reads are given to end quietly.
+_SETTLE_SECONDS = 0.5
+
+
+def _fields(config) -> dict:
+  """{'model.num_layers': 6, ...}: the config's values by dotted name."""
+  return flax.traverse_util.flatten_dict(config.to_dict(), sep='.')
+
+
+def config_changes(workdir, config) -> dict:
+  """{field: (recorded, requested)} against WORKDIR/config.json, if any."""
+  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    return {}
+  old, new = _fields(read_config(workdir)), _fields(config)
+  return {name: (old.get(name), new.get(name))
+          for name in sorted(old.keys() | new.keys())
+          if old.get(name) != new.get(name)}
+
+
+def refuse_checkpoint_changes(workdir, changes: dict) -> None:
+  """CheckpointError when `changes` alter what the workdir's checkpoints
+  hold: one line naming each such field and the ways out."""
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  if not os.path.isdir(directory) or not any(
+      name.isdigit() for name in os.listdir(directory)):
+    return
+  refused = {name: values for name, values in changes.items()
+             if name in CHECKPOINT_FIELDS}
+  gan = changes.get('loss.gan_weight')
+  if gan and (gan[0] == 0) != (gan[1] == 0):  # the discriminator comes or goes
+    refused['loss.gan_weight'] = gan
+  if refused:
+    listed = ', '.join(f'{name} {old!r} -> {new!r}'
+                       for name, (old, new) in refused.items())
+    raise CheckpointError(
+        f'{directory} holds checkpoints of another model ({listed}): use a '
+        'new --workdir, or the recorded values; changes that keep what a '
+        'checkpoint holds (e.g. optim.learning_rate, num_train_steps) are '
+        'allowed and logged')
 
 
 def record_config(workdir, config) -> None:
-  """Writes WORKDIR/config.json (process 0 only), saying what changed."""
+  """Writes WORKDIR/config.json (process 0 only)."""
   if jax.process_index() != 0:
     return
-  text = config.to_json_best_effort(indent=2, sort_keys=True) + '\n'
-  path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.exists(path):
-    old = dict(_flat(read_config(workdir).to_dict()))
-    new = dict(_flat(json.loads(text)))
-    changed = sorted(k for k in old.keys() | new.keys()
-                     if old.get(k) != new.get(k))
-    if changed:
-      logging.warning('%s: the config differs from the recorded one in %s',
-                      path, ', '.join(changed))
-  latents.write_text_atomic(path, text)
+  latents.write_text_atomic(
+      os.path.join(workdir, CONFIG_FILE),
+      config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
 def read_config(workdir) -> ml_collections.ConfigDict:
@@ -79,6 +127,32 @@ def read_config(workdir) -> ml_collections.ConfigDict:
                           'training workdir?') from None
   except json.JSONDecodeError as e:
     raise CheckpointError(f'{path}: not valid JSON: {e}') from None
+
+
+def _not_orbax_chatter(record) -> bool:
+  if record.name == 'asyncio':  # the reads of a failed restore, abandoned
+    return 'exception was never retrieved' not in record.getMessage()
+  return (record.levelno >= python_logging.ERROR or
+          '/orbax/' not in record.pathname)
+
+
+def _orbax_abandoned_read(unraisable) -> bool:
+  code = getattr(unraisable.object, 'cr_code', None)
+  return code is not None and '/orbax/' in code.co_filename
+
+
+def quiet_orbax() -> None:
+  """Keeps Orbax's chatter out of the program's output.
+
+  It reports every save and restore in pages of INFO, and warns of things
+  that are so here (a read-only manager); the reads a failed restore
+  abandons print pages when they end or are collected. What goes wrong with
+  a checkpoint, this module reports itself, in one line.
+  """
+  logging.get_absl_handler().addFilter(_not_orbax_chatter)
+  hook = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: (
+      None if _orbax_abandoned_read(unraisable) else hook(unraisable))
 
 
 def _checksum(state) -> list[int]:
@@ -103,6 +177,7 @@ def open_manager(workdir, config, *, read_only=False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       best_fn=_val_loss, best_mode='min', preservation_policy=policy,
       create=not read_only, read_only=read_only,
+      save_interval_steps=0 if read_only else 1,
       cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR), options=options)
@@ -139,25 +214,93 @@ def abstract_state(config, sharding=None):
       shapes)
 
 
-def _restore_step(manager, config, step, sharding):
+def _restore_step(manager, step, abstract):
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state(config, sharding)),
+      state=ocp.args.StandardRestore(abstract),
       extras=ocp.args.JsonRestore()))
   state, extras = restored['state'], dict(restored['extras'])
   if _checksum(state) != extras.pop('checksum'):
-    raise CheckpointError(f'{manager.directory}/{step}: the restored state '
-                          'does not match its checksum')
+    raise CheckpointError('the restored state does not match its checksum')
   extras['rng'] = jax.random.wrap_key_data(
       jnp.asarray(extras['rng'], jnp.uint32))
   return state, extras
 
 
-def restore(manager, config, which='latest', *, sharding=None):
+def _shapes(tree) -> dict:
+  """{'params/cascade_stages_0/...': shape} of a state or its metadata."""
+  return {'/'.join(str(getattr(key, 'key', getattr(key, 'name', getattr(
+      key, 'idx', key)))) for key in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _shape_mismatch(directory, step, abstract):
+  """Why checkpoint `step` holds other arrays than `abstract`; None when they
+  match or its metadata cannot be read (the restore then says why)."""
+  try:  # `directory` is the manager's, an etils Path
+    stored = _shapes(ocp.StandardCheckpointHandler().metadata(
+        directory / str(step) / 'state'))
+  except Exception:  # pylint: disable=broad-except
+    return None
+  wanted = _shapes(abstract)
+  problems = [f'stored shape {stored[path]} but the config asks for {shape} '
+              f'in {path}' for path, shape in wanted.items()
+              if path in stored and stored[path] != shape]
+  problems += [f'no {path} stored' for path in wanted if path not in stored]
+  problems += [f'{path} stored but not in the config' for path in stored
+               if path not in wanted]
+  if not problems:
+    return None
+  more = f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''
+  return (f'{problems[0]}{more}: the checkpoint was made with another '
+          'config than this one')
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+  """Keeps an abandoned restore's reads from printing pages.
+
+  A failed Orbax restore leaves its pending TensorStore reads behind: each
+  prints a page when it is collected ('Exception ignored in ...') and a
+  traceback when it completes on the closed event loop. Within this
+  context, what is printed is held back, and kept back when the restore
+  failed, once its reads have been collected and have had time to end.
+  """
+  hook, stderr = sys.unraisablehook, sys.stderr
+  sys.unraisablehook = lambda unraisable: None
+  sys.stderr = held = io.StringIO()
+  failed = True
+  try:
+    yield
+    failed = False
+  finally:
+    if failed:
+      gc.collect()
+      time.sleep(_SETTLE_SECONDS)
+    sys.unraisablehook, sys.stderr = hook, stderr
+    if not failed:
+      stderr.write(held.getvalue())
+
+
+def _move_aside(directory, step) -> str:
+  """Renames checkpoint `step` to <step>.unreadable[.N]; the new path."""
+  path = os.path.join(directory, str(step))
+  target, count = path + UNREADABLE_SUFFIX, 1
+  while os.path.exists(target):
+    count += 1
+    target = f'{path}{UNREADABLE_SUFFIX}.{count}'
+  os.rename(path, target)
+  return target
+
+
+def restore(manager, config, which='latest', *, sharding=None,
+            move_aside=False):
   """(TrainState, extras {step, data_position, rng, val_loss}).
 
-  which: 'latest' (falls back to older checkpoints when the newest cannot be
-  read), 'best' (lowest validation loss; the latest when none has one) or a
-  step number.
+  which: 'latest', 'best' (lowest validation loss; the latest when none has
+  one) or a step number. A checkpoint that cannot be read is passed over for
+  the next older one ('latest' and 'best'); with move_aside (training), it is
+  renamed to <step>.unreadable first. A checkpoint of other shapes than the
+  config's is a CheckpointError at once: the config is at fault, not it.
   """
   manager.reload()
   steps = sorted(manager.all_steps(), reverse=True)
@@ -170,28 +313,43 @@ def restore(manager, config, which='latest', *, sharding=None):
     if best is None:  # e.g. a converted checkpoint, or before any validation
       logging.info('%s: no checkpoint has a validation loss; the latest '
                    'stands for the best', manager.directory)
-      candidates = steps
-    else:
-      candidates = [best]
+      best = steps[0]
+    candidates = [best] + [step for step in steps if step != best]
   elif isinstance(which, int) and which in steps:
     candidates = [which]
   else:
     raise CheckpointError(f'{manager.directory}: no checkpoint {which!r}; '
                           f'steps: {sorted(steps)}')
-  failures = []
-  for step in candidates:
-    try:
-      return _restore_step(manager, config, step, sharding)
-    except Exception as e:  # pylint: disable=broad-except
-      # TensorStore errors run to pages; their first line says enough.
-      failures.append(f'step {step}: {type(e).__name__}: '
-                      f'{str(e).splitlines()[0][:300]}')
-      logging.warning('checkpoint %s/%d cannot be read (%s)%s',
-                      manager.directory, step, failures[-1],
-                      '; trying the previous one' if step != candidates[-1]
-                      else '')
-  raise CheckpointError(f'{manager.directory}: no readable checkpoint:\n  ' +
-                        '\n  '.join(failures))
+  abstract = abstract_state(config, sharding)
+  failures, moved = [], False
+  try:
+    for step in candidates:
+      mismatch = _shape_mismatch(manager.directory, step, abstract)
+      if mismatch:
+        raise CheckpointError(f'{manager.directory}/{step}: {mismatch}')
+      try:
+        with _quiet_failed_reads():
+          return _restore_step(manager, step, abstract)
+      except Exception as e:  # pylint: disable=broad-except
+        # TensorStore errors run to pages; their start says enough.
+        reason = str(e).splitlines()[0].split(' See full TensorStore')[0]
+        reason = f'{type(e).__name__}: {reason[:200]}'
+        failures.append(f'step {step}: {reason}')
+        aside = ''
+        if move_aside and jax.process_index() == 0:
+          aside = f'; moved to {_move_aside(manager.directory, step)}'
+        moved |= move_aside
+        logging.warning('checkpoint %s/%d cannot be read (%s)%s',
+                        manager.directory, step, reason, aside)
+        logging.debug('the error (--verbosity=1 shows this):', exc_info=True)
+    raise CheckpointError(f'{manager.directory}: no readable checkpoint'
+                          f'{" (moved aside)" if moved else ""}:\n  ' +
+                          '\n  '.join(failures))
+  finally:
+    if moved:  # every process sees the renamed directories from here on
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices('checkpoints moved aside')
+      manager.reload()
 
 
 def load_for_inference(workdir, which='best'):

@@ -434,6 +434,7 @@ def define_flags():
 
 
 def main(argv):
+  checkpoints.quiet_orbax()
   if len(argv) != 2:
     raise app.UsageError('expected one argument: the CHECKPOINT.pt file')
   f, path = flags.FLAGS, argv[1]

@@ -40,6 +40,11 @@ DTYPES = ('float16', 'float32')
 _CHECK_FRAMES = 1 << 16
 # Floor of the per-channel std, so that normalising never divides by zero.
 _MIN_STD = 1e-6
+# Latents further than this many standard deviations from the manifest's
+# mean are refused at load (e.g. float16 overflow written as 65504); each
+# channel's std counts as at least 1% of the channels' mean std, so that a
+# channel constant in training does not make every deviation extreme.
+OUTLIER_STDS = 1000.0
 _SONG_FIELDS = {'id': str, 'source': str, 'split': str,
                 'duration': (int, float), 'frames': int, 'shard': str,
                 'offset': int}
@@ -173,7 +178,7 @@ def _read_manifest(path) -> dict:
 
 
 def _open_shard(path, dtype) -> np.ndarray:
-  """The shard as a read-only memory map, checked whole."""
+  """The shard as a read-only memory map, its shape and dtype checked."""
   try:
     shard = np.load(path, mmap_mode='r', allow_pickle=False)
   except FileNotFoundError:
@@ -187,10 +192,24 @@ def _open_shard(path, dtype) -> np.ndarray:
   if shard.dtype != np.dtype(dtype):
     raise LatentDataError(f'{path}: dtype {shard.dtype}, the manifest says '
                           f'{dtype}')
-  for start in range(0, len(shard), _CHECK_FRAMES):
-    if not np.all(np.isfinite(shard[start:start + _CHECK_FRAMES])):
-      raise LatentDataError(f'{path}: holds non-finite values')
   return shard
+
+
+def _check_values(latents, mean, std, where) -> None:
+  """Refuses non-finite latents and those OUTLIER_STDS from the mean."""
+  scale = np.maximum(std, 0.01 * np.mean(std))
+  for start in range(0, len(latents), _CHECK_FRAMES):
+    chunk = np.asarray(latents[start:start + _CHECK_FRAMES], np.float32)
+    if not np.all(np.isfinite(chunk)):
+      raise LatentDataError(f'{where}: holds non-finite values')
+    deviation = np.abs(chunk - mean) / scale
+    if np.any(deviation > OUTLIER_STDS):
+      frame, channel = np.unravel_index(np.argmax(deviation), chunk.shape)
+      raise LatentDataError(
+          f'{where}: frame {start + frame}, channel {channel} is '
+          f'{chunk[frame, channel]:.6g}, {deviation[frame, channel]:.3g} '
+          f'standard deviations from the manifest\'s mean (the bound is '
+          f'{OUTLIER_STDS:g})')
 
 
 class LatentDataset:
@@ -222,10 +241,12 @@ class LatentDataset:
         raise LatentDataError(
             f'{os.path.join(directory, name)}: {len(shards[name])} frames, '
             f'song {song["id"]!r} of {self.manifest_path} ends at {end}')
+      values = shards[name][song['offset']:end]
+      _check_values(values, self.mean, self.std,
+                    f'{os.path.join(directory, name)}: song {song["id"]!r}')
       self._songs.append(Song(
           id=song['id'], source=song['source'], split=song['split'],
-          duration=float(song['duration']),
-          latents=shards[name][song['offset']:end]))
+          duration=float(song['duration']), latents=values))
 
   def songs(self, split: str) -> list[Song]:
     """The songs of `split`, in manifest order."""

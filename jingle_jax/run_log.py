@@ -10,6 +10,7 @@ import math
 import os
 import sys
 
+from absl import logging
 import jax
 import tqdm
 
@@ -91,6 +92,13 @@ class RunLog:
   def advance(self, steps: int = 1) -> None:
     if self._active:
       self._bar.update(steps)
+
+  def note(self, step: int, text: str) -> None:
+    """A remark on the run (e.g. a changed config): logged as a warning and
+    kept in TensorBoard's text tab."""
+    if self._active:
+      logging.warning('step %d: %s', step, text)
+      self._tensorboard.add_text('run', text, step)
 
   def summary(self, line: str) -> None:
     """A line printed above the progress bar."""

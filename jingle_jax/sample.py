@@ -224,6 +224,7 @@ def define_flags():
 
 
 def main(argv):
+  checkpoints.quiet_orbax()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS

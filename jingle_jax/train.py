@@ -13,7 +13,6 @@ metrics.jsonl and tensorboard/ (see jingle_jax/run_log.py).
 
 import dataclasses
 import functools
-import logging as python_logging
 import signal
 import sys
 import time
@@ -238,7 +237,8 @@ def init_or_restore(config, mesh, manager):
         out_shardings=parallel.replicated(mesh))()
     return state, 0, rng, EarlyStopping()
   state, extras = checkpoints.restore(manager, config,
-                                      sharding=parallel.replicated(mesh))
+                                      sharding=parallel.replicated(mesh),
+                                      move_aside=True)
   logging.info('resumed from %s at step %d', manager.directory,
                extras['data_position'])
   early_stopping = EarlyStopping(
@@ -264,6 +264,8 @@ def train_and_evaluate(config, workdir):
                '%d devices', len(train_pairs), len(val_pairs),
                schedule.steps_per_epoch, batch_size, jax.device_count())
 
+  changes = checkpoints.config_changes(workdir, config)
+  checkpoints.refuse_checkpoint_changes(workdir, changes)  # before writing
   manager = checkpoints.open_manager(workdir, config)
   state, position, rng, early_stopping = init_or_restore(config, mesh,
                                                          manager)
@@ -277,6 +279,9 @@ def train_and_evaluate(config, workdir):
       global_batch_size=batch_size)
   log = run_log.RunLog(workdir, start_step=position,
                        total_steps=schedule.num_train_steps)
+  if changes:
+    log.note(position, 'config changed from the recorded one: ' + ', '.join(
+        f'{name} {old!r} -> {new!r}' for name, (old, new) in changes.items()))
   last_saved, step_metrics, consecutive_skips = position, [], 0
   train_metrics = val_metrics = None
   window_start = time.perf_counter()
@@ -363,16 +368,10 @@ def _epoch_line(position, schedule, train_metrics, val_metrics) -> str:
   return line
 
 
-def _not_orbax_info(record) -> bool:
-  """Orbax reports every save at INFO level; keep its warnings only."""
-  return (record.levelno >= python_logging.WARNING or
-          '/orbax/' not in record.pathname)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_not_orbax_info)
+  checkpoints.quiet_orbax()
   parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                       _PROCESS_ID.value)
   config = _CONFIG.value

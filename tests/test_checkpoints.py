@@ -2,8 +2,6 @@
 
 import copy
 import gc
-import glob
-import logging
 import os
 
 import jax
@@ -12,6 +10,7 @@ import numpy as np
 import pytest
 
 from jingle_jax import checkpoints
+from damage import damage
 
 # A failed read leaves Orbax's pending read coroutines to be collected later.
 pytestmark = pytest.mark.filterwarnings(
@@ -50,21 +49,6 @@ def save_steps(workdir, config, val_losses):
   manager.wait_until_finished()
   manager.close()
   return states
-
-
-def damage(workdir, step, how):
-  """Damages the largest array file of a checkpoint."""
-  files = glob.glob(os.path.join(workdir, 'checkpoints', str(step), 'state',
-                                 '**', 'd', '*'), recursive=True)
-  path = max(files, key=os.path.getsize)
-  data = bytearray(open(path, 'rb').read())
-  if how == 'truncate':
-    data = data[:len(data) // 2]
-  else:  # Orbax reads these back without complaint; the checksum does not
-    middle = len(data) // 3
-    data[middle:middle + 4096] = bytes(4096)
-  with open(path, 'wb') as f:
-    f.write(data)
 
 
 def test_round_trip_keeps_newest_and_best(tmp_path, config):
@@ -111,7 +95,48 @@ def test_damaged_latest_falls_back_to_previous(tmp_path, config, how):
   damage(tmp_path, 1, how)
   with pytest.raises(checkpoints.CheckpointError, match='step 2.*\n.*step 1'):
     checkpoints.restore(manager, config)
+  assert sorted(manager.all_steps()) == [1, 2]  # read-only: nothing moved
   gc.collect()  # Orbax's abandoned reads go here, where warnings are off
+
+
+@pytest.mark.parametrize('how', ['truncate', 'zeros'])
+def test_training_moves_an_unreadable_checkpoint_aside(tmp_path, config,
+                                                       how):
+  """So that the step can be saved again (Orbax skips a save at a step it
+  has); the best choice falls back as the latest does."""
+  states = save_steps(tmp_path, config, {1: 2.0, 2: 1.0})
+  damage(tmp_path, 2, how)
+  manager = checkpoints.open_manager(tmp_path, config)
+  state, extras = checkpoints.restore(manager, config, 'best',
+                                      move_aside=True)
+  assert extras['data_position'] == 1
+  assert_same(state, states[1])
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1', '2.unreadable']
+  assert manager.latest_step() == 1
+  again = random_state(config, 22)
+  checkpoints.save(manager, again, data_position=2, rng=jax.random.key(2))
+  manager.wait_until_finished()
+  assert_same(checkpoints.restore(manager, config)[0], again)
+  damage(tmp_path, 2, how)  # moved aside again, beside the first
+  checkpoints.restore(manager, config, move_aside=True)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == [
+      '1', '2.unreadable', '2.unreadable.2']
+  manager.close()
+  gc.collect()
+
+
+def test_other_shapes_are_one_clear_error_and_nothing_moves(tmp_path,
+                                                            config):
+  save_steps(tmp_path, config, {1: None, 2: None})
+  config.model.mask_hidden = 32
+  manager = checkpoints.open_manager(tmp_path, config, read_only=True)
+  with pytest.raises(checkpoints.CheckpointError) as error:
+    checkpoints.restore(manager, config, move_aside=True)
+  message = str(error.value)
+  assert message.startswith(f'{tmp_path}/checkpoints/2: stored shape ')
+  assert 'but the config asks for' in message
+  assert 'made with another config' in message and '\n' not in message
+  assert sorted(manager.all_steps()) == [1, 2]
 
 
 def test_nothing_to_restore(tmp_path, config):
@@ -125,14 +150,29 @@ def test_nothing_to_restore(tmp_path, config):
     checkpoints.load_for_inference(tmp_path)
 
 
-def test_a_changed_config_is_recorded_with_a_warning(tmp_path, config,
-                                                      caplog):
+def test_config_changes_that_alter_checkpoints_are_refused(tmp_path, config):
   checkpoints.record_config(tmp_path, config)
-  config.num_frames = 64
-  config.model.num_layers = 3
-  with caplog.at_level(logging.WARNING):
-    checkpoints.record_config(tmp_path, config)
-  assert 'differs from the recorded one in model.num_layers, num_frames' in (
-      caplog.text)
-  recorded = checkpoints.read_config(tmp_path)
-  assert (recorded.num_frames, recorded.model.num_layers) == (64, 3)
+  new = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
+  new.num_frames = 64
+  new.optim.learning_rate = 5e-4
+  new.model.num_layers = 3
+  changes = checkpoints.config_changes(tmp_path, new)
+  assert changes == {'model.num_layers': (1, 3), 'num_frames': (32, 64),
+                     'optim.learning_rate': (1e-4, 5e-4)}
+  checkpoints.refuse_checkpoint_changes(tmp_path, changes)  # no checkpoint
+  save_steps(tmp_path, config, {1: None})
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r'another model \(model.num_layers 1 -> 3\): use '
+                     r'a new --workdir'):
+    checkpoints.refuse_checkpoint_changes(tmp_path, changes)
+  del changes['model.num_layers']
+  checkpoints.refuse_checkpoint_changes(tmp_path, changes)  # allowed
+  for gan, refused in ((0.2, False), (0.0, True)):
+    new.loss.gan_weight = gan
+    gan_change = {'loss.gan_weight':
+                  checkpoints.config_changes(tmp_path, new)['loss.gan_weight']}
+    if refused:
+      with pytest.raises(checkpoints.CheckpointError, match='gan_weight'):
+        checkpoints.refuse_checkpoint_changes(tmp_path, gan_change)
+    else:
+      checkpoints.refuse_checkpoint_changes(tmp_path, gan_change)

@@ -162,6 +162,22 @@ def test_bad_shard_names_the_file(tmp_path, songs, corrupt, message):
   assert message in str(error.value)
 
 
+def test_latents_far_from_the_statistics_name_file_song_and_frame(tmp_path,
+                                                                 songs):
+  write(tmp_path, songs)
+  shard = np.load(tmp_path / 'song-b.npy', mmap_mode='r+')
+  shard[5, 3] = 200.0  # about 100 standard deviations: kept
+  shard.flush()
+  latents.LatentDataset(tmp_path)
+  shard[5, 3] = 65504.0  # float16's largest, e.g. an overflow
+  shard.flush()
+  with pytest.raises(latents.LatentDataError) as error:
+    latents.LatentDataset(tmp_path)
+  assert str(error.value).startswith(
+      f"{tmp_path / 'song-b.npy'}: song 'b': frame 5, channel 3 is 65504, ")
+  assert 'standard deviations from the manifest\'s mean' in str(error.value)
+
+
 @pytest.mark.parametrize('edit, message', [
     (lambda m: m.pop('songs'), "field 'songs'"),
     (lambda m: m.update(format_version=2), 'format_version 2'),

@@ -6,6 +6,7 @@ compilation cache, so a program compiles once per device layout.
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from jingle_jax import checkpoints
 from jingle_jax import latents
 from jingle_jax import run_log
 from jingle_jax import train
+from damage import damage
 import latent_data
 import train_config
 
@@ -172,6 +174,73 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, env, data_dir):
   last_step = records(tmp_path)[-1]['step']
   assert 0 < last_step < 1000
   assert checkpoint_steps(tmp_path)[-1] == last_step
+
+
+def log_lines(stderr: str) -> list[str]:
+  """The lines of a run's stderr, less the progress bar's."""
+  return [line for line in stderr.replace('\r', '\n').splitlines()
+          if line.strip() and '%|' not in line]
+
+
+def test_a_damaged_latest_checkpoint_is_saved_again(tmp_path, env, data_dir,
+                                                    one_device):
+  workdir = tmp_path / 'run'
+  shutil.copytree(one_device, workdir)
+  damage(workdir, 8, 'truncate')
+  result = run(env, workdir, data_dir, '--config.num_train_steps=10',
+               check=False)
+  assert result.returncode == 0, result.stderr
+  assert 'Traceback' not in result.stderr
+  assert len(log_lines(result.stderr)) < 20
+  assert 'checkpoints/8 cannot be read' in result.stderr
+  assert sorted(os.listdir(workdir / 'checkpoints')) == [
+      '10', '6', '8', '8.unreadable']
+  assert [r['step'] for r in records(workdir)] == list(range(1, 11))
+  for which in ('best', 'latest', 8):  # all readable again
+    checkpoints.load_for_inference(workdir, which)
+
+
+def test_a_config_that_changes_checkpoints_is_refused_before_writing(
+    tmp_path, env, data_dir, one_device):
+  workdir = tmp_path / 'run'
+  shutil.copytree(one_device, workdir)
+  before = {path: path.read_bytes() for path in workdir.rglob('*')
+            if path.is_file()}
+  result = run(env, workdir, data_dir, '--config.model.mask_hidden=32',
+               check=False)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  last = log_lines(result.stderr)[-1]
+  assert last.startswith('jingle_jax.train: error: ')
+  assert 'model.mask_hidden 16 -> 32' in last and 'new --workdir' in last
+  assert before == {path: path.read_bytes() for path in workdir.rglob('*')
+                    if path.is_file()}
+  checkpoints.load_for_inference(workdir)  # sampling still works
+  # A change that keeps what a checkpoint holds resumes, and is logged.
+  result = run(env, workdir, data_dir, '--config.optim.learning_rate=0.0005',
+               '--config.num_train_steps=9', check=False)
+  assert result.returncode == 0, result.stderr
+  assert ("config changed from the recorded one: num_train_steps 8 -> 9, "
+          "optim.learning_rate 0.0001 -> 0.0005") in result.stderr
+  assert checkpoints.read_config(workdir).optim.learning_rate == 5e-4
+
+
+def test_sample_on_unreadable_checkpoints_says_so_briefly(tmp_path, env,
+                                                          one_device):
+  workdir = tmp_path / 'run'
+  shutil.copytree(one_device, workdir)
+  for step in checkpoint_steps(workdir):
+    damage(workdir, step, 'truncate')
+  result = subprocess.run(
+      [sys.executable, '-m', 'jingle_jax.sample', '--workdir', str(workdir),
+       '--out-dir', str(tmp_path / 'samples')], env=env, capture_output=True,
+      text=True)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  lines = log_lines(result.stderr)
+  assert len(lines) < 20, result.stderr
+  assert 'no readable checkpoint' in result.stderr
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', '6', '8']
 
 
 NAN_SCRIPT = textwrap.dedent('''
