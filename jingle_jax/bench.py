@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 
 from jingle_jax import parallel
+from jingle_jax import run_config
 from jingle_jax import train_step
 
 PRESETS = {
@@ -164,7 +165,7 @@ def main(argv):
   times, cpu_times = time_steps(compiled, state, batch, step_rngs)
   step_s = statistics.median(times) if times else None
 
-  dtype = train_step.compute_dtype(config.model.compute_dtype)
+  dtype = run_config.compute_dtype(config.model.compute_dtype)
   peak = peak_flops(devices[0], dtype)
   memory = devices[0].memory_stats() or {}
   print(json.dumps({

@@ -46,8 +46,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from jingle_jax import latents
+from jingle_jax import files
 from jingle_jax import parallel
+from jingle_jax import run_config
 from jingle_jax import train_step
 
 CONFIG_FILE = 'config.json'
@@ -112,16 +113,17 @@ def record_config(workdir, config) -> None:
   """Writes WORKDIR/config.json (process 0 only)."""
   if jax.process_index() != 0:
     return
-  latents.write_text_atomic(
+  files.write_text(
       os.path.join(workdir, CONFIG_FILE),
       config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
 def read_config(workdir) -> ml_collections.ConfigDict:
+  """WORKDIR/config.json, with fields added since it was written filled in."""
   path = os.path.join(workdir, CONFIG_FILE)
   try:
     with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      return run_config.upgrade(ml_collections.ConfigDict(json.load(f)))
   except FileNotFoundError:
     raise CheckpointError(f'{path}: no recorded config; is {workdir} a '
                           'training workdir?') from None
@@ -292,6 +294,17 @@ def _move_aside(directory, step) -> str:
   return target
 
 
+def parse_which(text: str):
+  """--checkpoint: 'best', 'latest' or a step number."""
+  if text in ('best', 'latest'):
+    return text
+  try:
+    return int(text)
+  except ValueError:
+    raise ValueError(f'--checkpoint must be best, latest or a step number, '
+                     f'not {text!r}') from None
+
+
 def restore(manager, config, which='latest', *, sharding=None,
             move_aside=False):
   """(TrainState, extras {step, data_position, rng, val_loss}).
@@ -350,14 +363,3 @@ def restore(manager, config, which='latest', *, sharding=None,
       if jax.process_count() > 1:
         multihost_utils.sync_global_devices('checkpoints moved aside')
       manager.reload()
-
-
-def load_for_inference(workdir, which='best'):
-  """(config, TrainState on device 0, step) from a training workdir."""
-  config = read_config(workdir)
-  manager = open_manager(workdir, config, read_only=True)
-  try:
-    state, extras = restore(manager, config, which)
-  finally:
-    manager.close()
-  return config, state, extras['step']

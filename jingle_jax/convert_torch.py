@@ -12,338 +12,24 @@ states come along when the checkpoint has them (`optimizer_state_dict`,
 `disc_optimizer_state_dict`: step count, first and second moments), so that
 training resumes with the original's moments; otherwise they start fresh.
 
-Key mapping (a `module.` prefix, left by DistributedDataParallel, is dropped):
-
-  cascade_stages.{s}            -> cascade_stages_{s}
-  .transformer.layers.{l}       -> layers_{l}
-  nn.Sequential member .{i}     -> layers_{i}
-  discriminator.classifier.2    -> discriminator/classifier (after the
-                                   parameter-free AdaptiveAvgPool1d, Flatten)
-  discriminator.style_matcher   -> discriminator/style_matcher (a Linear)
-  Linear/attention weight [out, in] and Conv1d weight [out, in, k]
-                                -> kernel [in, out] and [k, in, out]
-  in_proj_weight [3d, d]        -> in_proj_kernel [d, 3d]
-  LayerNorm weight              -> scale
-  output_proj.weight_orig       -> output_proj/kernel (params)
-  output_proj.weight_u, weight_v -> output_proj/u, v (batch_stats)
-  cascade_stages.{s}.pos_encoding.pe
-                                -> checked against the fixed sinusoids; its
-                                   length sets model.max_len
-
-The spectral-norm vectors map as they are: PyTorch evaluates
-sigma = weight_u . (weight_orig weight_v); SpectralNormDense evaluates
-sigma = v . (kernel u) with kernel = weight_orig^T, the same number when u is
-weight_u and v is weight_v, and its power iteration matches PyTorch's step
-for step.
-
-The number of stages, layers per stage, whether the creative agent is on and
-the position table length come from the keys and override the config (the
-log says so); everything else (heads, widths the keys must then match) comes
-from the config. `discriminator_state_dict`, when present, holds the GAN's
-LatentDiscriminator (SPEC 4.4) in this layout:
-
-  conv_layers.{0,3,6,9}.{weight,bias}  Conv1d, each followed by
-                                       LeakyReLU(0.2) and Dropout(0.3)
-  classifier.{0,3}.{weight,bias}       Linear(256 -> 128), LeakyReLU,
-                                       Dropout, Linear(128 -> 1)
-
-A torch optimiser state lists its parameters by index, in the order of
-module.parameters(): the state dict's order without its buffers.
-
-This module imports torch only inside load_torch_checkpoint.
+The conversion is jingle_jax.torch_checkpoint's; this module imports torch
+only inside load_torch_checkpoint.
 """
 
-import collections
-import functools
 import os
-import re
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
-import ml_collections
 from ml_collections import config_flags
-import numpy as np
-import optax
 
 from jingle_jax import checkpoints
-from jingle_jax import evaluate
 from jingle_jax import input_pipeline
-from jingle_jax import train_step
-from jingle_jax.models.cascade import sinusoidal_positions
-
-_DDP_PREFIX = 'module.'
-# The torch table is computed in float32: arguments up to 2000 rad carry
-# rounding errors of about 1e-4.
-_POSITIONS_TOLERANCE = 1e-3
-_LATENT_DISCRIMINATOR_MODULES = {
-    'conv_0': 'conv_layers.0', 'conv_1': 'conv_layers.3',
-    'conv_2': 'conv_layers.6', 'conv_3': 'conv_layers.9',
-    'hidden': 'classifier.0', 'logit': 'classifier.3'}
-
-
-class ConversionError(ValueError):
-  """The checkpoint does not fit the model; the message lists the keys."""
-
-
-def strip_ddp_prefix(state_dict):
-  """Drops the `module.` prefix when every key has it."""
-  if state_dict and all(key.startswith(_DDP_PREFIX) for key in state_dict):
-    return {key[len(_DDP_PREFIX):]: value for key, value in state_dict.items()}
-  return dict(state_dict)
-
-
-def _torch_module(path):
-  """Flax module path -> PyTorch module name of the generator."""
-  names, parent = [], ''
-  for name in path:
-    if match := re.fullmatch(r'cascade_stages_(\d+)', name):
-      names += ['cascade_stages', match[1]]
-    elif match := re.fullmatch(r'layers_(\d+)', name):
-      in_stage = parent.startswith('cascade_stages_')
-      names += (['transformer', 'layers'] if in_stage else []) + [match[1]]
-    elif name == 'classifier' and parent == 'discriminator':
-      names.append('classifier.2')
-    else:
-      names.append(name)
-    parent = name
-  return '.'.join(names)
-
-
-def _torch_variable(collection, name):
-  """(PyTorch variable name, whether its axes are reversed) of a leaf."""
-  if collection == 'batch_stats':  # only the spectral norm has state
-    return {'u': 'weight_u', 'v': 'weight_v'}[name], False
-  if name == 'kernel':
-    return 'weight', True
-  if name == 'in_proj_kernel':
-    return 'in_proj_weight', True
-  return {'scale': 'weight'}.get(name, name), False
-
-
-def _torch_key(collection, path, module_name):
-  name, reversed_axes = _torch_variable(collection, path[-1])
-  if name == 'weight' and path[-2] == 'output_proj':
-    name = 'weight_orig'  # spectral_norm's raw weight
-  return f'{module_name(path[:-1])}.{name}', reversed_axes
-
-
-def _fill(abstract, state_dict, module_name, source, handled=()):
-  """Variables shaped like `abstract` ({collection: tree}) from state_dict.
-
-  Reversing all axes turns [out, in] into [in, out] and [out, in, k] into
-  [k, in, out]. `handled` keys are read elsewhere but must be present.
-  Raises ConversionError listing missing, unknown and misshaped keys at once.
-  """
-  flat, used, missing, misshaped = {}, set(handled), [], []
-  for path, leaf in flax.traverse_util.flatten_dict(abstract).items():
-    key, reversed_axes = _torch_key(path[0], path[1:], module_name)
-    if key not in state_dict:
-      missing.append(key)
-      continue
-    used.add(key)
-    value = np.asarray(state_dict[key], np.float32)
-    expected = leaf.shape[::-1] if reversed_axes else leaf.shape
-    if value.shape != tuple(expected):
-      misshaped.append(f'{key}: {value.shape} in the checkpoint, '
-                       f'{tuple(expected)} in the model')
-    flat[path] = value.T if reversed_axes else value
-  missing += [key for key in handled if key not in state_dict]
-  unknown = sorted(set(state_dict) - used)
-  problems = [f'{title}:\n    ' + '\n    '.join(keys) for title, keys in (
-      ('missing keys', sorted(missing)), ('unknown keys', unknown),
-      ('shapes that do not fit the config', misshaped)) if keys]
-  if problems:
-    raise ConversionError(f'{source}: ' + '\n  '.join(problems))
-  return flax.traverse_util.unflatten_dict(flat)
-
-
-def _override(config, field, value, source):
-  """Sets config.model.<field> to what the checkpoint says, logging changes."""
-  if config.model[field] != value:
-    logging.warning('%s: model.%s = %r from the checkpoint (config: %r)',
-                    source, field, value, config.model[field])
-  config.model[field] = value
-
-
-def _architecture(config, state_dict, source):
-  """A copy of the config with the architecture the keys describe."""
-  stages = collections.defaultdict(lambda: -1)  # stage -> highest layer
-  for key in state_dict:
-    if match := re.match(r'cascade_stages\.(\d+)\.', key):
-      layer = re.match(r'cascade_stages\.\d+\.transformer\.layers\.(\d+)\.',
-                       key)
-      stage = int(match[1])
-      stages[stage] = max(stages[stage], int(layer[1]) if layer else -1)
-  if not stages:
-    raise ConversionError(f'{source}: no cascade_stages.* keys; not a Jingle_D '
-                          'model_state_dict')
-  # Gaps (a stage or layer without keys) show up as missing keys later.
-  num_stages, num_layers = max(stages) + 1, max(stages.values()) + 1
-  config = ml_collections.ConfigDict(config.to_dict())
-  _override(config, 'num_stages', num_stages, source)
-  _override(config, 'num_layers', num_layers, source)
-  use_agent = any(key.startswith('creative_agent.') for key in state_dict)
-  _override(config, 'use_creative_agent', use_agent, source)
-  if use_agent:
-    _override(config, 'fixed_masking', 'none', source)
-  positions = state_dict.get('cascade_stages.0.pos_encoding.pe')
-  if positions is not None:
-    _override(config, 'max_len', int(np.shape(positions)[1]), source)
-  logging.info('%s: %d stages x %d layers, creative agent %s', source,
-               num_stages, num_layers, 'on' if use_agent else 'off')
-  return config
-
-
-def _check_positions(state_dict, config, source):
-  """The pos_encoding buffers must be the sinusoids the model computes."""
-  for stage in range(config.model.num_stages):
-    key = f'cascade_stages.{stage}.pos_encoding.pe'
-    if key not in state_dict:
-      continue  # reported as missing
-    table = np.asarray(state_dict[key], np.float32)
-    width = (2 if stage == 0 else 3) * config.model.latent_dim
-    expected = sinusoidal_positions(config.model.max_len, width)[None]
-    if table.shape != expected.shape:
-      raise ConversionError(f'{source}: {key} has shape {table.shape}, the '
-                            f'model needs {expected.shape}')
-    error = float(np.max(np.abs(table - expected)))
-    if error > _POSITIONS_TOLERANCE:
-      raise ConversionError(
-          f'{source}: {key} differs from the sinusoidal positions by up to '
-          f'{error:.3g}; the model cannot reproduce it')
-
-
-def convert(checkpoint, config, source='checkpoint', *, rng=None):
-  """(config, TrainState) from an original checkpoint dict of arrays.
-
-  The state has step 0 and the checkpoint's AdamW states where it has them
-  (fresh ones otherwise); the GAN discriminator is converted when the
-  checkpoint has one and freshly initialised from `rng` (default:
-  config.seed) otherwise.
-  """
-  if 'model_state_dict' not in checkpoint:
-    raise ConversionError(f'{source}: no model_state_dict; keys: '
-                          f'{sorted(checkpoint)}')
-  model_source = f'{source} model_state_dict'
-  state_dict = strip_ddp_prefix(checkpoint['model_state_dict'])
-  config = _architecture(config, state_dict, model_source)
-  config.normalise_latents = False  # the original saw raw EnCodec latents
-  has_gan = 'discriminator_state_dict' in checkpoint
-  if has_gan and config.loss.gan_weight == 0:
-    raise ConversionError(
-        f'{source} has GAN discriminator weights but the config sets '
-        'loss.gan_weight = 0; pass --config.loss.gan_weight')
-  abstract = jax.eval_shape(
-      functools.partial(train_step.create_train_state, config),
-      jax.random.key(0))
-  positions = [f'cascade_stages.{stage}.pos_encoding.pe'
-               for stage in range(config.model.num_stages)]
-  variables = _fill(
-      {'params': abstract.params, 'batch_stats': abstract.batch_stats},
-      state_dict, _torch_module, model_source, positions)
-  _check_positions(state_dict, config, model_source)
-  tx, disc_tx = train_step.make_optimizers(config)
-  o = config.optim
-  opt_state = _optimizer_state(
-      checkpoint, 'optimizer_state_dict', state_dict, _torch_module, tx,
-      variables['params'], (o.learning_rate, (0.9, 0.999), o.weight_decay),
-      source)
-  if has_gan:
-    disc_state_dict = strip_ddp_prefix(checkpoint['discriminator_state_dict'])
-    disc_module = lambda path: _LATENT_DISCRIMINATOR_MODULES[path[0]]
-    disc_params = _fill(
-        {'params': abstract.disc_params}, disc_state_dict, disc_module,
-        f'{source} discriminator_state_dict')['params']
-    disc_opt_state = _optimizer_state(
-        checkpoint, 'disc_optimizer_state_dict', disc_state_dict, disc_module,
-        disc_tx, disc_params, (o.disc_learning_rate, (o.disc_b1, o.disc_b2),
-                               o.disc_weight_decay), source)
-  else:
-    disc_params = _fresh_discriminator(config, rng, source)
-    disc_opt_state = disc_tx.init(disc_params)
-  return config, jax.device_put(train_step.TrainState(
-      step=jnp.zeros((), jnp.int32), params=variables['params'],
-      batch_stats=variables['batch_stats'], opt_state=opt_state,
-      disc_params=disc_params, disc_opt_state=disc_opt_state))
-
-
-def _optimizer_state(checkpoint, name, state_dict, module_name, tx, params,
-                     hyperparameters, source):
-  """tx's state for `params` from the checkpoint's torch AdamW state `name`.
-
-  Fresh when the checkpoint has none. The config's (learning rate, betas,
-  weight decay) `hyperparameters` apply from here on; the log says where the
-  checkpoint's differ.
-  """
-  if name not in checkpoint:
-    logging.info('%s: no %s; that AdamW state starts fresh', source, name)
-    return tx.init(params)
-  source = f'{source} {name}'
-  optimizer = checkpoint[name]
-  groups = optimizer.get('param_groups', [])
-  indices = [index for group in groups for index in group['params']]
-  keys = _parameter_keys(params, module_name, state_dict)
-  if len(indices) != len(keys):
-    raise ConversionError(f'{source}: {len(indices)} parameters, the model '
-                          f'has {len(keys)}')
-  for group in groups:
-    group_values = (group.get('lr'), tuple(group.get('betas', ())),
-                    group.get('weight_decay'))
-    if group_values != hyperparameters:
-      logging.warning('%s: (lr, betas, weight_decay) = %s; the config has %s',
-                      source, group_values, hyperparameters)
-  moments = {'exp_avg': {}, 'exp_avg_sq': {}}
-  steps = {}
-  for index, key in zip(indices, keys):
-    entry = optimizer['state'].get(index)
-    if entry is None:  # no gradient yet (e.g. the style discriminator)
-      for moment in moments.values():
-        moment[key] = np.zeros_like(state_dict[key])
-      continue
-    for field in ('step', *moments):
-      if field not in entry:
-        raise ConversionError(f'{source}: state[{index}] ({key}) has no '
-                              f'{field!r}; not an AdamW state')
-    for moment_name, moment in moments.items():
-      moment[key] = entry[moment_name]
-    steps[key] = int(entry['step'])
-  if len(set(steps.values())) > 1:
-    first, last = min(steps, key=steps.get), max(steps, key=steps.get)
-    raise ConversionError(f'{source}: parameters were stepped unequally '
-                          f'({first}: {steps[first]}, {last}: {steps[last]})')
-  mu, nu = (_fill({'params': params}, moment, module_name,
-                  f'{source} {moment_name}')['params']
-            for moment_name, moment in moments.items())
-  count = jnp.asarray(max(steps.values(), default=0), jnp.int32)
-  return optax.tree.set(tx.init(params), count=count, mu=mu, nu=nu)
-
-
-def _parameter_keys(params, module_name, state_dict):
-  """The torch keys of `params` in module.parameters() order.
-
-  That is the state dict's order less its buffers; a parameter missing from
-  the state dict was reported when the weights were read.
-  """
-  keys = {_torch_key('params', path, module_name)[0]
-          for path in flax.traverse_util.flatten_dict(params)}
-  return [key for key in state_dict if key in keys]
-
-
-def _fresh_discriminator(config, rng, source):
-  disc = train_step.build_discriminator(config)
-  if disc is None:
-    return {}
-  logging.info('%s: no discriminator_state_dict; the GAN discriminator '
-               'starts fresh', source)
-  rng = jax.random.key(config.seed) if rng is None else rng
-  dummy = jnp.zeros((1, train_step.INIT_FRAMES, config.model.latent_dim))
-  return jax.jit(functools.partial(disc.init, train=False))(rng, dummy)[
-      'params']
+from jingle_jax import torch_checkpoint
+from jingle_jax.torch_checkpoint import ConversionError
 
 
 def load_torch_checkpoint(path, *, allow_pickle=False):
@@ -388,7 +74,8 @@ def completed_epochs(checkpoint, source) -> int:
 
 def train_steps_per_epoch(config) -> int:
   """Full global batches in an epoch of config.data_dir on these devices."""
-  pairs = evaluate.split_pairs(config, config.data_dir, 'train')
+  pairs = input_pipeline.dataset_pairs(config, config.data_dir,
+                                       'train')
   return input_pipeline.steps_per_epoch(
       len(pairs), config.per_device_batch_size * jax.device_count())
 
@@ -442,7 +129,7 @@ def main(argv):
   try:
     checkpoint = load_torch_checkpoint(path,
                                        allow_pickle=f['allow-pickle'].value)
-    config, state = convert(checkpoint, f.config, path)
+    config, state = torch_checkpoint.convert(checkpoint, f.config, path)
     steps_per_epoch = f['steps-per-epoch'].value
     if steps_per_epoch is None:
       if not config.data_dir:

@@ -3,8 +3,9 @@
 A pair is two consecutive windows of one song: frames [s, s + W) are the input
 and [s + W, s + 2W) the target, for s = 0, hop, 2 hop, ... (hop = W gives the
 original's consecutive non-overlapping segments). Training pairs every input
-with the target of a random training pair when targets are shuffled;
-validation pairs stay matched. Latents are normalised per channel with the
+with the target of a random training pair when targets are shuffled and
+leaves out an epoch's last partial batch; evaluation takes every matched
+pair once. Latents are normalised per channel with the
 training statistics of the manifest.
 
 The batch of step k is a pure function of (seed, k): step k lies in epoch
@@ -20,6 +21,7 @@ import threading
 
 import numpy as np
 
+from jingle_jax import latents
 from jingle_jax import parallel
 
 
@@ -37,9 +39,8 @@ class Normaliser:
   @classmethod
   def for_config(cls, config, dataset=None) -> 'Normaliser':
     """The dataset's statistics, or the identity (raw latents) when
-    config.normalise_latents is off; configs older than the field normalise.
-    """
-    if config.get('normalise_latents', True):
+    config.normalise_latents is off."""
+    if config.normalise_latents:
       return cls.from_dataset(dataset)
     dim = config.model.latent_dim
     return cls(np.zeros(dim, np.float32), np.ones(dim, np.float32))
@@ -96,6 +97,15 @@ def split_pairs(config, dataset, split: str) -> Pairs:
                Normaliser.for_config(config, dataset))
 
 
+def dataset_pairs(config, data_dir, split: str) -> Pairs:
+  """split_pairs of the dataset at data_dir; ValueError when there is none."""
+  pairs = split_pairs(config, latents.LatentDataset(data_dir), split)
+  if not len(pairs):
+    raise ValueError(f'{data_dir}: no {split} pair of 2 x {config.num_frames} '
+                     'frames (config.num_frames)')
+  return pairs
+
+
 def steps_per_epoch(num_pairs: int, global_batch_size: int) -> int:
   """Full batches in an epoch (the remainder of an epoch is left out)."""
   return num_pairs // global_batch_size
@@ -128,12 +138,29 @@ def train_batches(pairs: Pairs, *, seed: int, global_batch_size: int,
     epoch, position = epoch + 1, 0
 
 
+def padded_batches(num: int, batch_size: int):
+  """Yields (indices, count): every index of range(num) once, in order.
+
+  Every batch holds batch_size indices (one shape, one compilation): the
+  last repeats its final index; only its first `count` rows are real.
+  """
+  for start in range(0, num, batch_size):
+    stop = min(start + batch_size, num)
+    padding = np.full(start + batch_size - stop, stop - 1)
+    yield np.concatenate([np.arange(start, stop), padding]), stop - start
+
+
 def eval_batches(pairs: Pairs, *, global_batch_size: int, rows: slice):
-  """This process's `rows` of the matched pairs, in order, full batches."""
-  for position in range(steps_per_epoch(len(pairs), global_batch_size)):
-    chunk = np.arange(position * global_batch_size + rows.start,
-                      position * global_batch_size + rows.stop)
-    yield pairs.read(chunk, chunk)
+  """This process's `rows` of every matched pair, in order (padded_batches).
+
+  batch['weight'] is 1 for a pair and 0 for a repeat, so that every pair
+  counts once.
+  """
+  for indices, count in padded_batches(len(pairs), global_batch_size):
+    batch = pairs.read(indices[rows], indices[rows])
+    batch['weight'] = (np.arange(global_batch_size)[rows] < count).astype(
+        np.float32)
+    yield batch
 
 
 class _Failure:

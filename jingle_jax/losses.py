@@ -1,7 +1,8 @@
 """Regularisers, losses and metrics (SPEC 4.1, 4.4, 4.5, 6) as pure functions.
 
 Every function returns float32 scalars; metric dicts use the names logged by
-the training loop.
+the training loop. Means over the batch take optional example `weights`
+[B] (1 for a pair, 0 for a repeat that fills up the last evaluation batch).
 """
 
 import jax
@@ -11,24 +12,33 @@ import optax
 TEMPORAL_VARIANCE_FLOOR = 0.05
 
 
-def rms(x):
+def batch_mean(values, weights=None):
+  """Mean over the batch (axis 0) of each example's mean of `values`."""
+  per_example = jnp.mean(values.reshape(values.shape[0], -1), axis=1)
+  if weights is None:
+    return jnp.mean(per_example)
+  return jnp.sum(per_example * weights) / jnp.sum(weights)
+
+
+def rms(x, weights=None):
   """sqrt(mean(x^2)) over the whole tensor."""
-  return jnp.sqrt(jnp.mean(jnp.square(x)))
+  return jnp.sqrt(batch_mean(jnp.square(x), weights))
 
 
-def mask_metrics(input_mask, target_mask):
+def mask_metrics(input_mask, target_mask, weights=None):
   """Mask regularisers and statistics; masks [B, T, D], means over B, T, D."""
   input_mask = input_mask.astype(jnp.float32)
   target_mask = target_mask.astype(jnp.float32)
-  overlap = jnp.mean(input_mask * target_mask)
-  coverage = jnp.mean(jnp.square(input_mask + target_mask - 1.0))
+  overlap = batch_mean(input_mask * target_mask, weights)
+  coverage = batch_mean(jnp.square(input_mask + target_mask - 1.0), weights)
 
   def too_static(mask):  # penalises masks whose mean variance over time is low
-    variance = jnp.mean(jnp.var(mask, axis=1, ddof=1))
+    variance = batch_mean(jnp.var(mask, axis=1, ddof=1), weights)
     return jax.nn.relu(TEMPORAL_VARIANCE_FLOOR - variance)
 
   temporal = too_static(input_mask) + too_static(target_mask)
-  input_mean, target_mean = jnp.mean(input_mask), jnp.mean(target_mask)
+  input_mean = batch_mean(input_mask, weights)
+  target_mean = batch_mean(target_mask, weights)
   return {
       'overlap': overlap,
       'complementarity': 1.0 - overlap,
@@ -40,14 +50,15 @@ def mask_metrics(input_mask, target_mask):
   }
 
 
-def bce_with_logits(logits, label: float):
-  """Mean binary cross-entropy of logits against a constant label."""
+def bce_with_logits(logits, label: float, weights=None):
+  """Mean binary cross-entropy of logits [B] against a constant label."""
   labels = jnp.full_like(logits, label)
-  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
+  return batch_mean(optax.sigmoid_binary_cross_entropy(logits, labels),
+                    weights)
 
 
 def validation_loss(output, inputs, targets, input_mask, target_mask,
-                    weights, learned_masks: bool):
+                    weights, learned_masks: bool, example_weights=None):
   """SPEC 4.5b: returns (loss, metrics).
 
   The weighted reconstruction terms plus mask_reg_weight x mask_reg (SPEC
@@ -59,14 +70,15 @@ def validation_loss(output, inputs, targets, input_mask, target_mask,
     weights: the config's `loss` block.
     learned_masks: whether the masks are learned (their regularisers join the
       loss) or fixed (they are only reported).
+    example_weights: [B] or None (see the module's docstring).
   """
-  metrics = mask_metrics(input_mask, target_mask)
+  metrics = mask_metrics(input_mask, target_mask, example_weights)
   metrics['mask_reg'] = (weights.overlap_weight * metrics['overlap'] +
                          weights.coverage_weight * metrics['coverage'] +
                          weights.temporal_weight * metrics['temporal'])
   metrics['balance_weighted'] = weights.balance_weight * metrics['balance']
-  metrics['recon_input'] = rms(output - inputs)
-  metrics['recon_target'] = rms(output - targets)
+  metrics['recon_input'] = rms(output - inputs, example_weights)
+  metrics['recon_target'] = rms(output - targets, example_weights)
   loss = (weights.input_weight * metrics['recon_input'] +
           weights.target_weight * metrics['recon_target'])
   if learned_masks:
@@ -92,11 +104,14 @@ def generator_loss(output, inputs, targets, input_mask, target_mask,
   return loss, metrics
 
 
-def discriminator_loss(real_logits, fake_logits):
+def discriminator_loss(real_logits, fake_logits, weights=None):
   """BCE(real, 1) + BCE(fake, 0); returns (d_loss, metrics with accuracies)."""
-  d_loss = bce_with_logits(real_logits, 1.0) + bce_with_logits(fake_logits, 0.0)
+  d_loss = (bce_with_logits(real_logits, 1.0, weights) +
+            bce_with_logits(fake_logits, 0.0, weights))
   return d_loss, {
       'd_loss': d_loss,
-      'd_real_acc': jnp.mean((real_logits > 0).astype(jnp.float32)),
-      'd_fake_acc': jnp.mean((fake_logits < 0).astype(jnp.float32)),
+      'd_real_acc': batch_mean((real_logits > 0).astype(jnp.float32),
+                               weights),
+      'd_fake_acc': batch_mean((fake_logits < 0).astype(jnp.float32),
+                               weights),
   }

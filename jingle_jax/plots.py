@@ -9,8 +9,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 
-from jingle_jax import evaluate
+from jingle_jax import files
 from jingle_jax import latents
+from jingle_jax import metrics
 
 DPI = 100
 MASK_FIGSIZE = (10.0, 8.0)  # inches: 1000 x 800 pixels at DPI
@@ -49,7 +50,7 @@ def mask_figure(inputs, targets, output, input_mask, target_mask,
   envelopes = axes[3]
   for name, clip in (('input', inputs), ('target', targets),
                      ('output', output)):
-    envelopes.plot(time, np.asarray(evaluate.envelope(clip)), label=name,
+    envelopes.plot(time, np.asarray(metrics.envelope(clip)), label=name,
                    linewidth=1.0)
   envelopes.set_title('smoothed RMS envelopes', loc='left', fontsize='medium')
   envelopes.set_xlabel('time (s)')
@@ -104,5 +105,5 @@ def mask_figure_array(inputs, targets, output, input_mask, target_mask,
 
 def save_png(figure, path) -> None:
   """Writes the figure as PNG at its own size (figsize x DPI), atomically."""
-  with latents.atomic_write(path) as f:
+  with files.atomic_write(path) as f:
     FigureCanvasAgg(figure).print_png(f)

@@ -14,7 +14,7 @@ from absl import logging
 import jax
 import tqdm
 
-from jingle_jax import latents
+from jingle_jax import files
 
 
 def _tensorboardx_without_torch():
@@ -67,7 +67,7 @@ class RunLog:
     path = os.path.join(workdir, METRICS_FILE)
     if os.path.exists(path):
       kept = [r for r in read_records(path) if r['step'] <= start_step]
-      latents.write_text_atomic(path, ''.join(json.dumps(r) + '\n'
+      files.write_text(path, ''.join(json.dumps(r) + '\n'
                                               for r in kept))
     self._file = open(path, 'a')
     self._tensorboard = _tensorboardx_without_torch().SummaryWriter(

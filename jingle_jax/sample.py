@@ -13,9 +13,9 @@ with the dataset's training statistics (config.data_dir of the run, or
 
 Dataset pairs: O/sample_NNN/ holds input.npy, target.npy, output.npy,
 input_mask.npy, target_mask.npy and masks.png (jingle_jax.plots.mask_figure);
-O/samples.json records the checkpoint and its step (updates applied) and,
-per sample, the song and first frame of its input and target windows and its
-mask statistics. Without
+O/samples.json records the checkpoint and its step (the number its
+directory and the training logs use) and, per sample, the song and first
+frame of its input and target windows and its mask statistics. Without
 --shuffle-targets a sample is the split's matched pair (the target follows
 the input in the same song); with it, each input gets the target window of a
 random pair of another song.
@@ -23,20 +23,18 @@ random pair of another song.
 One given pair: O/output.npy, O/input_mask.npy, O/target_mask.npy, masks.png.
 """
 
-import functools
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
-import jax
 import numpy as np
 
 from jingle_jax import checkpoints
-from jingle_jax import evaluate
+from jingle_jax import cli
+from jingle_jax import files
+from jingle_jax import inference
 from jingle_jax import input_pipeline
-from jingle_jax import latents
 from jingle_jax import losses
 
 MASK_STATISTICS = ('complementarity', 'overlap', 'coverage',
@@ -67,22 +65,8 @@ def window_record(pairs, pair: int, offset: int) -> dict:
           'frames': pairs.window}
 
 
-def generate_all(config, variables, inputs, targets, batch_size: int):
-  """Runs the model on normalised [N, T, D] pairs, batch by batch.
-
-  Returns numpy (output, input_mask, target_mask), each [N, T, D].
-  """
-  run = jax.jit(functools.partial(evaluate.generate, config=config))
-  parts = []
-  for indices, count in evaluate.padded_batches(len(inputs), batch_size):
-    out = run(variables, inputs[indices], targets[indices])
-    parts.append([np.asarray(x)[:count] for x in
-                  (out.output, out.input_mask, out.target_mask)])
-  return [np.concatenate(arrays) for arrays in zip(*parts)]
-
-
 def save_npy(path, array) -> None:
-  with latents.atomic_write(path) as f:
+  with files.atomic_write(path) as f:
     np.save(f, np.asarray(array, np.float32))
 
 
@@ -112,14 +96,14 @@ def sample_dataset(workdir, out_dir, *, which='best', num_samples=4,
                    shuffle_targets=False, split='val', batch_size=8,
                    data_dir=None) -> dict:
   """Writes the samples of a split and samples.json; returns its content."""
-  config, state, step = checkpoints.load_for_inference(workdir, which)
-  pairs = evaluate.split_pairs(config, data_dir or config.data_dir, split)
+  model = inference.TrainedModel.load(workdir, which, data_dir=data_dir)
+  data_dir = data_dir or model.config.data_dir
+  pairs = input_pipeline.dataset_pairs(model.config, data_dir, split)
   inputs, targets = choose_pairs(pairs, num_samples, shuffle_targets,
-                                 config.seed)
+                                 model.config.seed)
   batch = pairs.read(inputs, targets)
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  output, input_mask, target_mask = generate_all(
-      config, variables, batch['input'], batch['target'], batch_size)
+  output, input_mask, target_mask = model.run(batch['input'], batch['target'],
+                                              batch_size)
   samples = []
   for i, (input_pair, target_pair) in enumerate(zip(inputs, targets)):
     name = f'sample_{i:03d}'
@@ -130,18 +114,18 @@ def sample_dataset(workdir, out_dir, *, which='best', num_samples=4,
               'input': window_record(pairs, input_pair, 0),
               'target': window_record(pairs, target_pair, pairs.window)}
     title = f'{record["input"]["song"]} + {record["target"]["song"]}'
-    write_pair(os.path.join(out_dir, name), pairs.normaliser, arrays,
+    write_pair(os.path.join(out_dir, name), model.normaliser, arrays,
                saved=arrays, title=title)
     statistics = losses.mask_metrics(input_mask[i][None], target_mask[i][None])
     record.update({k: float(statistics[k]) for k in MASK_STATISTICS})
     samples.append(record)
   summary = {'workdir': os.path.abspath(workdir),
-             'data_dir': os.path.abspath(data_dir or config.data_dir),
+             'data_dir': os.path.abspath(data_dir),
              'checkpoint': str(which),
-             'checkpoint_step': step, 'split': split,
+             'checkpoint_step': model.step, 'split': split,
              'shuffle_targets': shuffle_targets, 'samples': samples}
-  latents.write_text_atomic(os.path.join(out_dir, 'samples.json'),
-                            json.dumps(summary, indent=2) + '\n')
+  files.write_text(os.path.join(out_dir, 'samples.json'),
+                   json.dumps(summary, indent=2) + '\n')
   return summary
 
 
@@ -164,27 +148,6 @@ def read_clip(path, flag: str, latent_dim: int, max_frames: int):
   return clip.astype(np.float32)
 
 
-def arrange_pair(workdir, raw_input, raw_target, *, which='best',
-                 data_dir=None):
-  """The trained model on one pair of raw latent clips [frames, D].
-
-  Returns (step, arrays, normaliser): arrays as write_pair takes them.
-  """
-  config = checkpoints.read_config(workdir)
-  dataset = (latents.LatentDataset(data_dir or config.data_dir)
-             if config.get('normalise_latents', True) else None)
-  normaliser = input_pipeline.Normaliser.for_config(config, dataset)
-  config, state, step = checkpoints.load_for_inference(workdir, which)
-  inputs = normaliser.normalise(raw_input)[None]
-  targets = normaliser.normalise(raw_target)[None]
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  output, input_mask, target_mask = generate_all(config, variables, inputs,
-                                                 targets, batch_size=1)
-  arrays = {'input': inputs[0], 'target': targets[0], 'output': output[0],
-            'input_mask': input_mask[0], 'target_mask': target_mask[0]}
-  return step, arrays, normaliser
-
-
 def sample_pair(workdir, input_path, target_path, out_dir, *, which='best',
                 data_dir=None) -> int:
   """Runs one given pair; writes output and masks. Returns the step."""
@@ -196,11 +159,21 @@ def sample_pair(workdir, input_path, target_path, out_dir, *, which='best',
     raise PairError(f'--input {input_path} has {len(raw_input)} frames, '
                     f'--target {target_path} {len(raw_target)}; they must '
                     'match')
-  step, arrays, normaliser = arrange_pair(workdir, raw_input, raw_target,
-                                          which=which, data_dir=data_dir)
-  write_pair(out_dir, normaliser, arrays,
+  model = inference.TrainedModel.load(workdir, which, data_dir=data_dir)
+  write_pair(out_dir, model.normaliser, model_pair(model, raw_input,
+                                                  raw_target),
              saved=('output', 'input_mask', 'target_mask'))
-  return step
+  return model.step
+
+
+def model_pair(model: inference.TrainedModel, raw_input, raw_target) -> dict:
+  """The model on one pair of raw latent clips [frames, D]: input, target,
+  output (in the model's space) and the masks, as write_pair takes them."""
+  inputs = model.normaliser.normalise(raw_input)[None]
+  targets = model.normaliser.normalise(raw_target)[None]
+  output, input_mask, target_mask = model.run(inputs, targets)
+  return {'input': inputs[0], 'target': targets[0], 'output': output[0],
+          'input_mask': input_mask[0], 'target_mask': target_mask[0]}
 
 
 def define_flags():
@@ -223,27 +196,20 @@ def define_flags():
   flags.DEFINE_string('out-dir', None, 'Where the samples are written.')
 
 
-def main(argv):
-  checkpoints.quiet_orbax()
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  f = flags.FLAGS
-  which = evaluate.parse_checkpoint(f.checkpoint)
+def run(f) -> None:
   if (f.input is None) != (f.target is None):
     raise app.UsageError('--input and --target go together')
   out_dir = f['out-dir'].value
-  try:
-    if f.input is not None:
-      step = sample_pair(f.workdir, f.input, f.target, out_dir, which=which,
-                         data_dir=f['data-dir'].value)
-      print(f'checkpoint step {step}: {out_dir}/output.npy')
-      return
-    summary = sample_dataset(
-        f.workdir, out_dir, which=which, num_samples=f['num-samples'].value,
-        shuffle_targets=f['shuffle-targets'].value, split=f.split,
-        batch_size=f['batch-size'].value, data_dir=f['data-dir'].value)
-  except (ValueError, checkpoints.CheckpointError) as e:
-    sys.exit(f'jingle_jax.sample: error: {e}')
+  which = checkpoints.parse_which(f.checkpoint)
+  if f.input is not None:
+    step = sample_pair(f.workdir, f.input, f.target, out_dir, which=which,
+                       data_dir=f['data-dir'].value)
+    print(f'checkpoint step {step}: {out_dir}/output.npy')
+    return
+  summary = sample_dataset(
+      f.workdir, out_dir, which=which, num_samples=f['num-samples'].value,
+      shuffle_targets=f['shuffle-targets'].value, split=f.split,
+      batch_size=f['batch-size'].value, data_dir=f['data-dir'].value)
   for record in summary['samples']:
     print(os.path.join(out_dir, record['name']))
 
@@ -251,4 +217,4 @@ def main(argv):
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['workdir', 'out-dir'])
-  app.run(main)
+  app.run(cli.main_for('jingle_jax.sample', run))

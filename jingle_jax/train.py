@@ -13,6 +13,7 @@ metrics.jsonl and tensorboard/ (see jingle_jax/run_log.py).
 
 import dataclasses
 import functools
+import math
 import signal
 import sys
 import time
@@ -20,6 +21,7 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+from flax.training import early_stopping as flax_early_stopping
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
@@ -30,6 +32,7 @@ from jingle_jax import checkpoints
 from jingle_jax import input_pipeline
 from jingle_jax import latents
 from jingle_jax import parallel
+from jingle_jax import run_config
 from jingle_jax import run_log
 from jingle_jax import train_step
 
@@ -45,43 +48,8 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'This process, 0..num_processes-1.')
 
-_POSITIVE = ('per_device_batch_size', 'num_frames', 'num_epochs',
-             'log_every_steps', 'checkpoint_every_epochs', 'keep_checkpoints',
-             'max_consecutive_skips', 'prefetch_batches')
-_POSITIVE_OR_PER_EPOCH = ('num_train_steps', 'eval_every_steps',
-                          'checkpoint_every_steps')  # -1: follows epochs
-_NOT_NEGATIVE = ('window_hop', 'early_stopping_patience')
-
-
-class ConfigError(ValueError):
-  """A config that cannot run; the message names the field."""
-
-
 class TooManySkippedSteps(RuntimeError):
   """Too many steps in a row had a non-finite loss or gradient."""
-
-
-def check_config(config, workdir) -> None:
-  """Refuses values the loop cannot run with, naming the field."""
-  for name in _POSITIVE:
-    if config[name] < 1:
-      raise ConfigError(f'config.{name} must be at least 1, not '
-                        f'{config[name]}')
-  for name in _POSITIVE_OR_PER_EPOCH:
-    if config[name] < 1 and config[name] != -1:
-      raise ConfigError(f'config.{name} must be -1 or at least 1, not '
-                        f'{config[name]}')
-  for name in _NOT_NEGATIVE:
-    if config[name] < 0:
-      raise ConfigError(f'config.{name} must not be negative')
-  if config.num_frames > config.model.max_len:
-    raise ConfigError(f'config.num_frames ({config.num_frames}) exceeds '
-                      f'config.model.max_len ({config.model.max_len})')
-  if not config.data_dir:
-    raise ConfigError('config.data_dir is empty: set it to the output of '
-                      'precompute.encode (--config.data_dir=DIR)')
-  if not workdir:
-    raise ConfigError('no workdir: pass --workdir or set config.workdir')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,22 +72,24 @@ class Schedule:
 
 
 def load_pairs(config, global_batch_size):
-  """(train pairs, val pairs); each split must fill one global batch."""
+  """(train pairs, val pairs): training fills a global batch at least."""
   dataset = latents.LatentDataset(config.data_dir)
   if dataset.mean.shape != (config.model.latent_dim,):
-    raise ConfigError(f'{config.data_dir}: latents of {len(dataset.mean)} '
-                      'channels, config.model.latent_dim is '
-                      f'{config.model.latent_dim}')
-  pairs = [input_pipeline.split_pairs(config, dataset, split)
-           for split in ('train', 'val')]
-  for split, split_pairs in zip(('train', 'val'), pairs):
-    if len(split_pairs) < global_batch_size:
-      raise ConfigError(
-          f'{config.data_dir}: {len(split_pairs)} {split} pairs of '
-          f'{config.num_frames}-frame clips, fewer than one global batch of '
-          f'{global_batch_size} (config.per_device_batch_size '
-          f'{config.per_device_batch_size} x {jax.device_count()} devices)')
-  return pairs
+    raise run_config.ConfigError(
+        f'{config.data_dir}: latents of {len(dataset.mean)} channels, '
+        f'config.model.latent_dim is {config.model.latent_dim}')
+  train_pairs, val_pairs = (input_pipeline.split_pairs(config, dataset, split)
+                            for split in ('train', 'val'))
+  if len(train_pairs) < global_batch_size:
+    raise run_config.ConfigError(
+        f'{config.data_dir}: {len(train_pairs)} train pairs of '
+        f'{config.num_frames}-frame clips, fewer than one global batch of '
+        f'{global_batch_size} (config.per_device_batch_size '
+        f'{config.per_device_batch_size} x {jax.device_count()} devices)')
+  if not len(val_pairs):
+    raise run_config.ConfigError(
+        f'{config.data_dir}: no val pair of {config.num_frames}-frame clips')
+  return train_pairs, val_pairs
 
 
 def compile_steps(config, mesh, rng):
@@ -150,7 +120,8 @@ def mean_train_metrics(step_metrics):
 
 
 def validate(evaluate, state, pairs, config, mesh, batch_size):
-  """Eval-mode metrics averaged over the full batches of matched pairs."""
+  """Eval-mode metrics over every matched pair: each batch's means (its
+  repeats left out), weighted by the pairs it holds."""
   split = parallel.data_sharding(mesh)
   batches = input_pipeline.prefetch_to_devices(
       input_pipeline.eval_batches(
@@ -158,13 +129,14 @@ def validate(evaluate, state, pairs, config, mesh, batch_size):
           rows=parallel.local_rows(split, batch_size)),
       size=config.prefetch_batches, sharding=split,
       global_batch_size=batch_size)
-  totals, count = None, 0
-  for batch in batches:
-    metrics = evaluate(state, batch)
+  totals = None
+  for index, batch in enumerate(batches):
+    count = min(batch_size, len(pairs) - index * batch_size)
+    metrics = jax.tree.map(functools.partial(jnp.multiply, count),
+                           evaluate(state, batch))
     totals = metrics if totals is None else jax.tree.map(
         jnp.add, totals, metrics)
-    count += 1
-  return {name: float(value) / count
+  return {name: float(value) / len(pairs)
           for name, value in parallel.host_values(totals).items()}
 
 
@@ -197,19 +169,24 @@ class StopSignal:
       signal.signal(sig, handler)
 
 
-@dataclasses.dataclass(frozen=True)
-class EarlyStopping:
-  """The best validation loss so far and the validations since."""
-  best_val_loss: float | None = None
-  evals_since_best: int = 0
+def early_stopping(patience: int, best_val_loss=None, evals_since_best=0):
+  """flax's EarlyStopping, stopping after `patience` validations in a row
+  without a lower loss, as the original does (0: never).
 
-  def update(self, val_loss: float) -> 'EarlyStopping':
-    if self.best_val_loss is None or val_loss < self.best_val_loss:
-      return EarlyStopping(val_loss, 0)
-    return EarlyStopping(self.best_val_loss, self.evals_since_best + 1)
+  flax stops at the update after `patience` of them; hence patience - 1.
+  """
+  return flax_early_stopping.EarlyStopping(
+      patience=patience - 1 if patience else math.inf,
+      best_metric=math.inf if best_val_loss is None else best_val_loss,
+      patience_count=evals_since_best,
+      should_stop=bool(patience) and evals_since_best >= patience)
 
-  def should_stop(self, patience: int) -> bool:
-    return patience > 0 and self.evals_since_best >= patience
+
+def _early_stopping_extras(stopping) -> dict:
+  """What a checkpoint keeps of it (JSON: no infinity)."""
+  best = stopping.best_metric
+  return {'best_val_loss': None if math.isinf(best) else float(best),
+          'evals_since_best': int(stopping.patience_count)}
 
 
 def count_skips(consecutive: int, skipped, limit: int) -> int:
@@ -227,7 +204,7 @@ def count_skips(consecutive: int, skipped, limit: int) -> int:
 
 
 def init_or_restore(config, mesh, manager):
-  """(state, data position, rng, EarlyStopping) of a new or resumed run."""
+  """(state, data position, rng, early stopping) of a new or resumed run."""
   init_rng, rng = jax.random.split(jax.random.key(config.seed))
   if manager.latest_step() is None:
     init_data = np.asarray(jax.random.key_data(init_rng))
@@ -235,17 +212,16 @@ def init_or_restore(config, mesh, manager):
         lambda: train_step.create_train_state(
             config, jax.random.wrap_key_data(init_data)),
         out_shardings=parallel.replicated(mesh))()
-    return state, 0, rng, EarlyStopping()
+    return state, 0, rng, early_stopping(config.early_stopping_patience)
   state, extras = checkpoints.restore(manager, config,
                                       sharding=parallel.replicated(mesh),
                                       move_aside=True)
   logging.info('resumed from %s at step %d', manager.directory,
                extras['data_position'])
-  early_stopping = EarlyStopping(
-      **{field.name: extras[field.name]
-         for field in dataclasses.fields(EarlyStopping)
-         if field.name in extras})
-  return state, extras['data_position'], extras['rng'], early_stopping
+  stopping = early_stopping(config.early_stopping_patience,
+                            extras.get('best_val_loss'),
+                            extras.get('evals_since_best', 0))
+  return state, extras['data_position'], extras['rng'], stopping
 
 
 def train_and_evaluate(config, workdir):
@@ -253,7 +229,7 @@ def train_and_evaluate(config, workdir):
 
   Returns the last validation metrics (None if none ran).
   """
-  check_config(config, workdir)
+  run_config.check_training(config, workdir)
   mesh = parallel.make_mesh()
   split = parallel.data_sharding(mesh)
   batch_size = config.per_device_batch_size * jax.device_count()
@@ -267,8 +243,7 @@ def train_and_evaluate(config, workdir):
   changes = checkpoints.config_changes(workdir, config)
   checkpoints.refuse_checkpoint_changes(workdir, changes)  # before writing
   manager = checkpoints.open_manager(workdir, config)
-  state, position, rng, early_stopping = init_or_restore(config, mesh,
-                                                         manager)
+  state, position, rng, stopping = init_or_restore(config, mesh, manager)
   train, evaluate = compile_steps(config, mesh, rng)
   batches = input_pipeline.prefetch_to_devices(
       input_pipeline.train_batches(
@@ -289,13 +264,12 @@ def train_and_evaluate(config, workdir):
   def save(val_loss=None):
     nonlocal last_saved
     checkpoints.save(manager, state, data_position=position, rng=rng,
-                     val_loss=val_loss, **dataclasses.asdict(early_stopping))
+                     val_loss=val_loss, **_early_stopping_extras(stopping))
     last_saved = position
 
   try:
     with StopSignal() as stop:
-      while (position < schedule.num_train_steps and
-             not early_stopping.should_stop(config.early_stopping_patience)):
+      while position < schedule.num_train_steps and not stopping.should_stop:
         state, metrics = train(state, next(batches), np.int32(position))
         position += 1
         step_metrics.append(metrics)
@@ -324,8 +298,8 @@ def train_and_evaluate(config, workdir):
                                  batch_size)
           val_loss = val_metrics['loss']
           log.write(position, 'val', val_metrics)
-          early_stopping = early_stopping.update(val_loss)
-          if early_stopping.evals_since_best == 0:  # a new best
+          stopping = stopping.update(val_loss)
+          if stopping.has_improved:
             save(val_loss)
         if position % schedule.checkpoint_every == 0 and last_saved != position:
           save(val_loss)
@@ -338,7 +312,7 @@ def train_and_evaluate(config, workdir):
           logging.warning('stopping at step %d on %s', position,
                           stop.received or "another process's signal")
           break
-      if early_stopping.should_stop(config.early_stopping_patience):
+      if stopping.should_stop:
         logging.info('early stopping at step %d: no better validation loss '
                      'in %d validations', position,
                      config.early_stopping_patience)
@@ -377,8 +351,8 @@ def main(argv):
   config = _CONFIG.value
   try:
     train_and_evaluate(config, _WORKDIR.value or config.workdir)
-  except (ConfigError, latents.LatentDataError, checkpoints.CheckpointError,
-          TooManySkippedSteps) as e:
+  except (run_config.ConfigError, latents.LatentDataError,
+          checkpoints.CheckpointError, TooManySkippedSteps) as e:
     sys.exit(f'jingle_jax.train: error: {e}')
 
 

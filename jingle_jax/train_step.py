@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from jingle_jax import losses
+from jingle_jax import run_config
 from jingle_jax.models import CascadeTransformer
 from jingle_jax.models import LatentDiscriminator
 from jingle_jax.models.cascade import copy_first_layers
@@ -31,36 +32,17 @@ class TrainState(flax.struct.PyTreeNode):
   disc_opt_state: Any  # discriminator AdamW state
 
 
-def compute_dtype(name: str):
-  """config.model.compute_dtype: 'auto' is float32 on CPU, else bfloat16."""
-  if name == 'auto':
-    return jnp.float32 if jax.default_backend() == 'cpu' else jnp.bfloat16
-  if name not in ('float32', 'bfloat16'):
-    raise ValueError('model.compute_dtype must be auto, float32 or bfloat16, '
-                     f'not {name!r}')
-  return jnp.dtype(name)
-
-
 def build_model(config) -> CascadeTransformer:
-  m = config.model
-  return CascadeTransformer(
-      latent_dim=m.latent_dim, num_stages=m.num_stages,
-      num_layers=m.num_layers, num_heads=m.num_heads, dropout=m.dropout,
-      attention_dropout=m.attention_dropout, anti_cheating=m.anti_cheating,
-      use_creative_agent=m.use_creative_agent, fixed_masking=m.fixed_masking,
-      hard_masks=m.hard_masks, mask_hidden=m.mask_hidden,
-      mask_heads=m.mask_heads, max_len=m.max_len,
-      dtype=compute_dtype(m.compute_dtype),
-      # Workdir configs older than the field: it only shapes training memory.
-      remat=m.get('remat', 'none'))
+  return CascadeTransformer(run_config.model_config(config))
 
 
 def build_discriminator(config) -> LatentDiscriminator | None:
   """The GAN discriminator, or None when the GAN is off (gan_weight 0)."""
   if config.loss.gan_weight == 0:
     return None
-  return LatentDiscriminator(dropout=config.model.disc_dropout,
-                             dtype=compute_dtype(config.model.compute_dtype))
+  return LatentDiscriminator(
+      dropout=config.model.disc_dropout,
+      dtype=run_config.compute_dtype(config.model.compute_dtype))
 
 
 def _decayed(params):
@@ -241,20 +223,24 @@ def eval_step(state: TrainState, batch, *, config):
 
   'loss' is the validation loss of SPEC 4.5b (no balance, no adversarial
   term), which picks the best checkpoint and drives early stopping; the
-  other terms are reported as in training.
+  other terms are reported as in training. batch['weight'] ([B], optional)
+  leaves out the repeats that fill up a last batch.
   """
   out, _ = generator_forward(state.params, state.batch_stats, batch, None,
                              config, train=False)
+  weights = batch.get('weight')
   loss, metrics = losses.validation_loss(
       out.output, batch['input'], batch['target'], out.input_mask,
       out.target_mask, config.loss,
-      learned_masks=config.model.use_creative_agent)
-  metrics.update(loss=loss, rms_scale=jnp.mean(out.rms_scale))
+      learned_masks=config.model.use_creative_agent, example_weights=weights)
+  metrics.update(loss=loss,
+                 rms_scale=losses.batch_mean(out.rms_scale, weights))
   if build_discriminator(config) is not None:
     real_logits, fake_logits = real_and_fake_logits(
         state.disc_params, batch, out.output, None, config, train=False)
-    metrics.update(losses.discriminator_loss(real_logits, fake_logits)[1],
-                   g_adv=losses.bce_with_logits(fake_logits, 1.0))
+    metrics.update(
+        losses.discriminator_loss(real_logits, fake_logits, weights)[1],
+        g_adv=losses.bce_with_logits(fake_logits, 1.0, weights))
   return metrics
 
 

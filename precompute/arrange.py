@@ -15,7 +15,6 @@ weights given, the pretrained EnCodec by default, unchecked.
 """
 
 import os
-import sys
 
 # The model and EnCodec share the accelerator: JAX takes memory as needed.
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
@@ -26,7 +25,8 @@ from absl import logging
 import numpy as np
 
 from jingle_jax import checkpoints
-from jingle_jax import evaluate
+from jingle_jax import cli
+from jingle_jax import inference
 from jingle_jax import latents
 from jingle_jax import sample
 from precompute import audio
@@ -79,17 +79,17 @@ def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
       np.concatenate(list(codec.encode(model, [clip], device=torch_device,
                                        batch_size=batch_size)))
       for clip in clips)
-  step, arrays, normaliser = sample.arrange_pair(
-      workdir, raw_input, raw_target, which=which, data_dir=data_dir)
+  trained = inference.TrainedModel.load(workdir, which, data_dir=data_dir)
+  arrays = sample.model_pair(trained, raw_input, raw_target)
   decode.decode_to_wavs(
       model, [(os.path.basename(stem),
-               normaliser.denormalise(arrays['output']))],
+               trained.normaliser.denormalise(arrays['output']))],
       os.path.dirname(os.path.abspath(out_path)), device=torch_device,
       batch_size=batch_size)
   sample.save_mask_picture(
       arrays, stem + '.png',
       f'{os.path.basename(input_path)} + {os.path.basename(target_path)}')
-  return step
+  return trained.step
 
 
 def define_flags():
@@ -112,26 +112,20 @@ def define_flags():
   flags.DEFINE_string('device', 'auto', 'auto, cpu or cuda (EnCodec).')
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  f = flags.FLAGS
-  try:
-    step = arrange(
-        f.workdir, f.input, f.target, f.out,
-        input_start=f['input-start'].value,
-        target_start=f['target-start'].value,
-        which=evaluate.parse_checkpoint(f.checkpoint),
-        data_dir=f['data-dir'].value,
-        checkpoint=f['encodec-checkpoint'].value,
-        random_seed=f['random-encodec'].value, device=f.device)
-  except (ValueError, OSError, checkpoints.CheckpointError,
-          encodec_weights.WeightsError) as e:
-    sys.exit(f'precompute.arrange: error: {e}')
+def run(f) -> None:
+  step = arrange(
+      f.workdir, f.input, f.target, f.out,
+      input_start=f['input-start'].value,
+      target_start=f['target-start'].value,
+      which=checkpoints.parse_which(f.checkpoint),
+      data_dir=f['data-dir'].value,
+      checkpoint=f['encodec-checkpoint'].value,
+      random_seed=f['random-encodec'].value, device=f.device)
   print(f'checkpoint step {step}: {f.out}')
 
 
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['workdir', 'input', 'target', 'out'])
-  app.run(main)
+  app.run(cli.main_for('precompute.arrange', run,
+                       errors=(encodec_weights.WeightsError,)))

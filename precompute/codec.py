@@ -13,6 +13,7 @@ import collections
 import numpy as np
 import torch
 
+from jingle_jax import audio_decoder
 from jingle_jax import latents
 
 HOP = latents.SAMPLE_RATE // latents.FRAME_RATE  # samples per latent frame
@@ -38,12 +39,6 @@ def _run_batched(module, chunks, *, device, batch_size):
         for index, result in zip(batch, results):
           outputs[index] = result
   return outputs
-
-
-def _split(lengths, chunk):
-  """(item, start) of the consecutive chunks of items of these lengths."""
-  return [(item, start) for item, length in enumerate(lengths)
-          for start in range(0, length, chunk)]
 
 
 def encode(model, blocks, *, device, batch_size: int):
@@ -88,7 +83,7 @@ def _encode_chunks(model, samples, chunk: int, device) -> np.ndarray:
 def decode(model, clips, *, device, batch_size: int):
   """Latents [frames, 128] each -> mono 24 kHz float32 audio of
   frames * 320 samples each."""
-  pieces = _split([len(clip) for clip in clips], CHUNK_FRAMES)
+  pieces = audio_decoder.chunks([len(clip) for clip in clips])
   chunks = [np.asarray(clips[item][start:start + CHUNK_FRAMES], np.float32).T
             for item, start in pieces]
   outputs = _run_batched(model.decoder, chunks, device=device,

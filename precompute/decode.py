@@ -12,60 +12,15 @@ or --encodec-checkpoint, and weights whose identity differs from the
 manifest's are refused. Prints the paths written.
 """
 
-import os
 import sys
 
 from absl import app
 from absl import flags
-import numpy as np
-import soundfile
 
+from jingle_jax import decode as jax_decode
 from jingle_jax import latents
 from precompute import codec
 from precompute import encodec_weights
-
-
-def read_clips(path) -> list[np.ndarray]:
-  """The [frames, 128] clips of a .npy file of one clip or a batch."""
-  try:
-    array = np.load(path, allow_pickle=False)
-  except (OSError, ValueError) as e:
-    raise ValueError(f'{path}: unreadable .npy file: {e}') from None
-  if array.ndim == 2:
-    array = array[None]
-  if array.ndim != 3 or array.shape[2] != latents.LATENT_DIM:
-    raise ValueError(f'{path}: shape {array.shape}, expected [frames, '
-                     f'{latents.LATENT_DIM}] or [N, frames, '
-                     f'{latents.LATENT_DIM}]')
-  if not array.shape[1]:
-    raise ValueError(f'{path}: holds no frames')
-  if not np.issubdtype(array.dtype, np.floating):
-    raise ValueError(f'{path}: dtype {array.dtype} is not a float type')
-  if not np.all(np.isfinite(array)):
-    raise ValueError(f'{path}: holds non-finite values')
-  return list(array)
-
-
-def clips_to_decode(dataset, files, song_ids):
-  """[(wav file name, clip)] of the .npy files and the dataset's songs."""
-  jobs = []
-  for path in files:
-    stem = os.path.splitext(os.path.basename(path))[0]
-    clips = read_clips(path)
-    names = ([stem] if len(clips) == 1
-             else [f'{stem}_{i}' for i in range(len(clips))])
-    jobs += zip(names, clips)
-  songs = {song.id: song for split in latents.SPLITS
-           for song in dataset.songs(split)}
-  for song_id in song_ids:
-    if song_id not in songs:
-      raise ValueError(f'--song {song_id}: no such song in '
-                       f'{dataset.manifest_path}')
-    jobs.append((song_id, songs[song_id].latents))
-  names = [name for name, _ in jobs]
-  if len(set(names)) != len(names):
-    raise ValueError(f'two outputs would have the same name: {names}')
-  return jobs
 
 
 def matching_weights(dataset, checkpoint=None, random_seed=None):
@@ -92,17 +47,9 @@ def matching_weights(dataset, checkpoint=None, random_seed=None):
 def decode_to_wavs(model, jobs, out_dir, *, device,
                    batch_size: int) -> list[str]:
   """Writes out_dir/NAME.wav (float, 24 kHz) for each (name, clip)."""
-  os.makedirs(out_dir, exist_ok=True)
   audio = codec.decode(model, [clip for _, clip in jobs], device=device,
                        batch_size=batch_size)
-  paths = []
-  for (name, _), samples in zip(jobs, audio):
-    path = os.path.join(out_dir, name + '.wav')
-    with latents.atomic_write(path) as f:
-      soundfile.write(f, samples, latents.SAMPLE_RATE, subtype='FLOAT',
-                      format='WAV')
-    paths.append(path)
-  return paths
+  return jax_decode.write_wavs(zip([name for name, _ in jobs], audio), out_dir)
 
 
 def define_flags():
@@ -126,7 +73,7 @@ def main(argv):
     raise app.UsageError('nothing to decode: pass FILE.npy or --song ID')
   try:
     dataset = latents.LatentDataset(f.manifest)
-    jobs = clips_to_decode(dataset, argv[1:], f.song)
+    jobs = jax_decode.clips_to_decode(dataset, argv[1:], f.song)
     model = matching_weights(dataset, f['encodec-checkpoint'].value,
                              f['random-encodec'].value)
     device = encodec_weights.device(f.device)

@@ -14,7 +14,8 @@ latents at 75 frames per second. A file that cannot be used (unreadable,
 empty, silent, shorter than --min-seconds, a rate outside 8-192 kHz, or any
 failure while it is encoded) is skipped and reported with its reason, and
 the run goes on. Songs, not pairs, are split into train and val, by the
-seed.
+seed. The EnCodec decoder's weights are written beside the manifest for
+decoding without torch (jingle_jax.decode).
 
 Every song is a shard of its own and the unit of work that a rerun keeps:
 the rerun reuses the songs whose source files have the size and
@@ -33,10 +34,12 @@ from absl import logging
 import numpy as np
 import tqdm
 
+from jingle_jax import latent_writer
 from jingle_jax import latents
 from precompute import audio
 from precompute import codec
 from precompute import encodec_weights
+from precompute import export_decoder
 
 # The default shortest song: one pair, an input clip and its target, of 16 s.
 MIN_SECONDS = 2 * codec.CHUNK_FRAMES / latents.FRAME_RATE
@@ -120,7 +123,7 @@ def encode_dataset(audio_dir, out_dir, model, weights: str, *, device,
   if not min_seconds > 0:
     raise ValueError(f'--min-seconds {min_seconds}: expected > 0')
   started = time.perf_counter()
-  writer = latents.DatasetWriter(out_dir, encodec_weights=weights,
+  writer = latent_writer.DatasetWriter(out_dir, encodec_weights=weights,
                                  dtype=dtype)
   songs, skipped, ids = [], [], {}
   encoded_seconds = 0.0
@@ -156,7 +159,9 @@ def encode_dataset(audio_dir, out_dir, model, weights: str, *, device,
   if not songs:
     raise ValueError(f'--audio-dir {audio_dir}: no usable audio files')
   assign_splits(songs, val_fraction, seed)
-  manifest = writer.finish(songs, skipped, min_seconds=min_seconds)
+  decoder = export_decoder.export(out_dir, model, weights)
+  manifest = writer.finish(songs, skipped, min_seconds=min_seconds,
+                           decoder=decoder)
   elapsed = time.perf_counter() - started
   total = sum(song['duration'] for song in songs)
   logging.info('%d songs (%.1f s of audio; %.1f s encoded now) in %.1f s '

@@ -19,6 +19,7 @@ from absl import logging
 import numpy as np
 import soundfile
 
+from jingle_jax import files
 from jingle_jax import latents
 
 MAJOR = (0, 2, 4, 5, 7, 9, 11)
@@ -143,7 +144,7 @@ def write_songs(out_dir, *, num_songs: int, seconds: float, seed: int,
   paths = []
   for index in range(num_songs):
     path = os.path.join(out_dir, f'song_{index:03d}.wav')
-    with latents.atomic_write(path) as f:
+    with files.atomic_write(path) as f:
       soundfile.write(f, render_song(seed, index, seconds, rate), rate,
                       subtype='PCM_16', format='WAV')
     paths.append(path)

@@ -1,20 +1,21 @@
 """Latent datasets for tests, written as precompute.encode writes them."""
 
+from jingle_jax import latent_writer
 from jingle_jax import latents
 
 
 def write_dataset(path, songs: dict, *, weights='random:0', dtype='float16',
-                  skipped=(), source='{}.wav') -> dict:
+                  skipped=(), source='{}.wav', decoder=None) -> dict:
   """Writes {id: (split, latents [frames, 128])}; returns the manifest.
 
   Each song's duration is its frames' (75 per second); `source` formats its
-  source path from its id.
+  source path from its id; `decoder` is the manifest's decoder file name.
   """
-  writer = latents.DatasetWriter(path, encodec_weights=weights, dtype=dtype)
+  writer = latent_writer.DatasetWriter(path, encodec_weights=weights, dtype=dtype)
   records = []
   for song_id, (split, values) in songs.items():
     with writer.song(song_id, source.format(song_id)) as song:
       song.append(values)
       records.append(dict(song.commit(len(values) / latents.FRAME_RATE),
                           split=split))
-  return writer.finish(records, list(skipped))
+  return writer.finish(records, list(skipped), decoder=decoder)

@@ -1,6 +1,7 @@
 """Each fixed masking baseline matches its SPEC 4.6 definition."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -87,6 +88,12 @@ def test_hybrid_is_temporal_times_frequency_at_0_3(latents):
   assert float(frequency_in.min()) == pytest.approx(0.3)
 
 
-def test_registry_names_the_five_baselines():
-  assert set(baselines.BASELINES) == {'temporal', 'frequency', 'spectral',
-                                      'energy', 'hybrid'}
+def test_every_baseline_gives_float32_masks_in_the_unit_range(latents):
+  for name, masks_of in baselines.BASELINES.items():
+    masks = masks_of(*latents, jax.random.key(0))
+    for mask in masks:
+      assert mask.shape == latents[0].shape and mask.dtype == jnp.float32
+      assert 0 <= float(mask.min()) and float(mask.max()) <= 1, name
+    # Only the spectral split draws: the others ignore the key.
+    again = masks_of(*latents, jax.random.key(1))
+    assert np.array_equal(masks[0], again[0]) == (name != 'spectral'), name

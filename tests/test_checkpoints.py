@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jingle_jax import checkpoints
+from jingle_jax import inference
 from damage import damage
 
 # A failed read leaves Orbax's pending read coroutines to be collected later.
@@ -72,14 +73,16 @@ def test_round_trip_keeps_newest_and_best(tmp_path, config):
     checkpoints.restore(manager, config, 30)
 
 
-def test_load_for_inference_uses_the_recorded_config(tmp_path, config):
+def test_a_trained_model_loads_with_its_recorded_config(tmp_path, config):
+  config.normalise_latents = False  # no dataset needed
   states = save_steps(tmp_path, config, {5: 1.0, 9: 2.0})
-  recorded, state, step = checkpoints.load_for_inference(tmp_path)
-  assert recorded.to_dict() == config.to_dict()
-  assert_same(state, states[5])
-  assert step == int(states[5].step)
-  _, state, _ = checkpoints.load_for_inference(tmp_path, 'latest')
-  assert_same(state, states[9])
+  model = inference.TrainedModel.load(tmp_path)
+  assert model.config.to_dict() == config.to_dict()
+  assert_same(model.variables['params'], states[5].params)
+  assert model.step == 5 and model.updates == int(states[5].step)
+  model = inference.TrainedModel.load(tmp_path, 'latest')
+  assert_same(model.variables['batch_stats'], states[9].batch_stats)
+  assert model.step == 9
 
 
 @pytest.mark.parametrize('how', ['truncate', 'zeros'])
@@ -144,10 +147,14 @@ def test_nothing_to_restore(tmp_path, config):
   with pytest.raises(checkpoints.CheckpointError, match='no checkpoint'):
     checkpoints.restore(manager, config)
   with pytest.raises(checkpoints.CheckpointError, match='config.json'):
-    checkpoints.load_for_inference(tmp_path / 'elsewhere')
+    inference.TrainedModel.load(tmp_path / 'elsewhere')
   (tmp_path / 'config.json').write_text('{"seed": ')
   with pytest.raises(checkpoints.CheckpointError, match='not valid JSON'):
-    checkpoints.load_for_inference(tmp_path)
+    inference.TrainedModel.load(tmp_path)
+  for text, which in (('best', 'best'), ('latest', 'latest'), ('120', 120)):
+    assert checkpoints.parse_which(text) == which
+  with pytest.raises(ValueError, match="--checkpoint must be.*'newest'"):
+    checkpoints.parse_which('newest')
 
 
 def test_config_changes_that_alter_checkpoints_are_refused(tmp_path, config):

@@ -67,7 +67,3 @@ def test_decode_gives_320_samples_per_frame(model, short_chunks):
     tail = torch.from_numpy(clips[0][2 * CHUNK:].astype(np.float32).T)
     alone = model.decoder(tail[None])[0, 0]
   np.testing.assert_allclose(audio[0][2 * CHUNK * 320:], alone, atol=1e-5)
-
-
-def test_default_chunk_is_one_16_second_clip():
-  assert codec.CHUNK_FRAMES * codec.HOP == 16 * 24_000

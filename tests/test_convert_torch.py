@@ -15,10 +15,12 @@ import optax
 import pytest
 import torch
 
-from configs.creative import get_config
 from jingle_jax import checkpoints
 from jingle_jax import convert_torch
+from jingle_jax import inference
 from jingle_jax import losses
+from jingle_jax import run_config
+from jingle_jax import torch_checkpoint
 from jingle_jax import train_step
 from jingle_jax.models import LatentDiscriminator
 from jingle_jax.models import StyleDiscriminator
@@ -83,7 +85,7 @@ def convert_saved(tmp_path, model, config, **save_kwargs):
   path = tmp_path / 'checkpoint.pt'
   reference.save_checkpoint(path, model, epoch=7, best_val_loss=0.25,
                             **save_kwargs)
-  return convert_torch.convert(convert_torch.load_torch_checkpoint(path),
+  return torch_checkpoint.convert(convert_torch.load_torch_checkpoint(path),
                                config, str(path))
 
 
@@ -133,7 +135,7 @@ def test_evaluation_matches_pytorch(tmp_path, config, num_stages,
     assert_close(metrics['balance'], expected['balance'])
     with torch.no_grad():
       expected_scores = model.creative_agent.discriminator(to_torch(inputs))
-    scores = StyleDiscriminator(config.model.latent_dim).apply(
+    scores = StyleDiscriminator(run_config.model_config(config)).apply(
         {'params': state.params['creative_agent']['discriminator']}, inputs)
     for actual, wanted in zip(scores, expected_scores):
       assert_close(actual, wanted)
@@ -214,7 +216,7 @@ def test_training_step_after_import_matches_pytorch(tmp_path, config):
                               discriminator=discriminator,
                               optimizer=optimizer,
                               disc_optimizer=disc_optimizer)
-    return convert_torch.convert(convert_torch.load_torch_checkpoint(path),
+    return torch_checkpoint.convert(convert_torch.load_torch_checkpoint(path),
                                  config, str(path))[1]
 
   for batch in batches[:2]:  # moments that a fresh state would not have
@@ -268,30 +270,25 @@ def test_optimizer_state_that_does_not_fit_names_the_key(tmp_path, config):
   # The moments of conv_layers.3.weight (parameter 2) with a wrong shape.
   entry = checkpoint['disc_optimizer_state_dict']['state'][2]
   entry['exp_avg'] = entry['exp_avg'][:, :1]
-  with pytest.raises(convert_torch.ConversionError,
+  with pytest.raises(torch_checkpoint.ConversionError,
                      match=r'(?s)disc_optimizer_state_dict exp_avg: .*'
                      r'conv_layers\.3\.weight'):
-    convert_torch.convert(checkpoint, config, str(path))
+    torch_checkpoint.convert(checkpoint, config, str(path))
   del checkpoint['optimizer_state_dict']['state'][0]['exp_avg_sq']
-  with pytest.raises(convert_torch.ConversionError,
+  with pytest.raises(torch_checkpoint.ConversionError,
                      match=r"state\[0\] \(creative_agent\.mask_generator\."
                      r"input_analyzer\.0\.weight\) has no 'exp_avg_sq'"):
-    convert_torch.convert(checkpoint, config, str(path))
-
-
-def numpy_checkpoint(model, **extra):
-  return {'model_state_dict': {key: value.numpy() for key, value in
-                               model.state_dict().items()}, **extra}
+    torch_checkpoint.convert(checkpoint, config, str(path))
 
 
 def test_missing_and_unknown_keys_are_listed(config):
-  checkpoint = numpy_checkpoint(reference_model(config, 2, True))
+  checkpoint = reference.numpy_checkpoint(reference_model(config, 2, True))
   state_dict = checkpoint['model_state_dict']
   del state_dict['cascade_stages.1.output_proj.weight_u']
   del state_dict['cascade_stages.0.pos_encoding.pe']
   state_dict['cascade_stages.1.extra_norm.weight'] = np.ones(3, np.float32)
-  with pytest.raises(convert_torch.ConversionError) as error:
-    convert_torch.convert(checkpoint, config, 'old.pt')
+  with pytest.raises(torch_checkpoint.ConversionError) as error:
+    torch_checkpoint.convert(checkpoint, config, 'old.pt')
   message = str(error.value)
   assert message.startswith('old.pt model_state_dict')
   for key in ('cascade_stages.1.output_proj.weight_u',
@@ -301,96 +298,45 @@ def test_missing_and_unknown_keys_are_listed(config):
 
 
 def test_shapes_must_fit_the_config(config):
-  checkpoint = numpy_checkpoint(reference_model(config, 2, True))
+  checkpoint = reference.numpy_checkpoint(reference_model(config, 2, True))
   config = ml_collections.ConfigDict(config)
   config.model.mask_hidden = 32
-  with pytest.raises(convert_torch.ConversionError,
+  with pytest.raises(torch_checkpoint.ConversionError,
                      match=r'mask_generator\.input_analyzer\.0\.weight: '
                      r'\(16, 16, 3\) in the checkpoint, \(32, 16, 3\)'):
-    convert_torch.convert(checkpoint, config)
+    torch_checkpoint.convert(checkpoint, config)
 
 
 def test_gan_weights_need_the_gan_on(config):
   model = reference_model(config, 2, False)
-  checkpoint = numpy_checkpoint(model, discriminator_state_dict={})
+  checkpoint = reference.numpy_checkpoint(model, discriminator_state_dict={})
   config = ml_collections.ConfigDict(config)
   config.loss.gan_weight = 0.0
-  with pytest.raises(convert_torch.ConversionError, match='loss.gan_weight'):
-    convert_torch.convert(checkpoint, config)
+  with pytest.raises(torch_checkpoint.ConversionError, match='loss.gan_weight'):
+    torch_checkpoint.convert(checkpoint, config)
 
 
 def test_positions_must_be_the_sinusoids(config):
-  checkpoint = numpy_checkpoint(reference_model(config, 2, False))
+  checkpoint = reference.numpy_checkpoint(reference_model(config, 2, False))
   checkpoint['model_state_dict']['cascade_stages.1.pos_encoding.pe'][
       0, 5, 0] += 0.1
-  with pytest.raises(convert_torch.ConversionError,
+  with pytest.raises(torch_checkpoint.ConversionError,
                      match=r'cascade_stages\.1\.pos_encoding\.pe differs'):
-    convert_torch.convert(checkpoint, config)
+    torch_checkpoint.convert(checkpoint, config)
 
 
 def test_pickled_objects_need_allow_pickle(tmp_path):
   path = tmp_path / 'with_args.pt'
   torch.save({'model_state_dict': {'w': torch.ones(2)},
               'args': argparse.Namespace(lr=1e-4)}, path)
-  with pytest.raises(convert_torch.ConversionError, match='--allow-pickle'):
+  with pytest.raises(torch_checkpoint.ConversionError, match='--allow-pickle'):
     convert_torch.load_torch_checkpoint(path)
   loaded = convert_torch.load_torch_checkpoint(path, allow_pickle=True)
   np.testing.assert_array_equal(loaded['model_state_dict']['w'], [1.0, 1.0])
 
   torch.save(torch.ones(2), tmp_path / 'tensor.pt')
-  with pytest.raises(convert_torch.ConversionError, match='not a checkpoint'):
+  with pytest.raises(torch_checkpoint.ConversionError, match='not a checkpoint'):
     convert_torch.load_torch_checkpoint(tmp_path / 'tensor.pt')
-
-
-def test_seed_architecture_converts_with_spec_keys():
-  torch.manual_seed(0)
-  model = reference.CascadeTransformer(num_stages=3)  # SPEC sizes: 3 x 6
-  assert sum(p.numel() for p in model.parameters()) == 27_449_410
-  config, state = convert_torch.convert(numpy_checkpoint(model), get_config())
-  assert sum(leaf.size for leaf in jax.tree.leaves(state.params)) == (
-      27_449_410)
-  torch_layer = model.cascade_stages[2].transformer.layers[5]
-  np.testing.assert_array_equal(
-      state.params['cascade_stages_2']['layers_5']['self_attn'][
-          'in_proj_kernel'], torch_layer.self_attn.in_proj_weight.detach().T)
-  assert config.model.max_len == 2000
-
-
-def test_initialisation_is_pytorchs():
-  """Every fresh variable is distributed as in the PyTorch model (SPEC 4.5c).
-
-  Compared leaf by leaf with a default-initialised PyTorch model of the seed
-  size, converted: constants equal, random draws with the same spread and
-  bound, the layers of a stage equal (TransformerEncoder copies one layer),
-  spectral-norm vectors of unit norm.
-  """
-  torch.manual_seed(0)
-  config = get_config()
-  _, torch_state = convert_torch.convert(
-      numpy_checkpoint(reference.CascadeTransformer(num_stages=3)), config)
-  state = jax.jit(functools.partial(train_step.create_train_state, config))(
-      jax.random.key(0))
-  wanted = flax.traverse_util.flatten_dict(
-      {'params': torch_state.params, 'batch_stats': torch_state.batch_stats})
-  actual = flax.traverse_util.flatten_dict(
-      {'params': state.params, 'batch_stats': state.batch_stats})
-  assert set(actual) == set(wanted)
-  for path, value in wanted.items():
-    name, value, mine = '/'.join(path), np.asarray(value), np.asarray(
-        actual[path])
-    if path[0] == 'batch_stats':
-      assert np.linalg.norm(mine) == pytest.approx(1.0, rel=1e-5), name
-    elif value.size > 1 and np.all(value == value.flat[0]):  # LayerNorm, zeros
-      np.testing.assert_array_equal(mine, value, err_msg=name)
-    elif value.size >= 1000:
-      assert np.std(mine) == pytest.approx(np.std(value), rel=0.05), name
-      assert np.abs(mine).max() == pytest.approx(np.abs(value).max(),
-                                                 rel=0.05), name
-  for stage in range(3):
-    layers = state.params[f'cascade_stages_{stage}']
-    for layer in range(1, 6):
-      jax.tree.map(np.testing.assert_array_equal, layers[f'layers_{layer}'],
-                   layers['layers_0'])
 
 
 def test_command_writes_a_workdir_that_training_restores(tmp_path,
@@ -413,21 +359,25 @@ def test_command_writes_a_workdir_that_training_restores(tmp_path,
   assert ('--config.model.num_stages=2 --config.model.use_creative_agent='
           'False') in result.stderr
 
-  config, state, step = checkpoints.load_for_inference(workdir, 'latest')
+  trained = inference.TrainedModel.load(workdir, 'latest')
   # epoch 7 is 0-based: 8 epochs of 3 steps are done.
-  assert step == 8 * 3 and int(state.step) == 8 * 3
+  assert trained.step == trained.updates == 8 * 3
+  config = trained.config
   assert config.model.num_stages == 2
   assert not config.model.use_creative_agent
-  _, expected = convert_torch.convert(
+  _, expected = torch_checkpoint.convert(
       convert_torch.load_torch_checkpoint(path), config)
-  jax.tree.map(np.testing.assert_array_equal,
-               (state.params, state.batch_stats),
-               (expected.params, expected.batch_stats))
+  jax.tree.map(np.testing.assert_array_equal, trained.variables,
+               {'params': expected.params,
+                'batch_stats': expected.batch_stats})
+  manager = checkpoints.open_manager(workdir, config, read_only=True)
+  state, _ = checkpoints.restore(manager, config)
+  manager.close()
   tx, _ = train_step.make_optimizers(config)
   jax.tree.map(np.testing.assert_array_equal, state.opt_state,
                tx.init(state.params))  # a fresh torch AdamW's moments
 
-  with pytest.raises(convert_torch.ConversionError, match='holds checkpoints'):
+  with pytest.raises(torch_checkpoint.ConversionError, match='holds checkpoints'):
     convert_torch.write_workdir(workdir, config, state, step=0)
 
   # Sampling one pair takes raw latents, as the original did, with no dataset

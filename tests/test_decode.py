@@ -1,4 +1,5 @@
-"""Latents -> wav with the dataset's EnCodec weights, and refusals."""
+"""Latents -> wav with the dataset's EnCodec weights (PyTorch and JAX
+decoders), and refusals."""
 
 import os
 import subprocess
@@ -9,22 +10,29 @@ import pytest
 import soundfile
 import torch
 
+from jingle_jax import audio_decoder
+from jingle_jax import decode as jax_decode
 from jingle_jax import latents
 from precompute import decode
 from precompute import encodec_weights
+from precompute import export_decoder
 import latent_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMES = {'song_a': 90, 'song_b': 40}
+# jingle_jax.decode with torch hidden: any import of it fails.
+WITHOUT_TORCH = (
+    "import runpy, sys; sys.modules['torch'] = None; sys.argv[0] = 'decode'; "
+    "runpy.run_module('jingle_jax.decode', run_name='__main__')")
 
 
-def write_dataset(path, weights):
+def write_dataset(path, weights, decoder=None):
   """A dataset of random latents recording EnCodec weights `weights`."""
   rng = np.random.default_rng(0)
   latent_data.write_dataset(path, {
       song_id: (split, 0.1 * rng.normal(size=(frames, latents.LATENT_DIM)))
       for (song_id, frames), split in zip(FRAMES.items(), ['train', 'val'])},
-                            weights=weights)
+                            weights=weights, decoder=decoder)
   return latents.LatentDataset(path)
 
 
@@ -36,29 +44,43 @@ def clip_files(tmp_path):
   return [str(tmp_path / 'one.npy'), str(tmp_path / 'batch.npy')]
 
 
-def test_cli_decodes_files_and_songs_to_wavs_of_the_right_length(
+def test_both_clis_decode_files_and_songs_to_the_same_wavs(
     tmp_path, clip_files):
-  write_dataset(tmp_path / 'latents', 'random:0')
+  export_decoder.export(tmp_path / 'latents', encodec_weights.random_model(0),
+                        'random:0')
+  write_dataset(tmp_path / 'latents', 'random:0',
+                decoder=audio_decoder.DECODER_FILE)
+  arguments = ['--manifest', str(tmp_path / 'latents/manifest.json'),
+               '--song', 'song_b'] + clip_files
   result = subprocess.run(
-      [sys.executable, '-m', 'precompute.decode', '--manifest',
-       str(tmp_path / 'latents/manifest.json'), '--out-dir',
-       str(tmp_path / 'wav'), '--song', 'song_b', '--device', 'cpu']
-      + clip_files, cwd=REPO, capture_output=True, text=True, check=True)
+      [sys.executable, '-m', 'precompute.decode', '--device', 'cpu',
+       '--out-dir', str(tmp_path / 'torch')] + arguments,
+      cwd=REPO, capture_output=True, text=True, check=True)
+  assert 'SEEDED RANDOM (seed 0)' in result.stderr
+  jax_result = subprocess.run(
+      [sys.executable, '-c', WITHOUT_TORCH, '--out-dir',
+       str(tmp_path / 'jax')] + arguments,
+      cwd=REPO, capture_output=True, text=True)
+  assert jax_result.returncode == 0, jax_result.stderr
+  assert not jax_result.stderr  # quiet
   frames = {'one': 30, 'batch_0': 20, 'batch_1': 20, 'song_b': 40}
-  assert result.stdout.split() == [str(tmp_path / 'wav' / f'{name}.wav')
-                                   for name in frames]
+  for out, output in (('torch', result), ('jax', jax_result)):
+    assert output.stdout.split() == [str(tmp_path / out / f'{name}.wav')
+                                     for name in frames]
   for name, count in frames.items():
-    audio, rate = soundfile.read(tmp_path / 'wav' / f'{name}.wav')
+    audio, rate = soundfile.read(tmp_path / 'torch' / f'{name}.wav')
     assert rate == 24_000 and audio.shape == (count * 320,)
     assert np.all(np.isfinite(audio)) and np.any(audio)
-  assert 'SEEDED RANDOM (seed 0)' in result.stderr
+    jax_audio, jax_rate = soundfile.read(tmp_path / 'jax' / f'{name}.wav')
+    assert jax_rate == rate
+    np.testing.assert_allclose(jax_audio, audio, atol=1e-5)
 
 
 def test_song_decodes_as_its_latents(tmp_path):
   dataset = write_dataset(tmp_path / 'latents', 'random:0')
   model = decode.matching_weights(dataset)
   song = dataset.songs('train')[0]
-  jobs = decode.clips_to_decode(dataset, [], ['song_a'])
+  jobs = jax_decode.clips_to_decode(dataset, [], ['song_a'])
   path, = decode.decode_to_wavs(model, jobs, tmp_path / 'wav', device='cpu',
                                 batch_size=2)
   with torch.inference_mode():
@@ -94,11 +116,11 @@ def test_bad_inputs_name_the_file(tmp_path):
                       ('empty.npy', np.zeros((0, 128)))):
     np.save(tmp_path / name, array)
     with pytest.raises(ValueError, match=str(tmp_path / name)):
-      decode.clips_to_decode(dataset, [str(tmp_path / name)], [])
+      jax_decode.clips_to_decode(dataset, [str(tmp_path / name)], [])
   with pytest.raises(ValueError, match='--song nope: no such song in .*'
                      'manifest.json'):
-    decode.clips_to_decode(dataset, [], ['nope'])
+    jax_decode.clips_to_decode(dataset, [], ['nope'])
   np.save(tmp_path / 'song_a.npy', np.zeros((10, 128)))
   with pytest.raises(ValueError, match='same name'):
-    decode.clips_to_decode(dataset, [str(tmp_path / 'song_a.npy')],
+    jax_decode.clips_to_decode(dataset, [str(tmp_path / 'song_a.npy')],
                            ['song_a'])

@@ -1,7 +1,7 @@
 """Audio folder -> latent dataset: formats, bad files, streaming, resume, CLI."""
 
+import functools
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +13,7 @@ import soundfile
 import torch
 import torchaudio
 
+from jingle_jax import audio_decoder
 from jingle_jax import latents
 from precompute import audio
 from precompute import codec
@@ -63,7 +64,7 @@ def audio_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def model():
-  return encodec_weights.random_model(0).eval()
+  return random_encodec()
 
 
 @pytest.fixture(scope='module')
@@ -109,9 +110,14 @@ def test_round_trip_at_75_frames_per_second_split_by_song(dataset_dir):
   np.testing.assert_allclose(dataset.std, frames.std(0), rtol=1e-4)
   # The short song was encoded (a rerun with a lower --min-seconds keeps
   # it) but is not in the dataset.
-  assert sorted(os.listdir(dataset_dir)) == ['manifest.json'] + sorted(
-      f'song-{encode.song_id(source)}.{suffix}'
-      for source in [*GOOD, 'short.wav'] for suffix in ('json', 'npy'))
+  assert sorted(os.listdir(dataset_dir)) == [
+      'decoder.msgpack', 'manifest.json'] + sorted(
+          f'song-{encode.song_id(source)}.{suffix}'
+          for source in [*GOOD, 'short.wav'] for suffix in ('json', 'npy'))
+  # The decoder of the weights that encoded, for decoding without torch.
+  assert manifest['decoder'] == 'decoder.msgpack'
+  assert audio_decoder.read(dataset)['conv_in']['kernel'].shape == (7, 128,
+                                                                    512)
 
 
 def whole_file_24khz(path):
@@ -210,9 +216,16 @@ def fake_encode(model, blocks, *, device, batch_size):
                     .mean(1, keepdims=True), 128, 1)
 
 
+@functools.cache
+def random_encodec():
+  """The model whose decoder the runs with fake_encode write."""
+  return encodec_weights.random_model(0).eval()
+
+
 def run(audio_dir, out_dir, **settings):
-  return encode.encode_dataset(audio_dir, out_dir, None, 'random:0',
-                               device='cpu', **SETTINGS, **settings)
+  return encode.encode_dataset(audio_dir, out_dir, random_encodec(),
+                               'random:0', device='cpu', **SETTINGS,
+                               **settings)
 
 
 def test_a_song_failing_midway_is_reported_and_the_others_kept(

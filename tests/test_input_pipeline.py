@@ -87,13 +87,22 @@ def test_batch_of_a_step_depends_on_seed_and_step_only(pairs):
         whole['input'], np.concatenate([first['input'], second['input']]))
 
 
-def test_validation_batches_are_matched_and_in_order(pairs):
+def test_validation_batches_hold_every_matched_pair_once(pairs):
   batches = list(input_pipeline.eval_batches(pairs, global_batch_size=4,
                                              rows=slice(0, 4)))
-  assert len(batches) == 1  # 6 pairs: one full batch, 2 left out
+  assert len(batches) == 2  # 6 pairs: a full batch and 2 pairs + 2 repeats
   songs, starts = labels(batches[0]['input'])
   np.testing.assert_array_equal(starts, [0, 4, 8, 12])
   np.testing.assert_array_equal(labels(batches[0]['target'])[1], starts + 4)
+  np.testing.assert_array_equal(batches[0]['weight'], [1, 1, 1, 1])
+  np.testing.assert_array_equal(batches[1]['weight'], [1, 1, 0, 0])
+  last = labels(batches[1]['input'])
+  assert len({tuple(x) for x in zip(*last)}) == 2  # the repeats repeat
+  # A process's rows of a global batch, their weights with them.
+  rows = list(input_pipeline.eval_batches(pairs, global_batch_size=4,
+                                          rows=slice(2, 4)))
+  np.testing.assert_array_equal(rows[1]['weight'], [0, 0])
+  np.testing.assert_array_equal(rows[0]['input'], batches[0]['input'][2:])
 
 
 def test_normalisation_uses_the_manifest_statistics(tmp_path):
@@ -106,7 +115,8 @@ def test_normalisation_uses_the_manifest_statistics(tmp_path):
       tmp_path, {f's{i}': song for i, song in enumerate(songs)},
       dtype='float32')
   dataset = latents.LatentDataset(tmp_path)
-  config = ml_collections.ConfigDict({'num_frames': 10, 'window_hop': 0})
+  config = ml_collections.ConfigDict({'num_frames': 10, 'window_hop': 0,
+                                     'normalise_latents': True})
   train = input_pipeline.split_pairs(config, dataset, 'train')
   assert len(train) == 2 * 6  # starts 0, 10, ..., 50 in each song
   normalised = train.normaliser.normalise(
@@ -149,3 +159,12 @@ def test_prefetch_puts_batches_on_devices_and_stops(pairs):
   next(prefetched)
   with pytest.raises(latents.LatentDataError, match='bad.npy'):
     next(prefetched)
+
+
+def test_padded_batches_cover_every_index_once_in_one_shape():
+  batches = list(input_pipeline.padded_batches(7, 3))
+  assert [len(indices) for indices, _ in batches] == [3, 3, 3]
+  assert [count for _, count in batches] == [3, 3, 1]
+  real = np.concatenate([indices[:count] for indices, count in batches])
+  np.testing.assert_array_equal(real, np.arange(7))
+  np.testing.assert_array_equal(batches[-1][0], [6, 6, 6])

@@ -6,6 +6,8 @@ import os
 import numpy as np
 import pytest
 
+from jingle_jax import files
+from jingle_jax import latent_writer
 from jingle_jax import latents
 import latent_data
 
@@ -60,7 +62,7 @@ def test_round_trip(tmp_path, songs, dtype):
 
 def test_a_song_written_in_blocks_is_the_npy_file_of_its_latents(tmp_path):
   values = np.random.default_rng(2).normal(size=(1234, D)).astype(np.float16)
-  writer = latents.DatasetWriter(tmp_path, encodec_weights='random:0')
+  writer = latent_writer.DatasetWriter(tmp_path, encodec_weights='random:0')
   with writer.song('x', 'x.wav') as song:
     for block in np.split(values, [500, 501]):
       song.append(block)
@@ -73,7 +75,7 @@ def test_a_song_written_in_blocks_is_the_npy_file_of_its_latents(tmp_path):
 
 def test_cached_only_when_source_and_settings_match(tmp_path, songs):
   manifest = write(tmp_path, songs)
-  writer = latents.DatasetWriter(tmp_path, encodec_weights='random:0')
+  writer = latent_writer.DatasetWriter(tmp_path, encodec_weights='random:0')
   assert not (tmp_path / 'manifest.json').exists()  # unfinished again
   records = [writer.cached(song_id, f'music/{song_id}.wav')
              for song_id in songs]
@@ -85,7 +87,7 @@ def test_cached_only_when_source_and_settings_match(tmp_path, songs):
   assert writer.cached('c', 'music/c.wav', {'size': 1}) is None
   for other in (dict(encodec_weights='random:1'),
                 dict(encodec_weights='random:0', dtype='float32')):
-    assert latents.DatasetWriter(tmp_path, **other).cached(
+    assert latent_writer.DatasetWriter(tmp_path, **other).cached(
         'c', 'music/c.wav') is None
   os.remove(tmp_path / 'song-a.json')  # killed between the two files
   assert writer.cached('a', 'music/a.wav') is None
@@ -93,18 +95,18 @@ def test_cached_only_when_source_and_settings_match(tmp_path, songs):
 
 def test_a_song_left_unfinished_is_not_reused(tmp_path, songs, monkeypatch):
   write(tmp_path, songs)
-  other = latents.DatasetWriter(tmp_path, encodec_weights='random:1')
+  other = latent_writer.DatasetWriter(tmp_path, encodec_weights='random:1')
   with pytest.raises(KeyboardInterrupt):  # killed while writing
     with other.song('b', 'music/b.wav') as song:
       song.append(songs['b'][1])
       raise KeyboardInterrupt
-  monkeypatch.setattr(latents, '_write_json', _killed)
+  monkeypatch.setattr(files, 'write_json', _killed)
   with pytest.raises(KeyboardInterrupt):  # after the .npy, before the .json
     with other.song('c', 'music/c.wav') as song:
       song.append(songs['c'][1])
       song.commit(1.0)
   monkeypatch.undo()
-  writer = latents.DatasetWriter(tmp_path, encodec_weights='random:0')
+  writer = latent_writer.DatasetWriter(tmp_path, encodec_weights='random:0')
   assert writer.cached('a', 'music/a.wav') is not None
   assert writer.cached('b', 'music/b.wav') is None
   assert writer.cached('c', 'music/c.wav') is None
@@ -214,7 +216,7 @@ def test_missing_or_broken_manifest(tmp_path, songs):
 
 def test_writer_refuses_bad_songs(tmp_path):
   values = np.random.default_rng(1).normal(size=(10, D))
-  writer = latents.DatasetWriter(tmp_path, encodec_weights='random:0')
+  writer = latent_writer.DatasetWriter(tmp_path, encodec_weights='random:0')
   for bad, message in ((values + 1e5, "'x'.*non-finite values as float16"),
                        (values.T, "'x'.*shape")):
     with pytest.raises(ValueError, match=message):
@@ -237,16 +239,16 @@ def test_writer_refuses_bad_songs(tmp_path):
   with pytest.raises(ValueError, match='not unique'):
     writer.finish([dict(record, split='train')] * 2, [])
   with pytest.raises(ValueError, match='dtype'):
-    latents.DatasetWriter(tmp_path, encodec_weights='random:0',
+    latent_writer.DatasetWriter(tmp_path, encodec_weights='random:0',
                           dtype='bfloat16')
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
   path = tmp_path / 'file.txt'
-  with latents.atomic_write(path, 'w') as f:
+  with files.atomic_write(path, 'w') as f:
     f.write('old')
   with pytest.raises(RuntimeError):
-    with latents.atomic_write(path, 'w') as f:
+    with files.atomic_write(path, 'w') as f:
       f.write('new, half written')
       raise RuntimeError('killed')
   assert path.read_text() == 'old'

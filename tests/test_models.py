@@ -9,14 +9,16 @@ import pytest
 
 from configs.creative import get_config
 from jingle_jax import baselines
+from jingle_jax import run_config
 from jingle_jax import train_step
 from jingle_jax.models import AttentionMaskGenerator
 from jingle_jax.models import CascadeTransformer
 from jingle_jax.models import CreativeAgent
 from jingle_jax.models import LatentDiscriminator
+from jingle_jax.models import ModelConfig
 from jingle_jax.models.cascade import CascadeStage
-from jingle_jax.models.cascade import SpectralNormDense
 from jingle_jax.models.cascade import sinusoidal_positions
+from jingle_jax.models.cascade import SpectralNormDense
 
 
 def count(tree):
@@ -31,6 +33,11 @@ def latents(seed, shape):
 
 TINY = dict(latent_dim=16, num_stages=2, num_layers=1, num_heads=2,
             mask_hidden=16, mask_heads=2)
+
+
+def tiny(**changes):
+  """The tiny model, with `changes`."""
+  return CascadeTransformer(ModelConfig(**dict(TINY, **changes)))
 
 
 def test_seed_architecture_has_27_449_410_parameters():
@@ -62,7 +69,7 @@ def test_seed_architecture_has_27_449_410_parameters():
 def test_untrained_masks_are_75_percent_complementary():
   # Raw-scale latents: the pretrained EnCodec's have an RMS of about 5.7.
   inputs, targets = (5.7 * x for x in latents(0, (4, 300, 128)))
-  generator = AttentionMaskGenerator()
+  generator = AttentionMaskGenerator(ModelConfig())
   variables = generator.init(jax.random.key(1), inputs, targets, train=False)
   apply = jax.jit(functools.partial(generator.apply, variables),
                   static_argnames='train')
@@ -78,8 +85,8 @@ def test_untrained_masks_are_75_percent_complementary():
 
 def test_hard_masks_are_binary_exact_complements():
   inputs, targets = latents(0, (2, 32, 16))
-  generator = AttentionMaskGenerator(latent_dim=16, hidden_dim=16, num_heads=2,
-                                     hard=True)
+  generator = AttentionMaskGenerator(ModelConfig(
+      latent_dim=16, mask_hidden=16, mask_heads=2, hard_masks=True))
   params = generator.init(jax.random.key(1), inputs, targets,
                           train=False)['params']
 
@@ -101,7 +108,7 @@ def test_hard_masks_are_binary_exact_complements():
 
 @pytest.fixture(scope='module')
 def tiny_model():
-  model = CascadeTransformer(**TINY)
+  model = tiny()
   inputs, targets = latents(0, (2, 32, 16))
   variables = jax.jit(functools.partial(model.init, train=False))(
       jax.random.key(1), inputs, targets)
@@ -142,7 +149,7 @@ def test_remat_saves_memory_and_keeps_training_gradients(tiny_model):
   output_weights, mask_weights = latents(7, (2, 32, 16))
 
   def loss(params, remat):  # linear in the outputs: well conditioned
-    out, _ = CascadeTransformer(**TINY, remat=remat).apply(
+    out, _ = tiny(remat=remat).apply(
         {'params': params, 'batch_stats': variables['batch_stats']}, inputs,
         targets, train=True, mutable=['batch_stats'],
         rngs={'noise': jax.random.key(5), 'dropout': jax.random.key(6)})
@@ -190,7 +197,7 @@ def test_rms_scale_stays_in_range_and_clips(tiny_model, train):
 
 
 def test_rms_scale_clips_at_1_5_when_the_residual_cancels():
-  model = CascadeTransformer(**TINY, use_creative_agent=False)
+  model = tiny(use_creative_agent=False)
   inputs, _ = latents(4, (2, 32, 16))
   inputs = 1e3 * inputs
   variables = jax.jit(functools.partial(model.init, train=False))(
@@ -206,8 +213,7 @@ def test_every_stage_output_is_rescaled_before_the_next_stage():
   Rebuilt from the stages themselves; with an intermediate scale clipped,
   scaling once at the end would give another output.
   """
-  model = CascadeTransformer(**dict(TINY, num_stages=3),
-                             use_creative_agent=False)
+  model = tiny(num_stages=3, use_creative_agent=False)
   inputs, targets = (1e-2 * x for x in latents(11, (2, 32, 16)))
   variables = jax.jit(functools.partial(model.init, train=False))(
       jax.random.key(1), inputs, targets)
@@ -219,10 +225,7 @@ def test_every_stage_output_is_rescaled_before_the_next_stage():
                        / 2)
 
   def stage(index, stage_input):
-    module = CascadeStage(
-        model.latent_dim, model.num_layers, model.num_heads, model.dropout,
-        model.attention_dropout, model.max_len)
-    return module.apply(
+    return CascadeStage(model.config).apply(
         {name: tree[f'cascade_stages_{index}']
          for name, tree in variables.items()}, stage_input, train=False)
 
@@ -246,12 +249,12 @@ def test_every_stage_output_is_rescaled_before_the_next_stage():
 
 def test_bfloat16_compute_keeps_float32_parameters_and_results(tiny_model):
   variables, _ = tiny_model
-  assert train_step.compute_dtype('auto') == jnp.float32  # tests run on CPU
+  assert run_config.compute_dtype('auto') == jnp.float32  # tests run on CPU
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
   inputs, targets = latents(8, (2, 32, 16))
   outputs = {}
   for dtype in (jnp.float32, jnp.bfloat16):
-    model = CascadeTransformer(**TINY, dtype=dtype)
+    model = tiny(dtype=dtype)
     outputs[dtype] = jax.jit(functools.partial(model.apply, train=False))(
         variables, inputs, targets)
   low, full = outputs[jnp.bfloat16], outputs[jnp.float32]
@@ -276,7 +279,7 @@ def _equations(jaxpr):
 def test_bfloat16_matmuls_keep_softmax_and_statistics_in_float32(tiny_model,
                                                                   train):
   variables, _ = tiny_model
-  model = CascadeTransformer(**TINY, dtype=jnp.bfloat16)
+  model = tiny(dtype=jnp.bfloat16)
   inputs, targets = latents(9, (2, 32, 16))
   apply = functools.partial(
       model.apply, train=train, mutable=['batch_stats'],
@@ -319,8 +322,7 @@ def test_spectral_norm_dense_tracks_the_largest_singular_value():
 def test_fixed_masking_mode_applies_the_baseline():
   # Large latents: the residual, not the untrained projection, dominates.
   inputs, targets = (100 * x for x in latents(5, (2, 300, 16)))
-  model = CascadeTransformer(**TINY, use_creative_agent=False,
-                             fixed_masking='temporal')
+  model = tiny(use_creative_agent=False, fixed_masking='temporal')
   variables = jax.jit(functools.partial(model.init, train=False))(
       jax.random.key(1), inputs, targets)
   assert 'creative_agent' not in variables['params']
@@ -340,29 +342,22 @@ def test_fixed_masking_mode_applies_the_baseline():
   assert unclipped.any()
   np.testing.assert_allclose(example_rms(out.output)[unclipped],
                              masked_rms[unclipped], rtol=1e-4)
-  with pytest.raises(ValueError, match='fixed_masking'):
-    CascadeTransformer(**TINY, fixed_masking='temporal').init(
-        jax.random.key(1), inputs, targets, train=False)
 
 
 @pytest.mark.parametrize('settings, target_frames, message', [
-    (dict(use_creative_agent=False, fixed_masking='random'), 32,
-     'fixed_masking'),
     (dict(max_len=16), 32, '32 frames exceed max_len 16'),
     ({}, 30, 'differ in shape'),
-    (dict(remat='all'), 32, "remat 'all' is one of"),
 ])
-def test_bad_settings_and_inputs_are_named(settings, target_frames, message):
+def test_bad_inputs_are_named(settings, target_frames, message):
   inputs, _ = latents(0, (1, 32, 16))
   _, targets = latents(0, (1, target_frames, 16))
   with pytest.raises(ValueError, match=message):
-    CascadeTransformer(**TINY, **settings).init(jax.random.key(0), inputs,
-                                                targets, train=False)
+    tiny(**settings).init(jax.random.key(0), inputs, targets, train=False)
 
 
 def test_style_discriminator_scores():
   inputs, targets = latents(6, (3, 64, 16))
-  agent = CreativeAgent(latent_dim=16, hidden_dim=16, num_heads=2)
+  agent = CreativeAgent(ModelConfig(**TINY))
   variables = agent.init(jax.random.key(1), inputs, targets, train=False)
   real_fake, style = agent.apply(variables, inputs,
                                  method=CreativeAgent.judge_quality)

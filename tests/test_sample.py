@@ -12,6 +12,7 @@ from PIL import Image
 import pytest
 
 from jingle_jax import checkpoints
+from jingle_jax import inference
 from jingle_jax import input_pipeline
 from jingle_jax import latents
 from jingle_jax import sample
@@ -85,9 +86,9 @@ def sampled(run, tmp_path_factory):
 
 def test_samples_are_raw_latents_of_the_matched_pairs(run, sampled):
   workdir, raw, normaliser = run
-  config, state, _ = checkpoints.load_for_inference(workdir)
+  model = inference.TrainedModel.load(workdir)
   out, summary = sampled
-  assert summary['checkpoint_step'] == 0
+  assert summary['checkpoint_step'] == 1  # the checkpoint's name
   assert not summary['shuffle_targets']
   assert json.loads((out / 'samples.json').read_text()) == summary
   windows = [(r['input']['song'], r['input']['first_frame'],
@@ -111,9 +112,9 @@ def test_samples_are_raw_latents_of_the_matched_pairs(run, sampled):
                                rtol=1e-5, atol=1e-5)
     # The output is in raw units too: the model's, denormalised.
     model_out, _ = train_step.generator_forward(
-        state.params, state.batch_stats,
+        model.variables['params'], model.variables['batch_stats'],
         {name: normaliser.normalise(files[name])[None]
-         for name in ('input', 'target')}, None, config, train=False)
+         for name in ('input', 'target')}, None, model.config, train=False)
     np.testing.assert_allclose(normaliser.normalise(files['output']),
                                model_out.output[0], rtol=1e-4, atol=1e-4)
     assert np.all((files['input_mask'] >= 0) & (files['input_mask'] <= 1))

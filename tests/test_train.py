@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from jingle_jax import checkpoints
+from jingle_jax import inference
 from jingle_jax import latents
+from jingle_jax import run_config
 from jingle_jax import run_log
 from jingle_jax import train
 from damage import damage
@@ -148,13 +150,36 @@ def test_two_processes_match_one(tmp_path, env, data_dir, four_devices):
   assert_same_losses(tmp_path, four_devices)
 
 
+KILL_SCRIPT = textwrap.dedent('''
+    import os
+    import signal
+    import sys
+    from jingle_jax import checkpoints, train
+    import train_config
+
+    workdir, data_dir = sys.argv[1:]
+    save = checkpoints.save
+
+    def save_then_die(manager, state, *, data_position, **kwargs):
+      save(manager, state, data_position=data_position, **kwargs)
+      if data_position == 4:  # killed once checkpoint 4 is on disk
+        manager.wait_until_finished()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    checkpoints.save = save_then_die
+    config = train_config.get_config()
+    config.data_dir = data_dir
+    train.train_and_evaluate(config, workdir)
+''')
+
+
 def test_killed_run_resumes_exactly(tmp_path, env, data_dir, one_device):
-  process = subprocess.Popen(command(tmp_path, data_dir), env=env,
-                             stderr=subprocess.DEVNULL)
-  wait_until(lambda: checkpoint_steps(tmp_path), process)
-  process.kill()
-  assert process.wait() == -signal.SIGKILL
-  assert checkpoint_steps(tmp_path)[-1] < 8  # resumes from the middle
+  killed = subprocess.run(
+      [sys.executable, '-c', KILL_SCRIPT, str(tmp_path), data_dir],
+      env=with_devices(dict(env, PYTHONPATH=TESTS_DIR), 1),
+      stderr=subprocess.DEVNULL, check=False)
+  assert killed.returncode == -signal.SIGKILL
+  assert checkpoint_steps(tmp_path) == [2, 4]
   run(env, tmp_path, data_dir)
   whole, resumed = records(one_device), records(tmp_path)
   assert [r['step'] for r in resumed] == list(range(1, 9))
@@ -197,7 +222,7 @@ def test_a_damaged_latest_checkpoint_is_saved_again(tmp_path, env, data_dir,
       '10', '6', '8', '8.unreadable']
   assert [r['step'] for r in records(workdir)] == list(range(1, 11))
   for which in ('best', 'latest', 8):  # all readable again
-    checkpoints.load_for_inference(workdir, which)
+    inference.TrainedModel.load(workdir, which)
 
 
 def test_a_config_that_changes_checkpoints_is_refused_before_writing(
@@ -215,7 +240,7 @@ def test_a_config_that_changes_checkpoints_is_refused_before_writing(
   assert 'model.mask_hidden 16 -> 32' in last and 'new --workdir' in last
   assert before == {path: path.read_bytes() for path in workdir.rglob('*')
                     if path.is_file()}
-  checkpoints.load_for_inference(workdir)  # sampling still works
+  inference.TrainedModel.load(workdir)  # sampling still works
   # A change that keeps what a checkpoint holds resumes, and is logged.
   result = run(env, workdir, data_dir, '--config.optim.learning_rate=0.0005',
                '--config.num_train_steps=9', check=False)
@@ -283,8 +308,8 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path, env, data_dir):
   skipped = [r['skipped'] for r in records(tmp_path / 'one')]
   assert skipped == [0, 0, 1, 0, 0, 0, 0, 0]
   assert records(tmp_path / 'one')[2]['loss'] is None  # NaN
-  _, _, updates = checkpoints.load_for_inference(tmp_path / 'one', 'latest')
-  assert updates == 7  # of 8 steps
+  model = inference.TrainedModel.load(tmp_path / 'one', 'latest')
+  assert (model.step, model.updates) == (8, 7)  # one of 8 steps skipped
 
   message = run_with_nan(env, tmp_path / 'many', data_dir, 4, 99)
   assert 'by step 6, 2 steps in a row' in message
@@ -313,31 +338,40 @@ def test_config_checks(tmp_path, data_dir):
   with pytest.raises(latents.LatentDataError, match='manifest.json'):
     train.train_and_evaluate(config, str(tmp_path / 'work'))
   config.data_dir = ''
-  with pytest.raises(train.ConfigError, match='config.data_dir is empty'):
+  with pytest.raises(run_config.ConfigError, match='config.data_dir is empty'):
     train.train_and_evaluate(config, str(tmp_path / 'work'))
   config.data_dir = data_dir
-  with pytest.raises(train.ConfigError, match='no workdir'):
+  with pytest.raises(run_config.ConfigError, match='no workdir'):
     train.train_and_evaluate(config, '')
   config.per_device_batch_size = 64
-  with pytest.raises(train.ConfigError, match='16 train pairs of 8-frame '
+  with pytest.raises(run_config.ConfigError, match='16 train pairs of 8-frame '
                      'clips, fewer than one global batch of 64'):
     train.train_and_evaluate(config, str(tmp_path / 'work'))
   config.eval_every_steps = 0
-  with pytest.raises(train.ConfigError, match='config.eval_every_steps'):
+  with pytest.raises(run_config.ConfigError, match='config.eval_every_steps'):
     train.train_and_evaluate(config, str(tmp_path / 'work'))
 
 
 def test_early_stopping_counts_validations_without_a_better_loss():
-  stopping = train.EarlyStopping()
+  stopping = train.early_stopping(4)
   for val_loss, since_best in [(3.0, 0), (2.0, 0), (2.5, 1), (2.0, 2),
                                (float('nan'), 3), (1.0, 0)]:
+    assert not stopping.should_stop
     stopping = stopping.update(val_loss)
-    assert stopping.evals_since_best == since_best
-  assert stopping.best_val_loss == 1.0
-  for _ in range(2):
-    stopping = stopping.update(1.5)
-  assert stopping.should_stop(2) and not stopping.should_stop(3)
-  assert not stopping.should_stop(0)  # patience 0: never
+    assert stopping.patience_count == since_best
+  assert stopping.best_metric == 1.0
+  for patience in (1, 2, 3):  # stops at the patience-th worse validation
+    stopping, stops = train.early_stopping(patience, 1.0), []
+    for _ in range(4):
+      stopping = stopping.update(1.5)
+      stops.append(stopping.should_stop)
+    assert stops == [update >= patience for update in range(1, 5)]
+  never = train.early_stopping(0, 1.0)  # patience 0: never
+  for _ in range(10):
+    never = never.update(1.5)
+  assert not never.should_stop
+  # A resumed run that had stopped stays stopped.
+  assert train.early_stopping(2, 1.0, evals_since_best=2).should_stop
 
 
 def test_skips_in_a_row_are_counted_across_windows():

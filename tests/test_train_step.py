@@ -229,9 +229,3 @@ def test_overfitting_two_pairs_learns_complementary_balanced_masks(
   assert float(start['balance']) > 0.2
   assert float(end['balance']) < 0.02
   assert float(end['loss']) < 0.5 * float(start['loss'])
-
-
-def test_compute_dtype_names_the_setting():
-  assert train_step.compute_dtype('bfloat16') == jnp.bfloat16
-  with pytest.raises(ValueError, match='model.compute_dtype'):
-    train_step.compute_dtype('float64')

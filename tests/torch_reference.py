@@ -296,6 +296,12 @@ def training_step(model, discriminator, optimizer, disc_optimizer, inputs,
   optimizer.step()
 
 
+def numpy_checkpoint(model, **extra):
+  """An original checkpoint of the model's weights, as numpy arrays."""
+  return {'model_state_dict': {key: value.numpy() for key, value in
+                               model.state_dict().items()}, **extra}
+
+
 def from_config(config):
   """(model, discriminator, optimizer, disc_optimizer) of a jingle_jax config,
   in training mode, with PyTorch's default initialisation."""

@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jingle_jax import baselines
+from jingle_jax.models.config import ModelConfig
 from jingle_jax.models.layers import Dropout
-from jingle_jax.models.layers import MultiheadAttention
 from jingle_jax.models.layers import linear
+from jingle_jax.models.layers import MultiheadAttention
 from jingle_jax.models.layers import torch_bias_init
 from jingle_jax.models.layers import torch_kernel_init
 from jingle_jax.models.mask_generator import CreativeAgent
@@ -26,7 +27,6 @@ from jingle_jax.models.mask_generator import example_rms
 
 LAYER_NORM_EPSILON = 1e-5  # PyTorch's default
 RMS_SCALE_RANGE = (0.7, 1.5)
-REMAT_CHOICES = ('none', 'attention', 'layers')
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,26 +80,22 @@ class SpectralNormDense(nn.Module):
 class EncoderLayer(nn.Module):
   """torch.nn.TransformerEncoderLayer: post-norm, exact GELU, FF width 4d."""
 
-  num_heads: int
-  dropout: float
-  attention_dropout: float
-  dtype: Any = jnp.float32
-  remat_attention: bool = False
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, x, deterministic: bool):
+    c = self.config
     width = x.shape[-1]
     norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPSILON,
-                             dtype=self.dtype)
-    drop = Dropout(self.dropout, deterministic=deterministic)
+                             dtype=c.dtype)
+    drop = Dropout(c.dropout, deterministic=deterministic)
     attended = MultiheadAttention(
-        self.num_heads, self.attention_dropout, self.dtype,
-        self.remat_attention, name='self_attn')(
-            x, deterministic=deterministic)
+        c.num_heads, c.attention_dropout, c.dtype, c.remat != 'none',
+        name='self_attn')(x, deterministic=deterministic)
     x = norm(name='norm1')(x + drop(attended))
-    hidden = nn.gelu(linear(4 * width, width, dtype=self.dtype,
+    hidden = nn.gelu(linear(4 * width, width, dtype=c.dtype,
                             name='linear1')(x), approximate=False)
-    hidden = linear(width, 4 * width, dtype=self.dtype,
+    hidden = linear(width, 4 * width, dtype=c.dtype,
                     name='linear2')(drop(hidden))
     return norm(name='norm2')(x + drop(hidden))
 
@@ -107,34 +103,26 @@ class EncoderLayer(nn.Module):
 class CascadeStage(nn.Module):
   """Positions -> LayerNorm -> L encoder layers -> LayerNorm -> projection."""
 
-  latent_dim: int
-  num_layers: int
-  num_heads: int
-  dropout: float
-  attention_dropout: float
-  max_len: int
-  dtype: Any = jnp.float32
-  remat: str = 'none'  # see CascadeTransformer.remat
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     """x [B, T, d] (d = 2D or 3D) -> [B, T, D] in the compute dtype."""
-    x = x + sinusoidal_positions(self.max_len, x.shape[-1])[:x.shape[1]]
-    x = Dropout(self.dropout, deterministic=not train)(x)
+    c = self.config
+    x = x + sinusoidal_positions(c.max_len, x.shape[-1])[:x.shape[1]]
+    x = Dropout(c.dropout, deterministic=not train)(x)
     norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPSILON,
-                             dtype=self.dtype)
+                             dtype=c.dtype)
     x = norm(name='input_norm')(x)
     layer_type = EncoderLayer
-    if self.remat == 'layers':  # keep matmul outputs, recompute the rest
+    if c.remat == 'layers':  # keep matmul outputs, recompute the rest
       layer_type = nn.remat(
           EncoderLayer, static_argnums=(2,),
           policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
-    for layer in range(self.num_layers):
-      x = layer_type(self.num_heads, self.dropout, self.attention_dropout,
-                     self.dtype, self.remat != 'none',
-                     name=f'layers_{layer}')(x, not train)
+    for layer in range(c.num_layers):
+      x = layer_type(c, name=f'layers_{layer}')(x, not train)
     x = norm(name='post_norm')(x)
-    return SpectralNormDense(self.latent_dim, dtype=self.dtype,
+    return SpectralNormDense(c.latent_dim, dtype=c.dtype,
                              name='output_proj')(x, update_stats=train)
 
 
@@ -160,49 +148,27 @@ class CascadeOutput:
 
 
 class CascadeTransformer(nn.Module):
-  """Masks the pair (creative agent or a fixed baseline), then S stages."""
+  """Masks the pair (creative agent or a fixed baseline), then S stages.
 
-  latent_dim: int = 128
-  num_stages: int = 3
-  num_layers: int = 6
-  num_heads: int = 8
-  dropout: float = 0.1
-  attention_dropout: float = 0.1
-  anti_cheating: float = 0.9
-  use_creative_agent: bool = True
-  fixed_masking: str = 'none'  # or a key of baselines.BASELINES (agent off)
-  hard_masks: bool = False
-  mask_hidden: int = 256
-  mask_heads: int = 4
-  max_len: int = 2000
-  dtype: Any = jnp.float32
-  # What the backward pass recomputes instead of storing: 'none'; the
-  # attention weights ('attention', O(T) instead of O(T^2) memory); or also
-  # all but the matmul outputs of each encoder layer ('layers').
-  remat: str = 'none'
+  The config's choices are checked by jingle_jax.run_config; the inputs
+  here.
+  """
+
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, inputs, targets, *, train: bool) -> CascadeOutput:
     """inputs, targets: float32 latents [B, T, D]."""
-    if self.use_creative_agent and self.fixed_masking != 'none':
-      raise ValueError('fixed_masking needs use_creative_agent=False')
-    if self.remat not in REMAT_CHOICES:
-      raise ValueError(f'remat {self.remat!r} is one of {REMAT_CHOICES}')
-    if self.fixed_masking not in ('none', *baselines.BASELINES):
-      raise ValueError(f'fixed_masking {self.fixed_masking!r} is none or one '
-                       f'of {sorted(baselines.BASELINES)}')
+    c = self.config
     if inputs.shape != targets.shape:
       raise ValueError(f'inputs {inputs.shape} and targets {targets.shape} '
                        'differ in shape')
-    if inputs.shape[1] > self.max_len:
+    if inputs.shape[1] > c.max_len:
       raise ValueError(f'{inputs.shape[1]} frames exceed max_len '
-                       f'{self.max_len} of the positional table')
-    if self.use_creative_agent:
-      x, y, input_mask, target_mask = CreativeAgent(
-          self.latent_dim, self.mask_hidden, self.mask_heads,
-          self.attention_dropout, self.hard_masks, self.dtype,
-          self.remat != 'none', name='creative_agent')(
-              inputs, targets, train=train)
+                       f'{c.max_len} of the positional table')
+    if c.use_creative_agent:
+      x, y, input_mask, target_mask = CreativeAgent(c, name='creative_agent')(
+          inputs, targets, train=train)
     else:
       input_mask, target_mask = self._fixed_masks(inputs, targets, train)
       x, y = inputs * input_mask, targets * target_mask
@@ -212,7 +178,7 @@ class CascadeTransformer(nn.Module):
     reference_rms = jnp.sqrt((example_rms(x) ** 2 + example_rms(y) ** 2) / 2)
     noisy_x = self._anti_cheating_noise(x, train)  # once, shared by stages
     previous, scales = None, []
-    for stage in range(self.num_stages):
+    for stage in range(c.num_stages):
       if previous is None:
         stage_input = jnp.concatenate([noisy_x, y], axis=-1)
         residual = (x + y) / 2
@@ -220,11 +186,8 @@ class CascadeTransformer(nn.Module):
         stage_input = jnp.concatenate(
             [noisy_x, previous, self._anti_cheating_noise(y, train)], axis=-1)
         residual = (x + previous + y) / 3
-      projected = CascadeStage(
-          self.latent_dim, self.num_layers, self.num_heads, self.dropout,
-          self.attention_dropout, self.max_len, self.dtype,
-          self.remat, name=f'cascade_stages_{stage}')(
-              stage_input, train=train)
+      projected = CascadeStage(c, name=f'cascade_stages_{stage}')(
+          stage_input, train=train)
       out = projected.astype(jnp.float32) + residual
       # Each stage's output is rescaled, and the next stage sees it scaled.
       scale = jnp.clip(reference_rms / (example_rms(out) + 1e-8),
@@ -235,16 +198,17 @@ class CascadeTransformer(nn.Module):
                          jnp.stack(scales, axis=1))
 
   def _fixed_masks(self, inputs, targets, train):
-    if self.fixed_masking == 'none':
+    if self.config.fixed_masking == 'none':
       ones = jnp.ones_like(inputs)
       return ones, ones
     # Only `spectral` draws; evaluation uses a fixed draw to stay deterministic.
     key = self.make_rng('noise') if train else jax.random.key(0)
-    return baselines.BASELINES[self.fixed_masking](inputs, targets, key)
+    return baselines.BASELINES[self.config.fixed_masking](inputs, targets,
+                                                          key)
 
   def _anti_cheating_noise(self, x, train):
     """Training only: x + N(0, 1) * a * std(x), std over the whole batch."""
-    if not train or self.anti_cheating == 0.0:
+    if not train or self.config.anti_cheating == 0.0:
       return x
     noise = jax.random.normal(self.make_rng('noise'), x.shape, x.dtype)
-    return x + noise * (self.anti_cheating * jnp.std(x, ddof=1))
+    return x + noise * (self.config.anti_cheating * jnp.std(x, ddof=1))

@@ -4,15 +4,14 @@ Layout is [B, T, D]. Submodule names follow the PyTorch checkpoint keys
 (`input_analyzer.0` -> `input_analyzer/layers_0`, and so on).
 """
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jingle_jax.models.layers import MultiheadAttention
+from jingle_jax.models.config import ModelConfig
 from jingle_jax.models.layers import conv1d
 from jingle_jax.models.layers import linear
+from jingle_jax.models.layers import MultiheadAttention
 
 
 def example_rms(x):
@@ -28,41 +27,37 @@ def restore_rms(masked, reference):
 class AttentionMaskGenerator(nn.Module):
   """Soft (or Gumbel straight-through hard) masks for an input/target pair."""
 
-  latent_dim: int = 128
-  hidden_dim: int = 256
-  num_heads: int = 4
-  attention_dropout: float = 0.1
-  hard: bool = False
-  dtype: Any = jnp.float32
-  remat_attention: bool = False
+  config: ModelConfig
 
   def setup(self):
+    c = self.config
+
     def conv(features, kernel_size, in_channels):
       return conv1d(features, kernel_size, in_channels, padding='SAME',
-                    dtype=self.dtype)
+                    dtype=c.dtype)
 
-    hidden = self.hidden_dim
+    hidden = c.mask_hidden
 
     def analyzer():
-      return nn.Sequential([conv(hidden, 3, self.latent_dim), nn.relu,
+      return nn.Sequential([conv(hidden, 3, c.latent_dim), nn.relu,
                             conv(hidden, 3, hidden), nn.relu])
 
     def mask_head():  # mask logits; the sigmoid comes after
       return nn.Sequential([conv(hidden // 2, 3, hidden), nn.relu,
-                            conv(self.latent_dim, 1, hidden // 2)])
+                            conv(c.latent_dim, 1, hidden // 2)])
 
     self.input_analyzer = analyzer()
     self.target_analyzer = analyzer()
     self.cross_attention = MultiheadAttention(
-        self.num_heads, self.attention_dropout, self.dtype,
-        self.remat_attention)
+        c.mask_heads, c.attention_dropout, c.dtype, c.remat != 'none')
     self.input_mask_generator = mask_head()
     self.target_mask_generator = mask_head()
 
   def __call__(self, inputs, targets, *, train: bool):
     """Returns (input_mask, target_mask), float32 [B, T, D] in [0, 1]."""
-    input_features = self.input_analyzer(inputs.astype(self.dtype))
-    target_features = self.target_analyzer(targets.astype(self.dtype))
+    dtype = self.config.dtype
+    input_features = self.input_analyzer(inputs.astype(dtype))
+    target_features = self.target_analyzer(targets.astype(dtype))
     # The shared attention runs both directions (input queries target, target
     # queries input) as one call on a doubled batch.
     attended = self.cross_attention(
@@ -73,7 +68,7 @@ class AttentionMaskGenerator(nn.Module):
     input_logits = self.input_mask_generator(input_attended)
     target_logits = self.target_mask_generator(target_attended)
     input_logits = input_logits.astype(jnp.float32)
-    if self.hard:
+    if self.config.hard_masks:
       # The target head stays in the model (same parameters as soft masks);
       # its unused output is dropped by the compiler.
       input_mask = self._hard_mask(input_logits, train)
@@ -99,23 +94,25 @@ class AttentionMaskGenerator(nn.Module):
 class StyleDiscriminator(nn.Module):
   """Real/fake and style scores of a latent pattern (~198K parameters)."""
 
-  latent_dim: int = 128
-  dtype: Any = jnp.float32
+  config: ModelConfig
 
   def setup(self):
+    dtype = self.config.dtype
+
     def down(features, in_channels):  # Conv1d(k4, s2, p1) halves the frames
       return conv1d(features, 4, in_channels, strides=(2,),
-                    padding=((1, 1),), dtype=self.dtype)
+                    padding=((1, 1),), dtype=dtype)
 
     leaky = lambda x: nn.leaky_relu(x, 0.2)
-    self.encoder = nn.Sequential([down(64, self.latent_dim), leaky,
+    self.encoder = nn.Sequential([down(64, self.config.latent_dim), leaky,
                                   down(128, 64), leaky, down(256, 128), leaky])
-    self.classifier = linear(1, 256, dtype=self.dtype)
-    self.style_matcher = linear(1, 512, dtype=self.dtype)
+    self.classifier = linear(1, 256, dtype=dtype)
+    self.style_matcher = linear(1, 512, dtype=dtype)
 
   def __call__(self, pattern):
     """pattern [B, T, D] -> (real_fake_score [B], style_score [B])."""
-    features = self.encoder(pattern.astype(self.dtype)).astype(jnp.float32)
+    features = self.encoder(pattern.astype(self.config.dtype)).astype(
+        jnp.float32)
     mean = jnp.mean(features, axis=1)
     std = jnp.std(features, axis=1, ddof=1)
     real_fake = jax.nn.sigmoid(self.classifier(mean))[:, 0]
@@ -127,20 +124,11 @@ class StyleDiscriminator(nn.Module):
 class CreativeAgent(nn.Module):
   """Mask generator plus the style discriminator that judges patterns."""
 
-  latent_dim: int = 128
-  hidden_dim: int = 256
-  num_heads: int = 4
-  attention_dropout: float = 0.1
-  hard_masks: bool = False
-  dtype: Any = jnp.float32
-  remat_attention: bool = False
+  config: ModelConfig
 
   def setup(self):
-    self.mask_generator = AttentionMaskGenerator(
-        self.latent_dim, self.hidden_dim, self.num_heads,
-        self.attention_dropout, self.hard_masks, self.dtype,
-        self.remat_attention)
-    self.discriminator = StyleDiscriminator(self.latent_dim, self.dtype)
+    self.mask_generator = AttentionMaskGenerator(self.config)
+    self.discriminator = StyleDiscriminator(self.config)
 
   def __call__(self, inputs, targets, *, train: bool):
     """generate_creative_masks: masked, RMS-restored latents and the masks.

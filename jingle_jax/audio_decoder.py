@@ -1,0 +1,129 @@
+"""EnCodec's decoder in JAX with a latent dataset's weights: latents -> audio.
+
+precompute (which has torch) converts the EnCodec model it encodes with into
+DECODER_FILE beside the manifest: msgpack of {'encodec_weights': the
+manifest's identity of the weights, 'params': EncodecDecoder's parameters},
+and records the file name in the manifest's 'decoder' field. This side reads
+it without torch and refuses a file whose identity is not the manifest's.
+
+Songs are decoded as precompute.decode decodes them: in consecutive 16 s
+chunks (1,200 frames), each on its own. A last chunk of at least
+PADDED_FRAMES frames is padded with zeros to 1,200 and its audio cut back
+(the decoder is causal), so every chunk compiles to one shape.
+"""
+
+import functools
+import os
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jingle_jax import files
+from jingle_jax import latents
+from jingle_jax.models import encodec_decoder
+
+DECODER_FILE = 'decoder.msgpack'
+CHUNK_FRAMES = 16 * latents.FRAME_RATE
+# The first convolution (kernel 7) reflects 6 frames: a chunk shorter than 7
+# frames reflects its own end, so zeros after it would change its audio.
+PADDED_FRAMES = 7
+
+
+class DecoderError(ValueError):
+  """No usable decoder weights; the message names the file at fault."""
+
+
+def write(out_dir, params, encodec_weights: str) -> str:
+  """Writes out_dir/DECODER_FILE atomically; returns its path."""
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(os.fspath(out_dir), DECODER_FILE)
+  tree = {'encodec_weights': encodec_weights,
+          'params': jax.tree.map(np.asarray, params)}
+  with files.atomic_write(path) as f:
+    f.write(flax.serialization.msgpack_serialize(tree))
+  return path
+
+
+def read(dataset: latents.LatentDataset) -> dict:
+  """The decoder parameters a dataset records, its weights' identity
+  checked against the manifest's."""
+  manifest = dataset.manifest
+  name = manifest.get('decoder')
+  if name is None:
+    raise DecoderError(
+        f'{dataset.manifest_path} records no decoder: run python -m '
+        'precompute.export_decoder --manifest on it (or precompute.encode '
+        'again) to write one')
+  if not isinstance(name, str) or os.path.basename(name) != name:
+    raise DecoderError(f'{dataset.manifest_path}: field \'decoder\' is '
+                       f'{name!r}, not a file name')
+  path = os.path.join(os.path.dirname(dataset.manifest_path), name)
+  try:
+    with open(path, 'rb') as f:
+      tree = flax.serialization.msgpack_restore(f.read())
+  except FileNotFoundError:
+    raise DecoderError(f'{path}: decoder weights are missing') from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise DecoderError(f'{path}: unreadable decoder weights: {e}') from None
+  recorded = manifest['encodec_weights']
+  if not isinstance(tree, dict) or 'params' not in tree:
+    raise DecoderError(f'{path}: not a decoder weights file')
+  if tree.get('encodec_weights') != recorded:
+    raise DecoderError(
+        f'{path} holds the decoder of EnCodec weights '
+        f'{tree.get("encodec_weights")}, but {dataset.manifest_path} was '
+        f'encoded with {recorded}: refusing to decode with other weights '
+        'than the encoder\'s')
+  expected = jax.eval_shape(
+      encodec_decoder.EncodecDecoder().init, jax.random.key(0),
+      jnp.zeros((1, PADDED_FRAMES, latents.LATENT_DIM)))['params']
+  shapes = jax.tree.map(np.shape, tree['params'])
+  if shapes != jax.tree.map(lambda x: x.shape, expected):
+    raise DecoderError(f'{path}: parameters do not fit EnCodec\'s 24 kHz '
+                       'decoder')
+  return tree['params']
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_decoder(dtype=jnp.float32, remat: bool = False):
+  """jit(params, latents [B, T, 128]) -> audio [B, T x 320]."""
+  return jax.jit(encodec_decoder.EncodecDecoder(dtype, remat).apply)
+
+
+def chunks(lengths, chunk: int = CHUNK_FRAMES):
+  """(item, start) of the consecutive chunks of items of these lengths."""
+  return [(item, start) for item, length in enumerate(lengths)
+          for start in range(0, length, chunk)]
+
+
+def decode(params, clips, batch_size: int = 4) -> list[np.ndarray]:
+  """Latents [frames, 128] each -> mono 24 kHz float32 audio of
+  frames x 320 samples each, 16 s chunks batch_size at a time."""
+  apply = compiled_decoder()
+  pieces = chunks([len(clip) for clip in clips])
+  lengths = [min(CHUNK_FRAMES, len(clips[item]) - start)
+             for item, start in pieces]
+  # Chunks of one padded length go together, in order.
+  groups = {}
+  for index, length in enumerate(lengths):
+    padded = CHUNK_FRAMES if length >= PADDED_FRAMES else length
+    groups.setdefault(padded, []).append(index)
+  outputs = [None] * len(pieces)
+  for padded, indices in groups.items():
+    # One batch shape per group: its last batch is filled up with zeros.
+    size = min(batch_size, len(indices))
+    for start in range(0, len(indices), size):
+      batch = indices[start:start + size]
+      frames = np.zeros((size, padded, latents.LATENT_DIM), np.float32)
+      for row, index in enumerate(batch):
+        item, offset = pieces[index]
+        frames[row, :lengths[index]] = clips[item][offset:offset + padded]
+      audio = np.asarray(apply({'params': params}, frames))
+      for row, index in enumerate(batch):
+        outputs[index] = audio[row, :lengths[index] * encodec_decoder.HOP]
+  audio = [[] for _ in clips]
+  for (item, _), output in zip(pieces, outputs):
+    audio[item].append(output)
+  return [np.concatenate(parts) for parts in audio]
