@@ -6,7 +6,7 @@
 #   precompute  python -m precompute.encode ARGS
 #   decode      python -m precompute.decode ARGS
 #   train       python -m jingle_jax.train ARGS (one host; see README for srun)
-#   sample      python -m jingle_jax.sample ARGS
+#   sample      python -m jingle_jax.sample --wav ARGS (latents and audio)
 #   arrange     python -m precompute.arrange ARGS (two audio files -> a wav)
 #   demo        synthesize demo songs -> precompute -> train -> sample -> decode
 set -euo pipefail
@@ -68,35 +68,6 @@ setup() {
   say "environment ready: $VENV ($("$PY" -c 'import jax; print("jax", jax.__version__, jax.default_backend())'))"
 }
 
-# The value of flag $1 among the remaining arguments (--flag V or --flag=V).
-flag_value() {
-  local name=$1; shift
-  while [[ $# -gt 0 ]]; do
-    case $1 in
-      "$name") echo "${2:-}"; return ;;
-      "$name"=*) echo "${1#*=}"; return ;;
-    esac
-    shift
-  done
-}
-
-# jingle_jax.sample, then each dataset sample decoded to wav beside its .npy.
-sample() {
-  "$PY" -m jingle_jax.sample "$@"
-  local out summary manifest
-  out=$(flag_value --out-dir "$@")
-  summary="$out/samples.json"
-  if [[ ! -f $summary ]]; then
-    say "no dataset behind a single pair: decode with 'decode --manifest M'"
-    return
-  fi
-  manifest=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["data_dir"])' "$summary")/manifest.json
-  for directory in "$out"/sample_*/; do
-    "$PY" -m precompute.decode --manifest "$manifest" --out-dir "$directory" \
-      "$directory"input.npy "$directory"target.npy "$directory"output.npy
-  done
-}
-
 demo() {
   local run=${DEMO_DIR:-$ROOT/runs/demo}
   local weights=()
@@ -111,7 +82,8 @@ demo() {
   "$PY" -m precompute.encode --audio-dir "$run/audio" --out-dir "$run/latents" "${weights[@]}"
   "$PY" -m jingle_jax.train --config configs/demo.py --workdir "$run/train" \
     --config.data_dir="$run/latents"
-  sample --workdir "$run/train" --num-samples 2 --out-dir "$run/samples"
+  "$PY" -m jingle_jax.sample --wav --workdir "$run/train" --num-samples 2 \
+    --out-dir "$run/samples"
   "$PY" -m jingle_jax.evaluate --workdir "$run/train" --out-dir "$run/evaluation"
   say "decoded samples:  $run/samples/sample_*/{input,target,output}.wav"
   say "mask pictures:    $run/samples/sample_*/masks.png"
@@ -130,7 +102,7 @@ case $verb in
   # Under srun every task runs this line: set up once beforehand, not racing.
   train) [[ -n ${SLURM_PROCID:-} && -x $PY ]] || setup
          exec "$PY" -m jingle_jax.train "$@" ;;
-  sample) setup; sample "$@" ;;
+  sample) setup; exec "$PY" -m jingle_jax.sample --wav "$@" ;;
   arrange) setup; exec "$PY" -m precompute.arrange "$@" ;;
   demo) setup; demo ;;
   *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;

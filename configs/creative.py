@@ -36,6 +36,11 @@ def get_config():
   config.keep_checkpoints = 3  # newest checkpoints kept, plus the best one.
   config.early_stopping_patience = 20  # evals with no lower val loss; 0: off.
   config.max_consecutive_skips = 10  # non-finite steps in a row -> error.
+  # TensorBoard's pictures and audio: the masks of the first validation
+  # pairs and, when the dataset has decoder weights, their input, target and
+  # output decoded, at every media_every_evals-th validation.
+  config.media_pairs = 2  # validation pairs shown; 0: none.
+  config.media_every_evals = 5  # validations between them.
 
   config.model = model = ml_collections.ConfigDict()
   model.num_stages = 3  # cascade stages (stage 0 d=2D, later stages d=3D).

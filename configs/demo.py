@@ -24,6 +24,7 @@ def get_config():
   config.log_every_steps = 5  # 4 train records per epoch.
   config.checkpoint_every_epochs = 5  # and on every better validation.
   config.early_stopping_patience = 5  # of the 10 validations.
+  config.media_every_evals = 1  # TensorBoard pictures and audio every epoch.
 
   model = config.model
   model.num_stages = 2  # stage 0 and one refining stage.

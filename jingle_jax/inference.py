@@ -78,7 +78,7 @@ class TrainedModel:
 
     Returns numpy (output, input_mask, target_mask), each [N, T, D].
     """
-    apply = _compiled_apply(run_config.model_config(self.config))
+    apply = compiled_apply(run_config.model_config(self.config))
     parts = []
     for indices, count in input_pipeline.padded_batches(
         len(inputs), min(batch_size, len(inputs))):
@@ -89,7 +89,7 @@ class TrainedModel:
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_apply(model_config):
+def compiled_apply(model_config):
   """The model's jitted evaluation apply, one per model config."""
   return jax.jit(functools.partial(CascadeTransformer(model_config).apply,
                                    train=False))

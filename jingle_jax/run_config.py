@@ -18,10 +18,10 @@ from jingle_jax.models.config import REMAT_CHOICES
 
 _POSITIVE = ('per_device_batch_size', 'num_frames', 'num_epochs',
              'log_every_steps', 'checkpoint_every_epochs', 'keep_checkpoints',
-             'max_consecutive_skips', 'prefetch_batches')
+             'max_consecutive_skips', 'prefetch_batches', 'media_every_evals')
 _POSITIVE_OR_PER_EPOCH = ('num_train_steps', 'eval_every_steps',
                           'checkpoint_every_steps')  # -1: follows epochs
-_NOT_NEGATIVE = ('window_hop', 'early_stopping_patience')
+_NOT_NEGATIVE = ('window_hop', 'early_stopping_patience', 'media_pairs')
 _POSITIVE_MODEL = ('latent_dim', 'num_stages', 'num_layers', 'num_heads',
                    'mask_hidden', 'mask_heads', 'max_len')
 # Fields added since configs were first recorded in workdirs, with the value
@@ -35,6 +35,8 @@ _ADDED_FIELDS = (
     ('loss.temporal_weight', 5.0),
     ('optim.disc_b1', 0.9),
     ('optim.disc_b2', 0.999),
+    ('media_pairs', 0),
+    ('media_every_evals', 1),
 )
 
 

@@ -1,4 +1,5 @@
-"""What a training run shows: metrics.jsonl, TensorBoard, a progress bar.
+"""What a training run shows: metrics.jsonl, TensorBoard (scalars, notes,
+pictures, audio), a progress bar.
 
 Only process 0 writes; elsewhere every method does nothing. A run resumed
 from step s drops the records after s that a killed run left behind, so
@@ -12,6 +13,7 @@ import sys
 
 from absl import logging
 import jax
+import numpy as np
 import tqdm
 
 from jingle_jax import files
@@ -88,6 +90,17 @@ class RunLog:
     if split == 'train':
       self._bar.set_postfix({name: f'{metrics[name]:.4f}'
                              for name in BAR_METRICS if name in metrics})
+
+  def image(self, step: int, tag: str, pixels) -> None:
+    """An RGB picture [H, W, 3] uint8 in TensorBoard's images tab."""
+    if self._active:
+      self._tensorboard.add_image(tag, pixels, step, dataformats='HWC')
+
+  def audio(self, step: int, tag: str, samples, sample_rate: int) -> None:
+    """Mono audio in TensorBoard's audio tab (clipped to [-1, 1])."""
+    if self._active:
+      self._tensorboard.add_audio(tag, np.clip(samples, -1.0, 1.0), step,
+                                  sample_rate=sample_rate)
 
   def advance(self, steps: int = 1) -> None:
     if self._active:

@@ -21,6 +21,10 @@ the input in the same song); with it, each input gets the target window of a
 random pair of another song.
 
 One given pair: O/output.npy, O/input_mask.npy, O/target_mask.npy, masks.png.
+
+--wav also writes each latent .npy decoded to 24 kHz audio beside it
+(NAME.wav), with the JAX EnCodec decoder of the run's dataset (or
+--data-dir's): no torch.
 """
 
 import json
@@ -30,11 +34,14 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from jingle_jax import audio_decoder
 from jingle_jax import checkpoints
 from jingle_jax import cli
+from jingle_jax import decode
 from jingle_jax import files
 from jingle_jax import inference
 from jingle_jax import input_pipeline
+from jingle_jax import latents
 from jingle_jax import losses
 
 MASK_STATISTICS = ('complementarity', 'overlap', 'coverage',
@@ -78,33 +85,54 @@ def save_mask_picture(arrays: dict, path, title='') -> None:
       arrays['input_mask'], arrays['target_mask'], title), path)
 
 
-def write_pair(directory, normaliser, arrays: dict, saved, title='') -> None:
+def write_pair(directory, normaliser, arrays: dict, saved, title='') -> dict:
   """Saves the `saved` arrays of one pair and draws its mask picture.
 
   arrays: input, target and output in the model's space, and the two masks,
   each [T, D]; latents are saved raw (denormalised), masks as they are.
+  Returns {path without suffix: raw latents} of the latents saved.
   """
   os.makedirs(directory, exist_ok=True)
+  written = {}
   for name in saved:
     array = arrays[name]
     raw = array if name.endswith('_mask') else normaliser.denormalise(array)
-    save_npy(os.path.join(directory, f'{name}.npy'), raw)
+    path = os.path.join(directory, name)
+    save_npy(path + '.npy', raw)
+    if not name.endswith('_mask'):
+      written[path] = raw
   save_mask_picture(arrays, os.path.join(directory, 'masks.png'), title)
+  return written
+
+
+def decoder_for(wav: bool, data_dir):
+  """The dataset's decoder parameters when wav files are asked for."""
+  return audio_decoder.read(latents.LatentDataset(data_dir)) if wav else None
+
+
+def save_wavs(decoder_params, clips: dict) -> None:
+  """PATH.wav, the 24 kHz audio of each {PATH: raw latents}."""
+  if decoder_params is None:
+    return
+  audio = audio_decoder.decode(decoder_params, list(clips.values()))
+  for path, samples in zip(clips, audio):
+    decode.write_wav(path + '.wav', samples)
 
 
 def sample_dataset(workdir, out_dir, *, which='best', num_samples=4,
                    shuffle_targets=False, split='val', batch_size=8,
-                   data_dir=None) -> dict:
+                   data_dir=None, wav=False) -> dict:
   """Writes the samples of a split and samples.json; returns its content."""
   model = inference.TrainedModel.load(workdir, which, data_dir=data_dir)
   data_dir = data_dir or model.config.data_dir
+  decoder_params = decoder_for(wav, data_dir)
   pairs = input_pipeline.dataset_pairs(model.config, data_dir, split)
   inputs, targets = choose_pairs(pairs, num_samples, shuffle_targets,
                                  model.config.seed)
   batch = pairs.read(inputs, targets)
   output, input_mask, target_mask = model.run(batch['input'], batch['target'],
                                               batch_size)
-  samples = []
+  samples, clips = [], {}
   for i, (input_pair, target_pair) in enumerate(zip(inputs, targets)):
     name = f'sample_{i:03d}'
     arrays = {'input': batch['input'][i], 'target': batch['target'][i],
@@ -114,11 +142,12 @@ def sample_dataset(workdir, out_dir, *, which='best', num_samples=4,
               'input': window_record(pairs, input_pair, 0),
               'target': window_record(pairs, target_pair, pairs.window)}
     title = f'{record["input"]["song"]} + {record["target"]["song"]}'
-    write_pair(os.path.join(out_dir, name), model.normaliser, arrays,
-               saved=arrays, title=title)
+    clips.update(write_pair(os.path.join(out_dir, name), model.normaliser,
+                            arrays, saved=arrays, title=title))
     statistics = losses.mask_metrics(input_mask[i][None], target_mask[i][None])
     record.update({k: float(statistics[k]) for k in MASK_STATISTICS})
     samples.append(record)
+  save_wavs(decoder_params, clips)
   summary = {'workdir': os.path.abspath(workdir),
              'data_dir': os.path.abspath(data_dir),
              'checkpoint': str(which),
@@ -149,7 +178,7 @@ def read_clip(path, flag: str, latent_dim: int, max_frames: int):
 
 
 def sample_pair(workdir, input_path, target_path, out_dir, *, which='best',
-                data_dir=None) -> int:
+                data_dir=None, wav=False) -> int:
   """Runs one given pair; writes output and masks. Returns the step."""
   config = checkpoints.read_config(workdir)  # checks the files before loading
   dim, max_frames = config.model.latent_dim, config.model.max_len
@@ -159,10 +188,11 @@ def sample_pair(workdir, input_path, target_path, out_dir, *, which='best',
     raise PairError(f'--input {input_path} has {len(raw_input)} frames, '
                     f'--target {target_path} {len(raw_target)}; they must '
                     'match')
+  decoder_params = decoder_for(wav, data_dir or config.data_dir)
   model = inference.TrainedModel.load(workdir, which, data_dir=data_dir)
-  write_pair(out_dir, model.normaliser, model_pair(model, raw_input,
-                                                  raw_target),
-             saved=('output', 'input_mask', 'target_mask'))
+  save_wavs(decoder_params, write_pair(
+      out_dir, model.normaliser, model_pair(model, raw_input, raw_target),
+      saved=('output', 'input_mask', 'target_mask')))
   return model.step
 
 
@@ -194,6 +224,8 @@ def define_flags():
   flags.DEFINE_string('data-dir', None, 'Latent dataset (for its statistics '
                       'and pairs); default: config.data_dir of the run.')
   flags.DEFINE_string('out-dir', None, 'Where the samples are written.')
+  flags.DEFINE_bool('wav', False, 'Also decode the latents to .wav beside '
+                    'their .npy (the dataset\'s decoder weights, no torch).')
 
 
 def run(f) -> None:
@@ -203,13 +235,14 @@ def run(f) -> None:
   which = checkpoints.parse_which(f.checkpoint)
   if f.input is not None:
     step = sample_pair(f.workdir, f.input, f.target, out_dir, which=which,
-                       data_dir=f['data-dir'].value)
+                       data_dir=f['data-dir'].value, wav=f.wav)
     print(f'checkpoint step {step}: {out_dir}/output.npy')
     return
   summary = sample_dataset(
       f.workdir, out_dir, which=which, num_samples=f['num-samples'].value,
       shuffle_targets=f['shuffle-targets'].value, split=f.split,
-      batch_size=f['batch-size'].value, data_dir=f['data-dir'].value)
+      batch_size=f['batch-size'].value, data_dir=f['data-dir'].value,
+      wav=f.wav)
   for record in summary['samples']:
     print(os.path.join(out_dir, record['name']))
 

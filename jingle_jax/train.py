@@ -31,6 +31,7 @@ import numpy as np
 from jingle_jax import checkpoints
 from jingle_jax import input_pipeline
 from jingle_jax import latents
+from jingle_jax import media_log
 from jingle_jax import parallel
 from jingle_jax import run_config
 from jingle_jax import run_log
@@ -72,7 +73,8 @@ class Schedule:
 
 
 def load_pairs(config, global_batch_size):
-  """(train pairs, val pairs): training fills a global batch at least."""
+  """(dataset, train pairs, val pairs): training fills a global batch at
+  least."""
   dataset = latents.LatentDataset(config.data_dir)
   if dataset.mean.shape != (config.model.latent_dim,):
     raise run_config.ConfigError(
@@ -89,7 +91,7 @@ def load_pairs(config, global_batch_size):
   if not len(val_pairs):
     raise run_config.ConfigError(
         f'{config.data_dir}: no val pair of {config.num_frames}-frame clips')
-  return train_pairs, val_pairs
+  return dataset, train_pairs, val_pairs
 
 
 def compile_steps(config, mesh, rng):
@@ -233,7 +235,7 @@ def train_and_evaluate(config, workdir):
   mesh = parallel.make_mesh()
   split = parallel.data_sharding(mesh)
   batch_size = config.per_device_batch_size * jax.device_count()
-  train_pairs, val_pairs = load_pairs(config, batch_size)
+  dataset, train_pairs, val_pairs = load_pairs(config, batch_size)
   schedule = Schedule.from_config(config, input_pipeline.steps_per_epoch(
       len(train_pairs), batch_size))
   logging.info('%d train / %d val pairs, %d steps per epoch of %d pairs on '
@@ -245,6 +247,7 @@ def train_and_evaluate(config, workdir):
   manager = checkpoints.open_manager(workdir, config)
   state, position, rng, stopping = init_or_restore(config, mesh, manager)
   train, evaluate = compile_steps(config, mesh, rng)
+  media = media_log.ValidationMedia(config, val_pairs, dataset)
   batches = input_pipeline.prefetch_to_devices(
       input_pipeline.train_batches(
           train_pairs, seed=config.seed, global_batch_size=batch_size,
@@ -298,6 +301,8 @@ def train_and_evaluate(config, workdir):
                                  batch_size)
           val_loss = val_metrics['loss']
           log.write(position, 'val', val_metrics)
+          if media.due(position // schedule.eval_every):
+            media.write(log, position, state)
           stopping = stopping.update(val_loss)
           if stopping.has_improved:
             save(val_loss)

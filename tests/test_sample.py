@@ -10,13 +10,16 @@ import jax
 import numpy as np
 from PIL import Image
 import pytest
+import soundfile
 
+from jingle_jax import audio_decoder
 from jingle_jax import checkpoints
 from jingle_jax import inference
 from jingle_jax import input_pipeline
 from jingle_jax import latents
 from jingle_jax import sample
 from jingle_jax import train_step
+from jingle_jax.models import encodec_decoder
 import latent_data
 import train_config
 
@@ -25,15 +28,20 @@ SCALE, OFFSET = 3.0, 5.0  # raw latents far from standardised ones
 
 
 def write_dataset(path, songs: dict, seed=0) -> dict:
-  """A latent dataset of random songs {id: (split, frames)}; returns the raw
-  latents {id: [frames, 128]}."""
+  """A latent dataset of random songs {id: (split, frames)} with decoder
+  weights (Flax's initialisation; no torch); returns the raw latents
+  {id: [frames, 128]}."""
+  decoder = encodec_decoder.EncodecDecoder().init(
+      jax.random.key(seed), np.zeros((1, 7, latents.LATENT_DIM)))['params']
+  audio_decoder.write(path, decoder, 'random:0')
   rng = np.random.default_rng(seed)
   raw = {song_id: (OFFSET + SCALE * rng.normal(
       size=(frames, latents.LATENT_DIM))).astype(np.float32)
          for song_id, (_, frames) in songs.items()}
   latent_data.write_dataset(path, {song_id: (split, raw[song_id])
                                    for song_id, (split, _) in songs.items()},
-                            dtype='float32')
+                            dtype='float32',
+                            decoder=audio_decoder.DECODER_FILE)
   return raw
 
 
@@ -195,3 +203,22 @@ def test_command_line_runs_a_given_pair_like_the_dataset_pair(run, sampled,
   assert bad.returncode != 0
   assert 'no checkpoint 7' in bad.stderr
   assert 'Traceback' not in bad.stderr
+
+
+def test_wav_files_are_the_decoded_latents(run, tmp_path):
+  workdir = run[0]
+  sample.sample_dataset(workdir, tmp_path / 'out', num_samples=1, wav=True)
+  dataset = latents.LatentDataset(checkpoints.read_config(workdir).data_dir)
+  params = audio_decoder.read(dataset)
+  for name in ('input', 'target', 'output'):
+    path = tmp_path / 'out' / 'sample_000' / name
+    audio, rate = soundfile.read(f'{path}.wav', dtype='float32')
+    expected, = audio_decoder.decode(params, [np.load(f'{path}.npy')])
+    assert rate == 24_000 and audio.shape == (FRAMES * 320,)
+    np.testing.assert_allclose(audio, expected, atol=1e-5)
+
+  bare = tmp_path / 'bare'  # a dataset without decoder weights
+  latent_data.write_dataset(bare, {'a': ('train', np.ones((40, 128)))})
+  with pytest.raises(audio_decoder.DecoderError, match='records no decoder'):
+    sample.sample_dataset(workdir, tmp_path / 'none', wav=True, data_dir=bare)
+  assert not (tmp_path / 'none').exists()

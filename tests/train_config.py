@@ -11,6 +11,7 @@ def get_config():
   config.log_every_steps = 1
   config.eval_every_steps = 4
   config.checkpoint_every_steps = 2
+  config.media_pairs = 0  # on in the tests of TensorBoard's media only
   model = config.model
   model.num_stages = 2
   model.num_layers = 1

@@ -1,0 +1,70 @@
+"""What TensorBoard shows of a few validation pairs while training: their mask
+pictures and, when the dataset has decoder weights, their input, target and
+output decoded to audio (the original's users listened every few epochs).
+
+The first config.media_pairs matched validation pairs, at every
+config.media_every_evals-th validation. Every process runs the model on them
+(its parameters are global arrays); process 0 draws, decodes and writes.
+"""
+
+from absl import logging
+import jax
+import numpy as np
+
+from jingle_jax import audio_decoder
+from jingle_jax import inference
+from jingle_jax import latents
+from jingle_jax import run_config
+
+CLIPS = ('input', 'target', 'output')
+
+
+class ValidationMedia:
+  """Mask pictures and audio of the first validation pairs, for RunLog."""
+
+  def __init__(self, config, val_pairs, dataset: latents.LatentDataset):
+    self.every = config.media_every_evals
+    count = min(config.media_pairs, len(val_pairs))
+    indices = np.arange(count)
+    self.batch = val_pairs.read(indices, indices) if count else None
+    self.normaliser = val_pairs.normaliser
+    self.apply = inference.compiled_apply(run_config.model_config(config))
+    self.decoder_params = None
+    if count and jax.process_index() == 0:
+      try:
+        self.decoder_params = audio_decoder.read(dataset)
+      except audio_decoder.DecoderError as e:
+        logging.warning('TensorBoard gets mask pictures, no audio: %s', e)
+
+  def due(self, evaluations: int) -> bool:
+    """Whether the evaluations-th validation of the run logs media."""
+    return self.batch is not None and evaluations % self.every == 0
+
+  def write(self, log, step: int, state) -> None:
+    """Runs the model on the pairs and logs what it gives at `step`."""
+    from jingle_jax import plots  # pylint: disable=g-import-not-at-top
+    out = self.apply({'params': state.params,
+                      'batch_stats': state.batch_stats},
+                     self.batch['input'], self.batch['target'])
+    if jax.process_index() != 0:
+      return
+    arrays = {'input': self.batch['input'], 'target': self.batch['target'],
+              'output': np.asarray(out.output),
+              'input_mask': np.asarray(out.input_mask),
+              'target_mask': np.asarray(out.target_mask)}
+    count = len(arrays['input'])
+    for pair in range(count):
+      log.image(step, f'val_pair_{pair}/masks', plots.pixels(plots.mask_figure(
+          *(arrays[name][pair] for name in (*CLIPS, 'input_mask',
+                                            'target_mask')))))
+    if self.decoder_params is None:
+      return
+    # All clips of all pairs in one call, at the clips' own length.
+    raw = np.concatenate([self.normaliser.denormalise(arrays[name])
+                          for name in CLIPS])
+    audio = np.asarray(audio_decoder.compiled_decoder()(
+        {'params': self.decoder_params}, raw))
+    for index, samples in enumerate(audio):
+      name, pair = CLIPS[index // count], index % count
+      log.audio(step, f'val_pair_{pair}/{name}', samples,
+                latents.SAMPLE_RATE)

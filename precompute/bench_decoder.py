@@ -1,0 +1,102 @@
+"""EnCodec's decoder in JAX against EnCodec's PyTorch decoder, same run.
+
+  python -m precompute.bench_decoder [--batch-sizes 1,16] [--repeats 3] \
+      [--backward] [--dtype float32|bfloat16] [--remat]
+
+Decodes batches of 16 s clips (1,200 frames) of seeded random latents with
+seeded random EnCodec weights (speed does not depend on the weights) and
+prints, per batch size, the median seconds per batch of each decoder and
+the real-time factor (seconds of audio per second). PyTorch runs on the CPU;
+JAX on its default backend. --backward also times JAX's forward + backward
+(the vector-Jacobian product wrt the latents, as the audio losses need it)
+and prints XLA's planned memory for it.
+"""
+
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from jingle_jax import audio_decoder
+from jingle_jax.models import encodec_decoder
+from precompute import encodec_weights
+from precompute import export_decoder
+
+_BATCH_SIZES = flags.DEFINE_list('batch-sizes', ['1', '16'],
+                                 'Clips of 16 s per decoder call.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per measurement.')
+_BACKWARD = flags.DEFINE_bool('backward', False,
+                              'Also time JAX forward + backward.')
+_TORCH = flags.DEFINE_bool('torch', True, 'Also time the PyTorch decoder.')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                           'JAX compute dtype.')
+_REMAT = flags.DEFINE_bool('remat', False, 'JAX: recompute each stage in '
+                           'the backward pass.')
+
+
+def median_seconds(run, repeats: int) -> float:
+  """Median wall time of run() over `repeats` calls, after one warm-up."""
+  run()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def main(argv):
+  del argv
+  model = encodec_weights.random_model(0).eval()
+  encodec_weights.device('cpu')  # precompute's CPU tuning
+  params = jax.device_put(export_decoder.decoder_params(model))
+  decoder = encodec_decoder.EncodecDecoder(jnp.dtype(_DTYPE.value),
+                                           _REMAT.value)
+  forward = jax.jit(decoder.apply)
+  print(f'jax {jax.__version__} on {jax.devices()[0].device_kind}; torch '
+        f'{torch.__version__} on CPU with {torch.get_num_threads()} threads')
+  for batch_size in map(int, _BATCH_SIZES.value):
+    latents = 4 * np.random.default_rng(0).normal(
+        size=(batch_size, audio_decoder.CHUNK_FRAMES, 128)).astype(np.float32)
+    audio_seconds = batch_size * audio_decoder.CHUNK_FRAMES / 75
+    inputs = jax.device_put(latents)
+    start = time.perf_counter()
+    forward.lower({'params': params}, inputs).compile()
+    compile_seconds = time.perf_counter() - start
+    rows = [('jax', median_seconds(
+        lambda: forward({'params': params}, inputs).block_until_ready(),
+        _REPEATS.value))]
+    if _TORCH.value:
+      batch = torch.from_numpy(latents).transpose(1, 2)
+
+      def torch_decode():
+        with torch.inference_mode():
+          model.decoder(batch)
+
+      rows.append(('pytorch', median_seconds(torch_decode, _REPEATS.value)))
+    if _BACKWARD.value:
+      def loss(z):
+        return jnp.sum(decoder.apply({'params': params}, z) ** 2)
+
+      gradient = jax.jit(jax.grad(loss))
+      compiled = gradient.lower(inputs).compile()
+      planned = compiled.memory_analysis()
+      rows.append(('jax fwd+bwd', median_seconds(
+          lambda: gradient(inputs).block_until_ready(), _REPEATS.value)))
+      if planned is not None:
+        print(f'  fwd+bwd planned memory: temp '
+              f'{planned.temp_size_in_bytes / 2**30:.2f} GiB, arguments '
+              f'{planned.argument_size_in_bytes / 2**30:.2f} GiB')
+    print(f'batch {batch_size} x 16 s ({_DTYPE.value}; jax compile '
+          f'{compile_seconds:.1f} s):')
+    for name, seconds in rows:
+      print(f'  {name:12s} {seconds:8.3f} s per batch, '
+            f'{audio_seconds / seconds:7.1f}x real time')
+
+
+if __name__ == '__main__':
+  app.run(main)
