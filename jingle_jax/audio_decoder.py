@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jingle_jax import audio_losses
 from jingle_jax import files
 from jingle_jax import latents
 from jingle_jax.models import encodec_decoder
@@ -84,6 +85,19 @@ def read(dataset: latents.LatentDataset) -> dict:
     raise DecoderError(f'{path}: parameters do not fit EnCodec\'s 24 kHz '
                        'decoder')
   return tree['params']
+
+
+def for_training(loss_weights, dataset, normaliser):
+  """The train step's `decoder` when config.loss weights audio terms:
+  {'params', 'mean', 'std'} (the model's latents -> raw ones); else None."""
+  if not audio_losses.uses_audio(loss_weights):
+    return None
+  try:
+    params = read(dataset)
+  except DecoderError as e:
+    raise DecoderError(f'config.loss weights audio-domain terms, which need '
+                       f'the dataset\'s decoder weights: {e}') from None
+  return {'params': params, 'mean': normaliser.mean, 'std': normaliser.std}
 
 
 @functools.lru_cache(maxsize=None)

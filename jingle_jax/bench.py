@@ -4,7 +4,9 @@
       [--preset cpu-small|cpu-seed|seed] [--params-only] [--steps N]
 
 The step is data-parallel over all local devices (state replicated, batch
-split), with per_device_batch_size pairs per device.
+split), with per_device_batch_size pairs per device. When config.loss weights
+audio-domain terms, the EnCodec decoder in the step has random weights of
+the same shapes (speed does not depend on them).
 """
 
 import functools
@@ -18,9 +20,11 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
+from jingle_jax import audio_losses
 from jingle_jax import parallel
 from jingle_jax import run_config
 from jingle_jax import train_step
+from jingle_jax.models import encodec_decoder
 
 PRESETS = {
     # The seed architecture, for accelerators.
@@ -87,25 +91,43 @@ def random_batch(rng, batch_size, num_frames, latent_dim):
           'target': jax.random.normal(target_rng, shape)}
 
 
-def activation_bytes(config, state, rng):
+def random_decoder(config, rng):
+  """train_step's `decoder` argument with random weights, or None."""
+  if not audio_losses.uses_audio(config.loss):
+    return None
+  dim = config.model.latent_dim
+  return {'params': encodec_decoder.EncodecDecoder().init(
+      rng, jnp.zeros((1, 7, dim)))['params'],
+          'mean': jnp.zeros(dim), 'std': jnp.ones(dim)}
+
+
+def activation_bytes(config, state, rng, decoder=None):
   """Bytes the generator's backward pass keeps from its forward, per device.
 
   What autodiff stores (jax.vjp's residuals, parameters included), before
   the compiler's buffer reuse: the figure model.remat changes, also on a CPU
-  compiling for accelerator shapes (whose compiler undoes most remat).
+  compiling for accelerator shapes (whose compiler undoes most remat). With
+  a decoder, its residuals for the output's audio are added.
   """
   shape = (config.per_device_batch_size, config.num_frames,
            config.model.latent_dim)
-  batch = {name: jax.ShapeDtypeStruct(shape, jnp.float32)
-           for name in ('input', 'target')}
+  latents = jax.ShapeDtypeStruct(shape, jnp.float32)
+  batch = {'input': latents, 'target': latents}
 
   def residuals(params, batch):
     forward = lambda params: train_step.generator_forward(
         params, state.batch_stats, batch, rng, config)[0]
     return jax.vjp(forward, params)[1]
 
-  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(
-      jax.eval_shape(residuals, state.params, batch)))
+  def decoder_residuals(output):
+    return jax.vjp(lambda out: train_step.decode(decoder, out, config),
+                   output)[1]
+
+  kept = [jax.eval_shape(residuals, state.params, batch)]
+  if decoder is not None:
+    kept.append(jax.eval_shape(decoder_residuals, latents))
+  return sum(leaf.size * leaf.dtype.itemsize
+             for leaf in jax.tree.leaves(kept))
 
 
 def time_steps(compiled, state, batch, step_rngs):
@@ -150,19 +172,23 @@ def main(argv):
                         latent_dim=config.model.latent_dim),
       out_shardings=split)(jax.random.fold_in(rng, 1))
   step_rngs = jax.random.split(jax.random.fold_in(rng, 2), _STEPS.value + 1)
+  decoder = jax.jit(functools.partial(random_decoder, config),
+                    out_shardings=replicated)(jax.random.fold_in(rng, 3))
 
   step = jax.jit(functools.partial(train_step.train_step, config=config),
-                 in_shardings=(replicated, split, replicated),
+                 in_shardings=(replicated, split, replicated, replicated),
                  out_shardings=(replicated, replicated), donate_argnums=0)
   start = time.perf_counter()
-  compiled = step.lower(state, batch, step_rngs[0]).compile()
+  compiled = step.lower(state, batch, step_rngs[0], decoder).compile()
   compile_s = time.perf_counter() - start
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops_per_device = cost.get('flops') if cost else None
   plan = compiled.memory_analysis()
 
-  times, cpu_times = time_steps(compiled, state, batch, step_rngs)
+  times, cpu_times = time_steps(
+      lambda state, batch, rng: compiled(state, batch, rng, decoder), state,
+      batch, step_rngs)
   step_s = statistics.median(times) if times else None
 
   dtype = run_config.compute_dtype(config.model.compute_dtype)
@@ -170,6 +196,8 @@ def main(argv):
   memory = devices[0].memory_stats() or {}
   print(json.dumps({
       'preset': _PRESET.value,
+      'audio_terms': [name for field, name in audio_losses.WEIGHTS
+                      if config.loss[field]],
       'device': devices[0].device_kind,
       'num_devices': len(devices),
       'compute_dtype': jnp.dtype(dtype).name,
@@ -189,7 +217,7 @@ def main(argv):
       'mfu': (round(flops_per_device / step_s / peak, 4)
               if flops_per_device and peak and step_s else None),
       'peak_memory_bytes': memory.get('peak_bytes_in_use'),
-      'activation_bytes': activation_bytes(config, state, rng),
+      'activation_bytes': activation_bytes(config, state, rng, decoder),
       # XLA's buffer plan for one device: state, batch, outputs (less what
       # is donated) and temporaries, activations included. Known before
       # running, and on every platform.

@@ -37,6 +37,12 @@ _ADDED_FIELDS = (
     ('optim.disc_b2', 0.999),
     ('media_pairs', 0),
     ('media_every_evals', 1),
+    ('loss.audio_input_weight', 0.0),
+    ('loss.audio_target_weight', 0.0),
+    ('loss.stft_weight', 0.0),
+    ('loss.mel_weight', 0.0),
+    ('loss.correlation_weight', 0.0),
+    ('loss.spectral_outlier_weight', 0.0),
 )
 
 

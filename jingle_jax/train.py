@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 import numpy as np
 
+from jingle_jax import audio_decoder
 from jingle_jax import checkpoints
 from jingle_jax import input_pipeline
 from jingle_jax import latents
@@ -94,23 +95,32 @@ def load_pairs(config, global_batch_size):
   return dataset, train_pairs, val_pairs
 
 
-def compile_steps(config, mesh, rng):
-  """(train, evaluate), jitted over the mesh; train donates its state."""
+def compile_steps(config, mesh, rng, decoder=None):
+  """(train, evaluate), jitted over the mesh; train donates its state.
+
+  Both take (state, batch, ...); `decoder` (audio_decoder.for_training)
+  is bound.
+  """
   replicated = parallel.replicated(mesh)
   split = parallel.data_sharding(mesh)
   rng_data = np.asarray(jax.random.key_data(rng))
+  decoder = jax.device_put(decoder, replicated)
 
-  def step(state, batch, position):
+  def step(state, batch, position, decoder):
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(rng_data),
                                   position)
-    return train_step.train_step(state, batch, step_rng, config=config)
+    return train_step.train_step(state, batch, step_rng, decoder,
+                                 config=config)
 
-  train = jax.jit(step, in_shardings=(replicated, split, replicated),
+  train = jax.jit(step, in_shardings=(replicated, split, replicated,
+                                      replicated),
                   out_shardings=(replicated, replicated), donate_argnums=0)
   evaluate = jax.jit(functools.partial(train_step.eval_step, config=config),
-                     in_shardings=(replicated, split),
+                     in_shardings=(replicated, split, replicated),
                      out_shardings=replicated)
-  return train, evaluate
+  return (lambda state, batch, position: train(state, batch, position,
+                                               decoder),
+          lambda state, batch: evaluate(state, batch, decoder))
 
 
 def mean_train_metrics(step_metrics):
@@ -246,7 +256,9 @@ def train_and_evaluate(config, workdir):
   checkpoints.refuse_checkpoint_changes(workdir, changes)  # before writing
   manager = checkpoints.open_manager(workdir, config)
   state, position, rng, stopping = init_or_restore(config, mesh, manager)
-  train, evaluate = compile_steps(config, mesh, rng)
+  decoder = audio_decoder.for_training(config.loss, dataset,
+                                       val_pairs.normaliser)
+  train, evaluate = compile_steps(config, mesh, rng, decoder)
   media = media_log.ValidationMedia(config, val_pairs, dataset)
   batches = input_pipeline.prefetch_to_devices(
       input_pipeline.train_batches(
@@ -257,6 +269,9 @@ def train_and_evaluate(config, workdir):
       global_batch_size=batch_size)
   log = run_log.RunLog(workdir, start_step=position,
                        total_steps=schedule.num_train_steps)
+  if decoder is not None:
+    log.note(position, 'audio terms against the decoded target (no target '
+             'waveforms are stored with the latents)')
   if changes:
     log.note(position, 'config changed from the recorded one: ' + ', '.join(
         f'{name} {old!r} -> {new!r}' for name, (old, new) in changes.items()))
@@ -357,7 +372,8 @@ def main(argv):
   try:
     train_and_evaluate(config, _WORKDIR.value or config.workdir)
   except (run_config.ConfigError, latents.LatentDataError,
-          checkpoints.CheckpointError, TooManySkippedSteps) as e:
+          audio_decoder.DecoderError, checkpoints.CheckpointError,
+          TooManySkippedSteps) as e:
     sys.exit(f'jingle_jax.train: error: {e}')
 
 

@@ -3,6 +3,11 @@
 The step functions are pure and mesh-agnostic: bind the config with
 functools.partial and jit them with whatever shardings the caller uses,
 donating the state (argument 0) of `train_step`.
+
+With audio-domain loss weights (SPEC 4.5a), the steps take `decoder`:
+{'params': EnCodec decoder parameters, 'mean', 'std': [D] that turn the
+model's latents into raw ones}; the frozen decoder then runs inside the
+step. Without them it is None and nothing of it is compiled.
 """
 
 import functools
@@ -14,9 +19,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jingle_jax import audio_losses
 from jingle_jax import losses
 from jingle_jax import run_config
 from jingle_jax.models import CascadeTransformer
+from jingle_jax.models import encodec_decoder
 from jingle_jax.models import LatentDiscriminator
 from jingle_jax.models.cascade import copy_first_layers
 
@@ -141,7 +148,30 @@ def discriminator_update(state: TrainState, batch, output, rng, config):
           metrics)
 
 
-def output_loss(out, fake_logits, batch, config):
+def decode(decoder, latents, config):
+  """Audio [B, T x 320] of latents [B, T, D] in the model's space."""
+  raw = latents.astype(jnp.float32) * decoder['std'] + decoder['mean']
+  return encodec_decoder.EncodecDecoder(
+      run_config.compute_dtype(config.model.compute_dtype),
+      remat=config.model.remat != 'none').apply(
+          {'params': decoder['params']}, raw)
+
+
+def audio_loss(output, batch, decoder, config, validation=False):
+  """(weighted audio terms, their metrics) of the output latents.
+
+  The input's audio is decoded (no gradient), as is the target's, which
+  stands in for the target clip's waveform.
+  """
+  held = jax.lax.stop_gradient(
+      decode(decoder, jnp.concatenate([batch['input'], batch['target']]),
+             config))
+  inputs, targets = jnp.split(held, 2)
+  return audio_losses.weighted_terms(decode(decoder, output, config), inputs,
+                                     targets, config.loss, validation)
+
+
+def output_loss(out, fake_logits, batch, config, decoder=None):
   """Generator loss (SPEC 4.5) of the model's outputs: (loss, metrics).
 
   fake_logits: the discriminator's logits on out.output, or None without GAN.
@@ -150,11 +180,15 @@ def output_loss(out, fake_logits, batch, config):
       out.output, batch['input'], batch['target'], out.input_mask,
       out.target_mask, fake_logits, config.loss,
       learned_masks=config.model.use_creative_agent)
+  if audio_losses.uses_audio(config.loss):
+    audio, audio_metrics = audio_loss(out.output, batch, decoder, config)
+    loss += audio
+    metrics.update(audio_metrics, loss=loss)
   metrics['rms_scale'] = jnp.mean(out.rms_scale)
   return loss, metrics
 
 
-def gradients(state: TrainState, batch, rng, config):
+def gradients(state: TrainState, batch, rng, config, decoder=None):
   """(generator grads, batch_stats, updated discriminator or None, metrics).
 
   The original's order (SPEC 4.4): the generator's forward; the GAN
@@ -178,7 +212,7 @@ def gradients(state: TrainState, batch, rng, config):
                                           config), out.output)
   (_, generator_metrics), (out_grads, fake_logits_grads) = jax.value_and_grad(
       output_loss, argnums=(0, 1), has_aux=True)(out, fake_logits, batch,
-                                                   config)
+                                                   config, decoder)
   if fake_logits is not None:
     (adversarial_grads,) = adversarial_vjp(fake_logits_grads)
     out_grads = out_grads.replace(output=out_grads.output + adversarial_grads)
@@ -186,7 +220,7 @@ def gradients(state: TrainState, batch, rng, config):
   return grads, batch_stats, disc, {**metrics, **generator_metrics}
 
 
-def train_step(state: TrainState, batch, rng, *, config):
+def train_step(state: TrainState, batch, rng, decoder=None, *, config):
   """One discriminator and one generator AdamW update, in that order.
 
   batch: {'input', 'target'}: float32 latents [B, T, D]. A step whose loss or
@@ -194,7 +228,8 @@ def train_step(state: TrainState, batch, rng, *, config):
   reports skipped = 1.
   """
   tx, _ = make_optimizers(config)
-  grads, batch_stats, disc, metrics = gradients(state, batch, rng, config)
+  grads, batch_stats, disc, metrics = gradients(state, batch, rng, config,
+                                                decoder)
   metrics['grad_norm'] = optax.tree.norm(grads)  # before clipping
   metrics['learning_rate'] = jnp.float32(config.optim.learning_rate)
   finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
@@ -218,7 +253,7 @@ def train_step(state: TrainState, batch, rng, *, config):
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch, *, config):
+def eval_step(state: TrainState, batch, decoder=None, *, config):
   """Deterministic metrics: no dropout, no noise, stored spectral norms.
 
   'loss' is the validation loss of SPEC 4.5b (no balance, no adversarial
@@ -233,6 +268,12 @@ def eval_step(state: TrainState, batch, *, config):
       out.output, batch['input'], batch['target'], out.input_mask,
       out.target_mask, config.loss,
       learned_masks=config.model.use_creative_agent, example_weights=weights)
+  if audio_losses.uses_audio(config.loss):
+    # The audio terms are over the whole batch, repeats included.
+    audio, audio_metrics = audio_loss(out.output, batch, decoder, config,
+                                      validation=True)
+    loss += audio
+    metrics.update(audio_metrics)
   metrics.update(loss=loss,
                  rms_scale=losses.batch_mean(out.rms_scale, weights))
   if build_discriminator(config) is not None:

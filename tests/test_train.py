@@ -150,32 +150,10 @@ def test_two_processes_match_one(tmp_path, env, data_dir, four_devices):
   assert_same_losses(tmp_path, four_devices)
 
 
-KILL_SCRIPT = textwrap.dedent('''
-    import os
-    import signal
-    import sys
-    from jingle_jax import checkpoints, train
-    import train_config
-
-    workdir, data_dir = sys.argv[1:]
-    save = checkpoints.save
-
-    def save_then_die(manager, state, *, data_position, **kwargs):
-      save(manager, state, data_position=data_position, **kwargs)
-      if data_position == 4:  # killed once checkpoint 4 is on disk
-        manager.wait_until_finished()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    checkpoints.save = save_then_die
-    config = train_config.get_config()
-    config.data_dir = data_dir
-    train.train_and_evaluate(config, workdir)
-''')
-
-
 def test_killed_run_resumes_exactly(tmp_path, env, data_dir, one_device):
   killed = subprocess.run(
-      [sys.executable, '-c', KILL_SCRIPT, str(tmp_path), data_dir],
+      [sys.executable, os.path.join(TESTS_DIR, 'killed_run.py'),
+       str(tmp_path), data_dir],
       env=with_devices(dict(env, PYTHONPATH=TESTS_DIR), 1),
       stderr=subprocess.DEVNULL, check=False)
   assert killed.returncode == -signal.SIGKILL
