@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from jingle_jax import audio_decoder
+from jingle_jax import audio_losses
+from jingle_jax import input_pipeline
 from jingle_jax import latents
 from jingle_jax.models import encodec_decoder
 from precompute import codec
@@ -153,3 +155,14 @@ def test_weights_file_round_trip_and_refusals(tmp_path, encodec):
                      match='records no decoder: run python -m '
                      'precompute.export_decoder'):
     audio_decoder.read(latents.LatentDataset(bare))
+
+  # Training: only audio-domain weights need the decoder.
+  weights = {field: 0.0 for field, _ in audio_losses.WEIGHTS}
+  normaliser = input_pipeline.Normaliser.from_dataset(dataset)
+  bare_dataset = latents.LatentDataset(bare)
+  assert audio_decoder.for_training(weights, bare_dataset, normaliser) is None
+  weights['mel_weight'] = 1.0
+  with pytest.raises(audio_decoder.DecoderError,
+                     match='config.loss weights audio-domain terms.*'
+                     'records no decoder'):
+    audio_decoder.for_training(weights, bare_dataset, normaliser)
