@@ -100,10 +100,10 @@ def for_training(loss_weights, dataset, normaliser):
   return {'params': params, 'mean': normaliser.mean, 'std': normaliser.std}
 
 
-@functools.lru_cache(maxsize=None)
-def compiled_decoder(dtype=jnp.float32, remat: bool = False):
-  """jit(params, latents [B, T, 128]) -> audio [B, T x 320]."""
-  return jax.jit(encodec_decoder.EncodecDecoder(dtype, remat).apply)
+@functools.cache
+def compiled_decoder():
+  """jit(variables, latents [B, T, 128]) -> audio [B, T x 320] (float32)."""
+  return jax.jit(encodec_decoder.EncodecDecoder().apply)
 
 
 def chunks(lengths, chunk: int = CHUNK_FRAMES):

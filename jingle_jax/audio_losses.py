@@ -13,9 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jingle_jax import losses
+
 SAMPLE_RATE = 24_000
-# (n_fft, hop, window) of the multi-resolution STFT loss.
-STFT_RESOLUTIONS = ((512, 128, 512), (1024, 256, 1024), (2048, 512, 2048))
+# (n_fft, hop) of the multi-resolution STFT loss; windows are n_fft long.
+STFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
 MEL_N_FFT, MEL_HOP, MEL_BANDS, MEL_F_MAX = 1024, 256, 80, 8000.0
 LOG_FLOOR = 1e-5  # added before every log
 ENVELOPE_SEGMENTS = 250
@@ -55,7 +57,7 @@ def stft_distance(output, reference):
   """Mean over STFT_RESOLUTIONS of spectral convergence (Frobenius norms
   over the whole batch) plus the mean log-magnitude distance."""
   total = 0.0
-  for n_fft, hop, _ in STFT_RESOLUTIONS:
+  for n_fft, hop in STFT_RESOLUTIONS:
     out, ref = magnitude(output, n_fft, hop), magnitude(reference, n_fft, hop)
     total += (jnp.linalg.norm(out - ref) / (jnp.linalg.norm(ref) + 1e-6)
               + _log_distance(out, ref))
@@ -135,8 +137,7 @@ def spectral_outlier(output):
     energy = jnp.mean(spectrum[..., bins], axis=-1)
     mean = jnp.mean(energy)
     z = (energy - mean) / (jnp.std(energy, ddof=1) + 1e-8)
-    selected = jax.lax.stop_gradient(
-        z > jnp.quantile(jax.lax.stop_gradient(z), OUTLIER_QUANTILE))
+    selected = z > jnp.quantile(jax.lax.stop_gradient(z), OUTLIER_QUANTILE)
     total += (jnp.sum(jnp.where(selected, jnp.square(energy - mean), 0.0))
               / jnp.maximum(jnp.sum(selected), 1))
   return total / len(OUTLIER_BANDS)
@@ -164,8 +165,8 @@ def weighted_terms(output, inputs, targets, weights, validation=False):
   constant); with `validation`, REGULARISERS are reported but not summed.
   """
   terms = {
-      'audio_input': lambda: jnp.sqrt(jnp.mean(jnp.square(output - inputs))),
-      'audio_target': lambda: jnp.sqrt(jnp.mean(jnp.square(output - targets))),
+      'audio_input': lambda: losses.rms(output - inputs),
+      'audio_target': lambda: losses.rms(output - targets),
       'stft': lambda: 0.5 * (stft_distance(output, inputs)
                              + stft_distance(output, targets)),
       'mel': lambda: 0.5 * (mel_distance(output, inputs)

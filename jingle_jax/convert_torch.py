@@ -28,6 +28,7 @@ from ml_collections import config_flags
 
 from jingle_jax import checkpoints
 from jingle_jax import input_pipeline
+from jingle_jax import latents
 from jingle_jax import torch_checkpoint
 from jingle_jax.torch_checkpoint import ConversionError
 
@@ -74,8 +75,8 @@ def completed_epochs(checkpoint, source) -> int:
 
 def train_steps_per_epoch(config) -> int:
   """Full global batches in an epoch of config.data_dir on these devices."""
-  pairs = input_pipeline.dataset_pairs(config, config.data_dir,
-                                       'train')
+  pairs = input_pipeline.dataset_pairs(
+      config, latents.LatentDataset(config.data_dir), 'train')
   return input_pipeline.steps_per_epoch(
       len(pairs), config.per_device_batch_size * jax.device_count())
 

@@ -46,6 +46,7 @@ from jingle_jax import cli
 from jingle_jax import files
 from jingle_jax import inference
 from jingle_jax import input_pipeline
+from jingle_jax import latents
 from jingle_jax import metrics
 from jingle_jax import run_log
 
@@ -93,10 +94,10 @@ def evaluate_methods(model: inference.TrainedModel, pairs, batch_size: int):
 def evaluate_checkpoint(workdir, out_dir, *, which='best', split='val',
                         batch_size=8, data_dir=None) -> dict:
   """Writes OUT_DIR/metrics.json, metrics.md, training_curves.png."""
-  model = inference.TrainedModel.load(workdir, which, data_dir=data_dir)
-  pairs = input_pipeline.dataset_pairs(model.config,
-                                       data_dir or model.config.data_dir,
-                                       split)
+  dataset = latents.LatentDataset(
+      data_dir or checkpoints.read_config(workdir).data_dir)
+  model = inference.TrainedModel.load(workdir, which, dataset=dataset)
+  pairs = input_pipeline.dataset_pairs(model.config, dataset, split)
   results = evaluate_methods(model, pairs, batch_size)
   files.write_text(os.path.join(out_dir, 'metrics.json'),
                    json.dumps(results, indent=2) + '\n')

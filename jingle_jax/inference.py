@@ -33,11 +33,11 @@ class TrainedModel:
   normaliser: input_pipeline.Normaliser  # raw latents <-> the model's
 
   @classmethod
-  def load(cls, workdir, which='best', *, data_dir=None) -> 'TrainedModel':
+  def load(cls, workdir, which='best', *, dataset=None) -> 'TrainedModel':
     """The checkpoint `which` (best, latest or a step) of a workdir.
 
-    The dataset (data_dir, by default the run's) gives the latent
-    statistics when the run normalises latents.
+    `dataset` (a LatentDataset; by default the run's, read only when needed)
+    gives the latent statistics when the run normalises latents.
     """
     config = checkpoints.read_config(workdir)
     manager = checkpoints.open_manager(workdir, config, read_only=True)
@@ -45,8 +45,8 @@ class TrainedModel:
       state, extras = checkpoints.restore(manager, config, which)
     finally:
       manager.close()
-    dataset = (latents.LatentDataset(data_dir or config.data_dir)
-               if config.normalise_latents else None)
+    if config.normalise_latents and dataset is None:
+      dataset = latents.LatentDataset(config.data_dir)
     return cls(config, {'params': state.params,
                         'batch_stats': state.batch_stats},
                extras['data_position'], extras['step'],

@@ -21,7 +21,6 @@ import threading
 
 import numpy as np
 
-from jingle_jax import latents
 from jingle_jax import parallel
 
 
@@ -97,12 +96,12 @@ def split_pairs(config, dataset, split: str) -> Pairs:
                Normaliser.for_config(config, dataset))
 
 
-def dataset_pairs(config, data_dir, split: str) -> Pairs:
-  """split_pairs of the dataset at data_dir; ValueError when there is none."""
-  pairs = split_pairs(config, latents.LatentDataset(data_dir), split)
+def dataset_pairs(config, dataset, split: str) -> Pairs:
+  """split_pairs of a LatentDataset; ValueError when there is none."""
+  pairs = split_pairs(config, dataset, split)
   if not len(pairs):
-    raise ValueError(f'{data_dir}: no {split} pair of 2 x {config.num_frames} '
-                     'frames (config.num_frames)')
+    raise ValueError(f'{dataset.manifest_path}: no {split} pair of 2 x '
+                     f'{config.num_frames} frames (config.num_frames)')
   return pairs
 
 

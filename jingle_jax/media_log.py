@@ -22,15 +22,19 @@ CLIPS = ('input', 'target', 'output')
 class ValidationMedia:
   """Mask pictures and audio of the first validation pairs, for RunLog."""
 
-  def __init__(self, config, val_pairs, dataset: latents.LatentDataset):
+  def __init__(self, config, val_pairs, dataset: latents.LatentDataset,
+               step_decoder=None):
+    """step_decoder: the train step's decoder (audio_decoder.for_training),
+    whose parameters are used instead of reading them again."""
     self.every = config.media_every_evals
     count = min(config.media_pairs, len(val_pairs))
     indices = np.arange(count)
     self.batch = val_pairs.read(indices, indices) if count else None
     self.normaliser = val_pairs.normaliser
     self.apply = inference.compiled_apply(run_config.model_config(config))
-    self.decoder_params = None
-    if count and jax.process_index() == 0:
+    self.decoder_params = (None if step_decoder is None
+                           else step_decoder['params'])
+    if count and jax.process_index() == 0 and self.decoder_params is None:
       try:
         self.decoder_params = audio_decoder.read(dataset)
       except audio_decoder.DecoderError as e:
@@ -54,9 +58,9 @@ class ValidationMedia:
               'target_mask': np.asarray(out.target_mask)}
     count = len(arrays['input'])
     for pair in range(count):
-      log.image(step, f'val_pair_{pair}/masks', plots.pixels(plots.mask_figure(
+      log.image(step, f'val_pair_{pair}/masks', plots.mask_figure_array(
           *(arrays[name][pair] for name in (*CLIPS, 'input_mask',
-                                            'target_mask')))))
+                                            'target_mask'))))
     if self.decoder_params is None:
       return
     # All clips of all pairs in one call, at the clips' own length.

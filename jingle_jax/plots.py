@@ -103,13 +103,6 @@ def mask_figure_array(inputs, targets, output, input_mask, target_mask,
                                   target_mask, title))
 
 
-def pixels(figure) -> np.ndarray:
-  """The figure drawn as RGB [height, width, 3] uint8."""
-  canvas = FigureCanvasAgg(figure)
-  canvas.draw()
-  return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
 def save_png(figure, path) -> None:
   """Writes the figure as PNG at its own size (figsize x DPI), atomically."""
   with files.atomic_write(path) as f:

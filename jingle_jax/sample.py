@@ -105,11 +105,6 @@ def write_pair(directory, normaliser, arrays: dict, saved, title='') -> dict:
   return written
 
 
-def decoder_for(wav: bool, data_dir):
-  """The dataset's decoder parameters when wav files are asked for."""
-  return audio_decoder.read(latents.LatentDataset(data_dir)) if wav else None
-
-
 def save_wavs(decoder_params, clips: dict) -> None:
   """PATH.wav, the 24 kHz audio of each {PATH: raw latents}."""
   if decoder_params is None:
@@ -123,10 +118,11 @@ def sample_dataset(workdir, out_dir, *, which='best', num_samples=4,
                    shuffle_targets=False, split='val', batch_size=8,
                    data_dir=None, wav=False) -> dict:
   """Writes the samples of a split and samples.json; returns its content."""
-  model = inference.TrainedModel.load(workdir, which, data_dir=data_dir)
-  data_dir = data_dir or model.config.data_dir
-  decoder_params = decoder_for(wav, data_dir)
-  pairs = input_pipeline.dataset_pairs(model.config, data_dir, split)
+  dataset = latents.LatentDataset(
+      data_dir or checkpoints.read_config(workdir).data_dir)
+  decoder_params = audio_decoder.read(dataset) if wav else None
+  model = inference.TrainedModel.load(workdir, which, dataset=dataset)
+  pairs = input_pipeline.dataset_pairs(model.config, dataset, split)
   inputs, targets = choose_pairs(pairs, num_samples, shuffle_targets,
                                  model.config.seed)
   batch = pairs.read(inputs, targets)
@@ -149,7 +145,8 @@ def sample_dataset(workdir, out_dir, *, which='best', num_samples=4,
     samples.append(record)
   save_wavs(decoder_params, clips)
   summary = {'workdir': os.path.abspath(workdir),
-             'data_dir': os.path.abspath(data_dir),
+             'data_dir': os.path.dirname(os.path.abspath(
+                 dataset.manifest_path)),
              'checkpoint': str(which),
              'checkpoint_step': model.step, 'split': split,
              'shuffle_targets': shuffle_targets, 'samples': samples}
@@ -188,8 +185,10 @@ def sample_pair(workdir, input_path, target_path, out_dir, *, which='best',
     raise PairError(f'--input {input_path} has {len(raw_input)} frames, '
                     f'--target {target_path} {len(raw_target)}; they must '
                     'match')
-  decoder_params = decoder_for(wav, data_dir or config.data_dir)
-  model = inference.TrainedModel.load(workdir, which, data_dir=data_dir)
+  dataset = (latents.LatentDataset(data_dir or config.data_dir)
+             if wav or config.normalise_latents else None)
+  decoder_params = audio_decoder.read(dataset) if wav else None
+  model = inference.TrainedModel.load(workdir, which, dataset=dataset)
   save_wavs(decoder_params, write_pair(
       out_dir, model.normaliser, model_pair(model, raw_input, raw_target),
       saved=('output', 'input_mask', 'target_mask')))

@@ -259,7 +259,7 @@ def train_and_evaluate(config, workdir):
   decoder = audio_decoder.for_training(config.loss, dataset,
                                        val_pairs.normaliser)
   train, evaluate = compile_steps(config, mesh, rng, decoder)
-  media = media_log.ValidationMedia(config, val_pairs, dataset)
+  media = media_log.ValidationMedia(config, val_pairs, dataset, decoder)
   batches = input_pipeline.prefetch_to_devices(
       input_pipeline.train_batches(
           train_pairs, seed=config.seed, global_batch_size=batch_size,

@@ -50,15 +50,13 @@ def read_clip(path, flag: str, start: float, seconds: float) -> np.ndarray:
   return clip
 
 
-def encodec_model(config, data_dir, checkpoint, random_seed):
-  """The EnCodec weights the run's latent dataset records."""
-  data_dir = data_dir or config.data_dir
-  if not data_dir:
+def encodec_model(dataset, checkpoint, random_seed):
+  """The EnCodec weights the run's latent dataset (or None) records."""
+  if dataset is None:
     logging.warning('the run records no latent dataset (config.data_dir): '
                     'the EnCodec weights given are not checked against one')
     return encodec_weights.load(checkpoint, random_seed)[0]
-  return decode.matching_weights(latents.LatentDataset(data_dir), checkpoint,
-                                 random_seed)
+  return decode.matching_weights(dataset, checkpoint, random_seed)
 
 
 def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
@@ -72,14 +70,16 @@ def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
   seconds = config.num_frames / latents.FRAME_RATE
   clips = [read_clip(input_path, '--input', input_start, seconds),
            read_clip(target_path, '--target', target_start, seconds)]
-  model = encodec_model(config, data_dir, checkpoint, random_seed)
+  data_dir = data_dir or config.data_dir
+  dataset = latents.LatentDataset(data_dir) if data_dir else None
+  model = encodec_model(dataset, checkpoint, random_seed)
   torch_device = encodec_weights.device(device)
   model.to(torch_device)
   raw_input, raw_target = (
       np.concatenate(list(codec.encode(model, [clip], device=torch_device,
                                        batch_size=batch_size)))
       for clip in clips)
-  trained = inference.TrainedModel.load(workdir, which, data_dir=data_dir)
+  trained = inference.TrainedModel.load(workdir, which, dataset=dataset)
   arrays = sample.model_pair(trained, raw_input, raw_target)
   decode.decode_to_wavs(
       model, [(os.path.basename(stem),

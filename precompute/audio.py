@@ -11,6 +11,7 @@ ceil(n x 24000 / rate) for n input samples, computed in integers, and known
 only when the stream has been read: nothing computes it beforehand.
 """
 
+import functools
 import math
 import os
 
@@ -43,6 +44,7 @@ class BadAudio(ValueError):
   """A file to skip; the message is the reason."""
 
 
+@functools.cache
 def readable_suffixes() -> frozenset[str]:
   """Lower-case suffixes of the formats the installed libsndfile reads.
 

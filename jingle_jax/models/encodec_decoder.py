@@ -9,20 +9,20 @@ converted (jingle_jax.audio_decoder), so the parameters here are kernels
 and biases only. Frames [B, T, 128] give audio [B, T x 320].
 """
 
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-LATENT_DIM = 128
 FIRST_CHANNELS = 512
 LSTM_LAYERS = 2
 KERNEL_SIZE = 7  # first and last convolutions
 RESIDUAL_KERNEL_SIZE = 3
 # Upsampling strides, in order: 8 x 5 x 4 x 2 = 320 samples per frame.
 STRIDES = (8, 5, 4, 2)
-HOP = 8 * 5 * 4 * 2
+HOP = math.prod(STRIDES)
 
 
 def causal_pad(x, padding: int):
