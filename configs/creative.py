@@ -81,7 +81,9 @@ def get_config():
   # 0 keeps the decoder out of the compiled step. The seed run had no
   # reconstruction, STFT or mel term; its correlation weight is not reported.
   loss.audio_input_weight = 0.0  # rms(out_wav - decoded input).
-  loss.audio_target_weight = 0.0  # rms(out_wav - target waveform).
+  # rms(out_wav - target waveform): the dataset's audio (precompute.encode
+  # --keep-audio), else the decoded target (the run log says which).
+  loss.audio_target_weight = 0.0
   loss.stft_weight = 0.0  # multi-resolution STFT loss ("weight_spectral").
   loss.mel_weight = 0.0  # log-mel distance.
   loss.correlation_weight = 0.0  # squared envelope correlations.

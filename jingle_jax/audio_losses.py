@@ -151,18 +151,28 @@ WEIGHTS = (('audio_input_weight', 'audio_input'),
            ('spectral_outlier_weight', 'spectral_outlier'))
 # Terms that are not reconstruction terms: left out of the validation loss.
 REGULARISERS = ('spectral_outlier',)
+# The terms that compare with the input's audio, and with the target's.
+INPUT_TERMS = ('audio_input', 'stft', 'mel', 'correlation')
+TARGET_TERMS = ('audio_target', 'stft', 'mel', 'correlation')
+
+
+def weighted(weights, terms=tuple(name for _, name in WEIGHTS)) -> bool:
+  """Whether any of `terms` has a weight in `weights` (config.loss)."""
+  return any(weights[field] for field, name in WEIGHTS if name in terms)
 
 
 def uses_audio(weights) -> bool:
   """Whether any audio term has a weight (and the decoder joins the step)."""
-  return any(weights[field] for field, _ in WEIGHTS)
+  return weighted(weights)
 
 
 def weighted_terms(output, inputs, targets, weights, validation=False):
   """(sum of the weighted terms, {term: value}) of the terms with a weight.
 
   output, inputs, targets: audio [B, samples] (inputs and targets held
-  constant); with `validation`, REGULARISERS are reported but not summed.
+  constant; None where no weighted term needs them, see INPUT_TERMS and
+  TARGET_TERMS); with `validation`, REGULARISERS are reported but not
+  summed.
   """
   terms = {
       'audio_input': lambda: losses.rms(output - inputs),

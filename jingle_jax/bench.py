@@ -1,12 +1,15 @@
 """Throughput of the compiled train step on random latents, as one JSON line.
 
   python -m jingle_jax.bench --config configs/creative.py \
-      [--preset cpu-small|cpu-seed|seed] [--params-only] [--steps N]
+      [--preset cpu-small|cpu-seed|seed] [--params-only] [--steps N] \
+      [--notarget-audio]
 
 The step is data-parallel over all local devices (state replicated, batch
 split), with per_device_batch_size pairs per device. When config.loss weights
 audio-domain terms, the EnCodec decoder in the step has random weights of
-the same shapes (speed does not depend on them).
+the same shapes (speed does not depend on them), and the batch holds the
+target clips' waveforms, as from a dataset precomputed with --keep-audio
+(--notarget-audio: the targets are decoded instead).
 """
 
 import functools
@@ -21,6 +24,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 
 from jingle_jax import audio_losses
+from jingle_jax import latents
 from jingle_jax import parallel
 from jingle_jax import run_config
 from jingle_jax import train_step
@@ -54,6 +58,9 @@ _PRESET = flags.DEFINE_enum('preset', None, list(PRESETS),
                             'Model and batch size to benchmark.')
 _PARAMS_ONLY = flags.DEFINE_bool(
     'params-only', False, 'Print parameter counts only; compile nothing.')
+_TARGET_AUDIO = flags.DEFINE_bool(
+    'target-audio', True, 'Audio terms compare with target waveforms in the '
+    'batch; false: with the decoded targets.')
 _STEPS = flags.DEFINE_integer(
     'steps', 10, 'Timed steps after compilation and one warm-up; 0 compiles '
     'only (FLOPs and the memory plan, e.g. of accelerator shapes on a CPU).',
@@ -84,11 +91,16 @@ def peak_flops(device, dtype):
   return None
 
 
-def random_batch(rng, batch_size, num_frames, latent_dim):
-  input_rng, target_rng = jax.random.split(rng)
+def random_batch(rng, batch_size, num_frames, latent_dim, target_audio=False):
+  input_rng, target_rng, audio_rng = jax.random.split(rng, 3)
   shape = (batch_size, num_frames, latent_dim)
-  return {'input': jax.random.normal(input_rng, shape),
-          'target': jax.random.normal(target_rng, shape)}
+  batch = {'input': jax.random.normal(input_rng, shape),
+           'target': jax.random.normal(target_rng, shape)}
+  if target_audio:
+    batch['target_audio'] = jax.random.uniform(
+        audio_rng, (batch_size, num_frames * latents.HOP), jnp.float16,
+        -0.5, 0.5)
+  return batch
 
 
 def random_decoder(config, rng):
@@ -111,8 +123,8 @@ def activation_bytes(config, state, rng, decoder=None):
   """
   shape = (config.per_device_batch_size, config.num_frames,
            config.model.latent_dim)
-  latents = jax.ShapeDtypeStruct(shape, jnp.float32)
-  batch = {'input': latents, 'target': latents}
+  clips = jax.ShapeDtypeStruct(shape, jnp.float32)
+  batch = {'input': clips, 'target': clips}
 
   def residuals(params, batch):
     forward = lambda params: train_step.generator_forward(
@@ -125,7 +137,7 @@ def activation_bytes(config, state, rng, decoder=None):
 
   kept = [jax.eval_shape(residuals, state.params, batch)]
   if decoder is not None:
-    kept.append(jax.eval_shape(decoder_residuals, latents))
+    kept.append(jax.eval_shape(decoder_residuals, clips))
   return sum(leaf.size * leaf.dtype.itemsize
              for leaf in jax.tree.leaves(kept))
 
@@ -166,10 +178,13 @@ def main(argv):
   split = parallel.data_sharding(mesh)
   batch_size = config.per_device_batch_size * len(devices)
   state = jax.jit(init, out_shardings=replicated)(rng)
+  target_audio = _TARGET_AUDIO.value and audio_losses.weighted(
+      config.loss, audio_losses.TARGET_TERMS)
   batch = jax.jit(
       functools.partial(random_batch, batch_size=batch_size,
                         num_frames=config.num_frames,
-                        latent_dim=config.model.latent_dim),
+                        latent_dim=config.model.latent_dim,
+                        target_audio=target_audio),
       out_shardings=split)(jax.random.fold_in(rng, 1))
   step_rngs = jax.random.split(jax.random.fold_in(rng, 2), _STEPS.value + 1)
   decoder = jax.jit(functools.partial(random_decoder, config),
@@ -198,6 +213,7 @@ def main(argv):
       'preset': _PRESET.value,
       'audio_terms': [name for field, name in audio_losses.WEIGHTS
                       if config.loss[field]],
+      'target_audio': 'target_audio' in batch,
       'device': devices[0].device_kind,
       'num_devices': len(devices),
       'compute_dtype': jnp.dtype(dtype).name,

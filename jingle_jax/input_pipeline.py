@@ -6,7 +6,9 @@ original's consecutive non-overlapping segments). Training pairs every input
 with the target of a random training pair when targets are shuffled and
 leaves out an epoch's last partial batch; evaluation takes every matched
 pair once. Latents are normalised per channel with the
-training statistics of the manifest.
+training statistics of the manifest. When asked, a batch also holds the
+target clips' 24 kHz audio, stored with the dataset (float16, the samples
+of the target window's frames).
 
 The batch of step k is a pure function of (seed, k): step k lies in epoch
 k // steps_per_epoch, whose order is drawn by a numpy Generator seeded with
@@ -19,9 +21,13 @@ import dataclasses
 import queue
 import threading
 
+import jax
 import numpy as np
 
+from jingle_jax import audio_losses
+from jingle_jax import latents
 from jingle_jax import parallel
+from jingle_jax import run_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +65,17 @@ def pair_starts(num_frames: int, window: int, hop: int) -> np.ndarray:
 class Pairs:
   """The pairs of a list of songs (in song order) and their reading."""
 
-  def __init__(self, songs, window: int, hop: int, normaliser: Normaliser):
+  def __init__(self, songs, window: int, hop: int, normaliser: Normaliser,
+               target_audio: bool = False):
+    """target_audio: read() also gives the target windows' audio."""
     if window < 1 or hop < 1:
       raise ValueError(f'window ({window}) and hop ({hop}) must be positive')
     self.songs = list(songs)
+    self.target_audio = target_audio
+    for song in self.songs if target_audio else ():
+      if song.audio is None:
+        raise ValueError(f'song {song.id!r} has no audio in the dataset '
+                         '(precompute.encode --keep-audio keeps it)')
     self.window = window
     self.normaliser = normaliser
     index = [(i, start) for i, song in enumerate(self.songs)
@@ -73,27 +86,33 @@ class Pairs:
   def __len__(self) -> int:
     return len(self.index)
 
-  def _windows(self, pairs, offset: int) -> np.ndarray:
+  def _windows(self, pairs, offset: int, field='latents') -> np.ndarray:
     return np.stack([
-        self.songs[song].latents[start + offset:start + offset + self.window]
+        getattr(self.songs[song], field)[
+            start + offset:start + offset + self.window]
         for song, start in self.index[pairs]])
 
   def read(self, inputs, targets) -> dict[str, np.ndarray]:
     """{'input', 'target'}: normalised float32 clips [n, W, D].
 
     The input windows of pairs `inputs` and the target windows of pairs
-    `targets` (the same pairs for matched clips).
+    `targets` (the same pairs for matched clips); with target_audio also
+    'target_audio': float16 [n, W x 320], the target windows' audio.
     """
-    return {'input': self.normaliser.normalise(self._windows(inputs, 0)),
-            'target': self.normaliser.normalise(
-                self._windows(targets, self.window))}
+    batch = {'input': self.normaliser.normalise(self._windows(inputs, 0)),
+             'target': self.normaliser.normalise(
+                 self._windows(targets, self.window))}
+    if self.target_audio:
+      audio = self._windows(targets, self.window, 'audio')
+      batch['target_audio'] = audio.reshape(len(audio), -1)
+    return batch
 
 
-def split_pairs(config, dataset, split: str) -> Pairs:
+def split_pairs(config, dataset, split: str, target_audio=False) -> Pairs:
   """The pairs of a dataset split as the config cuts them."""
   return Pairs(dataset.songs(split), config.num_frames,
                config.window_hop or config.num_frames,
-               Normaliser.for_config(config, dataset))
+               Normaliser.for_config(config, dataset), target_audio)
 
 
 def dataset_pairs(config, dataset, split: str) -> Pairs:
@@ -103,6 +122,32 @@ def dataset_pairs(config, dataset, split: str) -> Pairs:
     raise ValueError(f'{dataset.manifest_path}: no {split} pair of 2 x '
                      f'{config.num_frames} frames (config.num_frames)')
   return pairs
+
+
+def training_pairs(config, global_batch_size: int):
+  """(dataset, train pairs, val pairs): training fills a global batch at
+  least. The pairs read the target clips' audio when the dataset has it and
+  an audio term compares with it."""
+  dataset = latents.LatentDataset(config.data_dir)
+  if dataset.mean.shape != (config.model.latent_dim,):
+    raise run_config.ConfigError(
+        f'{config.data_dir}: latents of {len(dataset.mean)} channels, '
+        f'config.model.latent_dim is {config.model.latent_dim}')
+  target_audio = dataset.has_audio and audio_losses.weighted(
+      config.loss, audio_losses.TARGET_TERMS)
+  train_pairs, val_pairs = (
+      split_pairs(config, dataset, split, target_audio)
+      for split in ('train', 'val'))
+  if len(train_pairs) < global_batch_size:
+    raise run_config.ConfigError(
+        f'{config.data_dir}: {len(train_pairs)} train pairs of '
+        f'{config.num_frames}-frame clips, fewer than one global batch of '
+        f'{global_batch_size} (config.per_device_batch_size '
+        f'{config.per_device_batch_size} x {jax.device_count()} devices)')
+  if not len(val_pairs):
+    raise run_config.ConfigError(
+        f'{config.data_dir}: no val pair of {config.num_frames}-frame clips')
+  return dataset, train_pairs, val_pairs
 
 
 def steps_per_epoch(num_pairs: int, global_batch_size: int) -> int:

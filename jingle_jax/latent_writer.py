@@ -1,6 +1,6 @@
-"""Writing a latent dataset (jingle_jax.latents): one song's shard at a
-time as its latents arrive, then the manifest; every file atomically. numpy
-only."""
+"""Writing a latent dataset (jingle_jax.latents): one song's shard (and
+maybe its audio) at a time as they arrive, then the manifest; every file
+atomically. numpy only."""
 
 import contextlib
 import io
@@ -21,16 +21,30 @@ class DatasetWriter:
   """
 
   def __init__(self, out_dir, *, encodec_weights: str, dtype='float16',
-               bandwidth=6.0):
+               bandwidth=6.0, keep_audio=False):
+    """keep_audio: also write each song's 24 kHz mono audio, float16
+    [frames, 320] (the samples of each latent frame) in song-<id>.audio.npy.
+    """
     if dtype not in latents.DTYPES:
       raise ValueError(f'dtype {dtype!r} is not one of {latents.DTYPES}')
     self.out_dir = os.fspath(out_dir)
     self.settings = {'format_version': latents.FORMAT_VERSION,
                      'encodec_weights': encodec_weights, 'dtype': dtype,
                      'bandwidth': float(bandwidth)}
+    # (file suffix, row width, dtype) of each array a song has.
+    self.arrays = [('.npy', latents.LATENT_DIM, np.dtype(dtype))]
+    if keep_audio:
+      # Only then a setting: songs written before audio existed stay cached.
+      self.settings['audio_dtype'] = latents.AUDIO_DTYPE
+      self.arrays.append((latents.AUDIO_SUFFIX, latents.HOP,
+                          np.dtype(latents.AUDIO_DTYPE)))
     os.makedirs(self.out_dir, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
       os.remove(os.path.join(self.out_dir, latents.MANIFEST))
+
+  @property
+  def keeps_audio(self) -> bool:
+    return len(self.arrays) > 1
 
   def _path(self, song_id: str, suffix: str) -> str:
     name = f'song-{song_id}{suffix}'
@@ -45,18 +59,29 @@ class DatasetWriter:
     try:
       with open(self._path(song_id, '.json')) as f:
         written = json.load(f)
-      shard = np.load(self._path(song_id, '.npy'), mmap_mode='r')
+      arrays = [np.load(self._path(song_id, suffix), mmap_mode='r')
+                for suffix, _, _ in self.arrays]
     except (OSError, ValueError):
       return None
     expected = {'settings': self.settings, 'source': source,
                 'fingerprint': fingerprint}
     if (not isinstance(written, dict) or
         any(written.get(key) != value for key, value in expected.items())
-        or shard.shape != (written.get('frames'), latents.LATENT_DIM)
-        or shard.dtype != np.dtype(self.settings['dtype'])):
+        or any(array.shape != (written.get('frames'), width)
+               or array.dtype != dtype
+               for array, (_, width, dtype) in zip(arrays, self.arrays))):
       return None
-    return {'id': song_id, 'source': source,
-            'duration': written['duration'], 'frames': written['frames']}
+    return self.record(song_id, source, written['duration'],
+                       written['frames'])
+
+  def record(self, song_id: str, source: str, duration, frames) -> dict:
+    """A song's record {id, source, duration, frames[, audio]}."""
+    record = {'id': song_id, 'source': source, 'duration': duration,
+              'frames': frames}
+    if self.keeps_audio:
+      record['audio'] = os.path.basename(
+          self._path(song_id, latents.AUDIO_SUFFIX))
+    return record
 
   def song(self, song_id: str, source: str, fingerprint=None) -> 'SongWriter':
     """A context in which to write one song's latents, block by block."""
@@ -110,7 +135,9 @@ class DatasetWriter:
                    'split': song['split'], 'duration': song['duration'],
                    'frames': song['frames'],
                    'shard': os.path.basename(self._path(song['id'], '.npy')),
-                   'offset': 0} for song in songs],
+                   'offset': 0,
+                   **({'audio': song['audio']} if 'audio' in song else {})}
+                  for song in songs],
         'mean': [float(x) for x in mean.astype(np.float32)],
         'std': [float(x) for x in std.astype(np.float32)],
         'skipped': list(skipped),
@@ -119,27 +146,62 @@ class DatasetWriter:
     return manifest
 
 
+class _Rows:
+  """One [rows, width] .npy written row block by row block (atomically).
+
+  The header, written last, is the same size for any row count.
+  """
+
+  _HEADER_BYTES = 128  # numpy pads a 2-D shape's header to 128 bytes
+
+  def __init__(self, stack, path, width: int, dtype, what: str):
+    self.width, self.dtype, self.what = width, dtype, what
+    self.rows = 0
+    self._file = stack.enter_context(files.atomic_write(path))
+    self._file.seek(self._HEADER_BYTES)
+
+  def append(self, values) -> None:
+    values = np.asarray(values)
+    if values.ndim != 2 or values.shape[1] != self.width:
+      raise ValueError(f'{self.what} of shape {values.shape}, expected '
+                       f'[frames, {self.width}]')
+    with np.errstate(over='ignore'):  # overflow is reported just below
+      stored = values.astype(self.dtype)
+    if not np.all(np.isfinite(stored)):
+      raise ValueError(f'{self.what} hold non-finite values as {self.dtype}')
+    self._file.write(np.ascontiguousarray(stored).tobytes())
+    self.rows += len(stored)
+
+  def finish(self) -> None:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {
+        'descr': np.lib.format.dtype_to_descr(self.dtype),
+        'fortran_order': False, 'shape': (self.rows, self.width)})
+    if header.tell() != self._HEADER_BYTES:
+      raise RuntimeError(f'.npy header of {header.tell()} bytes')
+    self._file.seek(0)
+    self._file.write(header.getvalue())
+
+
 class SongWriter:
-  """One song's shard, written as its latents arrive (bounded memory).
+  """One song's shard (and audio), written as they arrive (bounded memory).
 
     with writer.song(song_id, source, fingerprint) as song:
-      for latents in blocks:
+      for samples, latents in blocks:
+        song.append_audio(samples)  # when the writer keeps audio
         song.append(latents)
       record = song.commit(duration)
 
   Nothing is kept unless commit() ran and the block ended without an
-  exception; the .json that vouches for the .npy is written last.
+  exception; the .json that vouches for the arrays is written last.
   """
 
-  _HEADER_BYTES = 128  # of the .npy header for any [frames, 128] shape
-
   def __init__(self, writer: DatasetWriter, song_id, source, fingerprint):
-    self._settings, self._id = writer.settings, song_id
-    self._npy, self._json = (writer._path(song_id, suffix)
-                             for suffix in ('.npy', '.json'))
+    self._writer, self._id = writer, song_id
+    self._json = writer._path(song_id, '.json')
     self._source, self._fingerprint = source, fingerprint
-    self._dtype = np.dtype(self._settings['dtype'])
-    self._frames, self._record = 0, None
+    self._pending_audio = np.zeros(0, np.float32)
+    self._record = None
     self._stack = contextlib.ExitStack()
 
   def __enter__(self):
@@ -147,52 +209,55 @@ class SongWriter:
     # written must not find a record that vouches for the new data.
     with contextlib.suppress(FileNotFoundError):
       os.remove(self._json)
-    self._file = self._stack.enter_context(files.atomic_write(self._npy))
-    self._file.seek(self._HEADER_BYTES)
+    with contextlib.suppress(FileNotFoundError):  # of a run that kept audio
+      os.remove(self._writer._path(self._id, latents.AUDIO_SUFFIX))
+    self._arrays = [
+        _Rows(self._stack, self._writer._path(self._id, suffix), width,
+              dtype, f'song {self._id!r}: ' + ('latents' if index == 0
+                                                else 'audio samples'))
+        for index, (suffix, width, dtype) in enumerate(self._writer.arrays)]
     return self
 
   def append(self, values) -> None:
     """Appends latents [frames, 128], stored in the dataset's dtype."""
-    values = np.asarray(values)
-    if values.ndim != 2 or values.shape[1] != latents.LATENT_DIM:
-      raise ValueError(f'song {self._id!r}: latents of shape {values.shape}, '
-                       f'expected [frames, {latents.LATENT_DIM}]')
-    with np.errstate(over='ignore'):  # overflow is reported just below
-      stored = values.astype(self._dtype)
-    if not np.all(np.isfinite(stored)):
-      raise ValueError(f'song {self._id!r}: latents hold non-finite values '
-                       f'as {self._dtype}')
-    self._file.write(np.ascontiguousarray(stored).tobytes())
-    self._frames += len(stored)
+    self._arrays[0].append(values)
+
+  def append_audio(self, samples) -> None:
+    """Appends mono 24 kHz samples; those after the last whole frame are
+    dropped at commit, as the encoder drops them."""
+    if not self._writer.keeps_audio:
+      raise ValueError(f'song {self._id!r}: the writer keeps no audio')
+    pending = np.concatenate([self._pending_audio, np.ravel(samples)])
+    whole = len(pending) // latents.HOP * latents.HOP
+    self._arrays[1].append(pending[:whole].reshape(-1, latents.HOP))
+    self._pending_audio = pending[whole:]
 
   def commit(self, duration: float) -> dict:
-    """Completes the shard of `duration` seconds of audio; its record."""
-    if not self._frames:
+    """Completes the song of `duration` seconds of audio; its record."""
+    frames = self._arrays[0].rows
+    if not frames:
       raise ValueError(f'song {self._id!r}: no latent frames')
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {
-        'descr': np.lib.format.dtype_to_descr(self._dtype),
-        'fortran_order': False,
-        'shape': (self._frames, latents.LATENT_DIM)})
-    if header.tell() != self._HEADER_BYTES:  # numpy pads to 64-byte lines
-      raise RuntimeError(f'.npy header of {header.tell()} bytes')
-    self._file.seek(0)
-    self._file.write(header.getvalue())
-    self._record = {'id': self._id, 'source': self._source,
-                    'duration': float(duration), 'frames': self._frames}
+    for array in self._arrays[1:]:
+      if array.rows != frames:
+        raise ValueError(f'song {self._id!r}: {array.rows} frames of audio, '
+                         f'{frames} of latents')
+    for array in self._arrays:
+      array.finish()
+    self._record = self._writer.record(self._id, self._source,
+                                       float(duration), frames)
     return dict(self._record)
 
   def __exit__(self, exc_type, exc, traceback):
     if exc_type is not None or self._record is None:
-      # atomic_write, seeing an exception, removes the unfinished .npy.
+      # atomic_write, seeing an exception, removes the unfinished arrays.
       error = exc or ValueError(f'song {self._id!r}: left without commit()')
       self._stack.__exit__(type(error), error, traceback)
       if exc is None:
         raise error
       return False
-    self._stack.__exit__(None, None, None)  # the .npy takes its place
+    self._stack.__exit__(None, None, None)  # the arrays take their places
     files.write_json(self._json, {
-        'settings': self._settings, 'source': self._source,
+        'settings': self._writer.settings, 'source': self._source,
         'fingerprint': self._fingerprint,
         'duration': self._record['duration'],
         'frames': self._record['frames']})

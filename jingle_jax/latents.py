@@ -4,6 +4,10 @@ precompute.encode writes it with jingle_jax.latent_writer; training reads it
 with LatentDataset. numpy only. A dataset directory holds
 
   song-<id>.npy     [frames, 128]: the latents of one song (a shard)
+  song-<id>.audio.npy  [frames, 320] float16, optional: the song's 24 kHz
+                    mono audio, the 320 samples of each latent frame per row
+                    (precompute.encode --keep-audio; 48 kB per second of
+                    audio, 173 MB per hour, against the latents' 69 MB)
   song-<id>.json    its source file's size and modification time, its
                     duration and the writer settings, so that a rerun can
                     reuse the song instead of encoding it again
@@ -12,7 +16,8 @@ with LatentDataset. numpy only. A dataset directory holds
     or 'random:<seed>'), bandwidth (recorded, latents are not quantised),
     sample_rate, frame_rate, latent_dim, dtype, min_seconds (songs shorter
     were left out),
-    songs: [{id, source, split, duration, frames, shard, offset}],
+    songs: [{id, source, split, duration, frames, shard, offset[, audio]}]
+    (audio: the song's audio file, when kept),
     mean, std: [128] per-channel statistics of the training latents,
     skipped: [{source, reason}] the audio files left out,
     decoder: the file of EnCodec's decoder weights for JAX
@@ -32,6 +37,9 @@ FORMAT_VERSION = 1
 SAMPLE_RATE = 24_000
 FRAME_RATE = 75
 LATENT_DIM = 128
+HOP = SAMPLE_RATE // FRAME_RATE  # audio samples per latent frame
+AUDIO_SUFFIX = '.audio.npy'
+AUDIO_DTYPE = 'float16'
 MANIFEST = 'manifest.json'
 SPLITS = ('train', 'val')
 DTYPES = ('float16', 'float32')
@@ -60,6 +68,8 @@ class Song:
   split: str  # 'train' or 'val'
   duration: float  # seconds of audio
   latents: np.ndarray  # [frames, 128] read-only memory map, manifest dtype
+  # [frames, HOP] float16 read-only memory map of its 24 kHz audio, or None.
+  audio: np.ndarray | None = None
 
 
 def _field(manifest, key, kind, where):
@@ -100,9 +110,11 @@ def _check_song(song, index, where) -> None:
     raise LatentDataError(f'{where}: {song["frames"]} frames do not match '
                           f'the duration {song["duration"]} s at '
                           f'{FRAME_RATE} frames/s')
-  if os.path.basename(song['shard']) != song['shard']:
-    raise LatentDataError(f'{where}: field \'shard\' is {song["shard"]!r}, '
-                          'not a file name in the dataset directory')
+  for key in ('shard', 'audio'):
+    name = song.get(key, '')
+    if not isinstance(name, str) or os.path.basename(name) != name:
+      raise LatentDataError(f'{where}: field {key!r} is {name!r}, not a file '
+                            'name in the dataset directory')
 
 
 def _read_manifest(path) -> dict:
@@ -138,22 +150,38 @@ def _read_manifest(path) -> dict:
   return manifest
 
 
-def _open_shard(path, dtype) -> np.ndarray:
-  """The shard as a read-only memory map, its shape and dtype checked."""
+def _open_shard(path, dtype, width=LATENT_DIM, what='shard') -> np.ndarray:
+  """The [frames, width] array as a read-only memory map, its shape and
+  dtype checked."""
   try:
     shard = np.load(path, mmap_mode='r', allow_pickle=False)
   except FileNotFoundError:
-    raise LatentDataError(f'{path}: shard is missing') from None
+    raise LatentDataError(f'{path}: {what} is missing') from None
   except (OSError, ValueError) as e:
-    raise LatentDataError(f'{path}: unreadable or truncated shard: {e}'
+    raise LatentDataError(f'{path}: unreadable or truncated {what}: {e}'
                           ) from None
-  if shard.ndim != 2 or shard.shape[1] != LATENT_DIM:
+  if shard.ndim != 2 or shard.shape[1] != width:
     raise LatentDataError(f'{path}: shape {shard.shape}, expected '
-                          f'[frames, {LATENT_DIM}]')
+                          f'[frames, {width}]')
   if shard.dtype != np.dtype(dtype):
-    raise LatentDataError(f'{path}: dtype {shard.dtype}, the manifest says '
-                          f'{dtype}')
+    raise LatentDataError(f'{path}: dtype {shard.dtype}, expected {dtype}')
   return shard
+
+
+def _open_audio(directory, song) -> np.ndarray | None:
+  """The song's audio [frames, HOP] (shape and dtype checked), or None.
+
+  Its values are not scanned: the writer refused non-finite ones, and a
+  step whose loss is not finite is skipped.
+  """
+  if 'audio' not in song:
+    return None
+  path = os.path.join(directory, song['audio'])
+  audio = _open_shard(path, AUDIO_DTYPE, HOP, 'audio file')
+  if len(audio) != song['frames']:
+    raise LatentDataError(f'{path}: {len(audio)} frames of audio, song '
+                          f'{song["id"]!r} has {song["frames"]}')
+  return audio
 
 
 def _check_values(latents, mean, std, where) -> None:
@@ -207,7 +235,13 @@ class LatentDataset:
                     f'{os.path.join(directory, name)}: song {song["id"]!r}')
       self._songs.append(Song(
           id=song['id'], source=song['source'], split=song['split'],
-          duration=float(song['duration']), latents=values))
+          duration=float(song['duration']), latents=values,
+          audio=_open_audio(directory, song)))
+
+  @property
+  def has_audio(self) -> bool:
+    """Whether every song has its audio (precompute.encode --keep-audio)."""
+    return all(song.audio is not None for song in self._songs)
 
   def songs(self, split: str) -> list[Song]:
     """The songs of `split`, in manifest order."""

@@ -29,6 +29,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from jingle_jax import audio_decoder
+from jingle_jax import audio_losses
 from jingle_jax import checkpoints
 from jingle_jax import input_pipeline
 from jingle_jax import latents
@@ -71,28 +72,6 @@ class Schedule:
                steps(config.eval_every_steps, 1),
                steps(config.checkpoint_every_steps,
                      config.checkpoint_every_epochs))
-
-
-def load_pairs(config, global_batch_size):
-  """(dataset, train pairs, val pairs): training fills a global batch at
-  least."""
-  dataset = latents.LatentDataset(config.data_dir)
-  if dataset.mean.shape != (config.model.latent_dim,):
-    raise run_config.ConfigError(
-        f'{config.data_dir}: latents of {len(dataset.mean)} channels, '
-        f'config.model.latent_dim is {config.model.latent_dim}')
-  train_pairs, val_pairs = (input_pipeline.split_pairs(config, dataset, split)
-                            for split in ('train', 'val'))
-  if len(train_pairs) < global_batch_size:
-    raise run_config.ConfigError(
-        f'{config.data_dir}: {len(train_pairs)} train pairs of '
-        f'{config.num_frames}-frame clips, fewer than one global batch of '
-        f'{global_batch_size} (config.per_device_batch_size '
-        f'{config.per_device_batch_size} x {jax.device_count()} devices)')
-  if not len(val_pairs):
-    raise run_config.ConfigError(
-        f'{config.data_dir}: no val pair of {config.num_frames}-frame clips')
-  return dataset, train_pairs, val_pairs
 
 
 def compile_steps(config, mesh, rng, decoder=None):
@@ -245,7 +224,8 @@ def train_and_evaluate(config, workdir):
   mesh = parallel.make_mesh()
   split = parallel.data_sharding(mesh)
   batch_size = config.per_device_batch_size * jax.device_count()
-  dataset, train_pairs, val_pairs = load_pairs(config, batch_size)
+  dataset, train_pairs, val_pairs = input_pipeline.training_pairs(
+      config, batch_size)
   schedule = Schedule.from_config(config, input_pipeline.steps_per_epoch(
       len(train_pairs), batch_size))
   logging.info('%d train / %d val pairs, %d steps per epoch of %d pairs on '
@@ -269,9 +249,12 @@ def train_and_evaluate(config, workdir):
       global_batch_size=batch_size)
   log = run_log.RunLog(workdir, start_step=position,
                        total_steps=schedule.num_train_steps)
-  if decoder is not None:
-    log.note(position, 'audio terms against the decoded target (no target '
-             'waveforms are stored with the latents)')
+  if decoder is not None and audio_losses.weighted(
+      config.loss, audio_losses.TARGET_TERMS):
+    log.note(position, 'audio terms against the ' + (
+        "target clips' waveforms" if train_pairs.target_audio else
+        'decoded target: the dataset keeps no audio (precompute.encode '
+        '--keep-audio keeps it)'))
   if changes:
     log.note(position, 'config changed from the recorded one: ' + ', '.join(
         f'{name} {old!r} -> {new!r}' for name, (old, new) in changes.items()))

@@ -160,15 +160,26 @@ def decode(decoder, latents, config):
 def audio_loss(output, batch, decoder, config, validation=False):
   """(weighted audio terms, their metrics) of the output latents.
 
-  The input's audio is decoded (no gradient), as is the target's, which
-  stands in for the target clip's waveform.
+  The terms compare with the input's decoded audio and with the target
+  clip's waveform, batch['target_audio'] [B, T x 320] where the dataset
+  keeps it; otherwise the target's decoded audio stands in. Only what a
+  weighted term needs is decoded (in one call, without gradient).
   """
-  held = jax.lax.stop_gradient(
-      decode(decoder, jnp.concatenate([batch['input'], batch['target']]),
-             config))
-  inputs, targets = jnp.split(held, 2)
-  return audio_losses.weighted_terms(decode(decoder, output, config), inputs,
-                                     targets, config.loss, validation)
+  weights = config.loss
+  needs_input = audio_losses.weighted(weights, audio_losses.INPUT_TERMS)
+  needs_target = audio_losses.weighted(weights, audio_losses.TARGET_TERMS)
+  decoded = {key: batch[key] for key, needed in (
+      ('input', needs_input),
+      ('target', needs_target and 'target_audio' not in batch)) if needed}
+  if decoded:
+    audio = jax.lax.stop_gradient(decode(
+        decoder, jnp.concatenate(list(decoded.values())), config))
+    decoded = dict(zip(decoded, jnp.split(audio, len(decoded))))
+  if needs_target and 'target' not in decoded:
+    decoded['target'] = batch['target_audio'].astype(jnp.float32)
+  return audio_losses.weighted_terms(
+      decode(decoder, output, config), decoded.get('input'),
+      decoded.get('target'), weights, validation)
 
 
 def output_loss(out, fake_logits, batch, config, decoder=None):
@@ -223,7 +234,8 @@ def gradients(state: TrainState, batch, rng, config, decoder=None):
 def train_step(state: TrainState, batch, rng, decoder=None, *, config):
   """One discriminator and one generator AdamW update, in that order.
 
-  batch: {'input', 'target'}: float32 latents [B, T, D]. A step whose loss or
+  batch: {'input', 'target'}: float32 latents [B, T, D], and maybe
+  'target_audio' (audio_loss). A step whose loss or
   gradients are not finite changes nothing (the step counter included) and
   reports skipped = 1.
   """

@@ -3,7 +3,8 @@
   python -m precompute.encode --audio-dir A --out-dir L \
       [--encodec-checkpoint PATH | --random-encodec SEED] \
       [--device auto|cpu|cuda] [--val-fraction 0.1] [--seed 42] \
-      [--min-seconds 32] [--dtype float16|float32] [--batch-size N]
+      [--min-seconds 32] [--dtype float16|float32] [--batch-size N] \
+      [--keep-audio]
 
 Finds the audio files below A: every format the installed libsndfile reads
 (wav, flac, ogg, opus, mp3, aiff, ...), and other common audio suffixes,
@@ -15,7 +16,11 @@ empty, silent, shorter than --min-seconds, a rate outside 8-192 kHz, or any
 failure while it is encoded) is skipped and reported with its reason, and
 the run goes on. Songs, not pairs, are split into train and val, by the
 seed. The EnCodec decoder's weights are written beside the manifest for
-decoding without torch (jingle_jax.decode).
+decoding without torch (jingle_jax.decode). With --keep-audio each song's
+24 kHz mono audio is kept beside its latents as float16 (173 MB per hour of
+audio; the float16 latents take 69 MB), so that audio-domain loss terms
+compare with the target clip's waveform, as the original did, rather than
+with its decoded latents.
 
 Every song is a shard of its own and the unit of work that a rerun keeps:
 the rerun reuses the songs whose source files have the size and
@@ -69,6 +74,13 @@ def fingerprint(path) -> dict:
   return {'size': status.st_size, 'mtime_ns': status.st_mtime_ns}
 
 
+def _kept(blocks, song):
+  """`blocks`, each also appended to the song's audio."""
+  for block in blocks:
+    song.append_audio(block)
+    yield block
+
+
 def _reported(blocks):
   """`blocks`, with any failure to produce them raised as BadAudio."""
   try:
@@ -90,7 +102,8 @@ def encode_song(writer, path, source, identifier, status, model, *, device,
   except OSError as e:
     raise audio.BadAudio(f'unreadable: {e}') from None
   with writer.song(identifier, source, status) as song:
-    for block in _reported(codec.encode(model, stream, device=device,
+    blocks = _kept(stream, song) if writer.keeps_audio else stream
+    for block in _reported(codec.encode(model, blocks, device=device,
                                         batch_size=batch_size)):
       song.append(block)
     if stream.samples < codec.HOP:
@@ -113,7 +126,8 @@ def assign_splits(records, val_fraction: float, seed: int) -> None:
 
 def encode_dataset(audio_dir, out_dir, model, weights: str, *, device,
                    val_fraction=0.1, seed=42, dtype='float16',
-                   min_seconds=MIN_SECONDS, batch_size=1) -> dict:
+                   min_seconds=MIN_SECONDS, batch_size=1,
+                   keep_audio=False) -> dict:
   """Encodes the songs of `audio_dir` into the dataset `out_dir`; returns
   its manifest."""
   if not os.path.isdir(audio_dir):
@@ -124,7 +138,7 @@ def encode_dataset(audio_dir, out_dir, model, weights: str, *, device,
     raise ValueError(f'--min-seconds {min_seconds}: expected > 0')
   started = time.perf_counter()
   writer = latent_writer.DatasetWriter(out_dir, encodec_weights=weights,
-                                 dtype=dtype)
+                                       dtype=dtype, keep_audio=keep_audio)
   songs, skipped, ids = [], [], {}
   encoded_seconds = 0.0
   with tqdm.tqdm(find_audio(audio_dir), unit='song',
@@ -190,6 +204,9 @@ def define_flags():
                        'default: 1 on the CPU (faster and leaner there than '
                        'more), 4 on a GPU.',
                        lower_bound=1)
+  flags.DEFINE_bool('keep-audio', False, 'Also keep each song\'s 24 kHz mono '
+                    'audio (float16, 173 MB per hour) for audio-domain loss '
+                    'terms against the real target waveform.')
 
 
 def main(argv):
@@ -205,7 +222,8 @@ def main(argv):
                    val_fraction=f['val-fraction'].value, seed=f.seed,
                    dtype=f.dtype, min_seconds=f['min-seconds'].value,
                    batch_size=f['batch-size'].value or (
-                       4 if device.type == 'cuda' else 1))
+                       4 if device.type == 'cuda' else 1),
+                   keep_audio=f['keep-audio'].value)
   except (ValueError, OSError, encodec_weights.WeightsError) as e:
     sys.exit(f'precompute.encode: error: {e}')
 

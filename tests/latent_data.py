@@ -5,16 +5,21 @@ from jingle_jax import latents
 
 
 def write_dataset(path, songs: dict, *, weights='random:0', dtype='float16',
-                  skipped=(), source='{}.wav', decoder=None) -> dict:
+                  skipped=(), source='{}.wav', decoder=None,
+                  audio=None) -> dict:
   """Writes {id: (split, latents [frames, 128])}; returns the manifest.
 
   Each song's duration is its frames' (75 per second); `source` formats its
-  source path from its id; `decoder` is the manifest's decoder file name.
+  source path from its id; `decoder` is the manifest's decoder file name;
+  `audio` ({id: 24 kHz samples}) is kept when given.
   """
-  writer = latent_writer.DatasetWriter(path, encodec_weights=weights, dtype=dtype)
+  writer = latent_writer.DatasetWriter(path, encodec_weights=weights,
+                                       dtype=dtype, keep_audio=bool(audio))
   records = []
   for song_id, (split, values) in songs.items():
     with writer.song(song_id, source.format(song_id)) as song:
+      if audio:
+        song.append_audio(audio[song_id])
       song.append(values)
       records.append(dict(song.commit(len(values) / latents.FRAME_RATE),
                           split=split))

@@ -65,6 +65,15 @@ def test_correlation_and_outlier_match_torch(audio):
   assert float(audio_losses.spectral_outlier(output)) > 0
 
 
+def test_weighted_terms_match_the_torch_step(audio):
+  weights = {field: 0.5 + index for index, (field, _) in
+             enumerate(audio_losses.WEIGHTS)}
+  total, terms = audio_losses.weighted_terms(*audio, weights)
+  assert sorted(terms) == sorted(name for _, name in audio_losses.WEIGHTS)
+  check(total, reference.weighted_terms(  # on audio: decoding is identity
+      lambda clips: clips, *map(torch.from_numpy, audio), weights))
+
+
 @pytest.mark.parametrize('name, tolerance', [
     # |log M_o - log M_r| is not smooth where the two are equal; float32
     # rounding flips some of those bins' signs (in float64 the STFT
@@ -143,3 +152,32 @@ def test_the_decoder_is_compiled_only_with_audio_weights(step_setup):
   assert flops(plain, decoder) == flops(plain, None)
   # The decoder's forward of output, input and target, and its backward.
   assert flops(config, decoder) > 2 * flops(plain, None)
+
+
+def test_the_target_waveform_replaces_the_decoded_target(step_setup):
+  config, _, _, batch, decoder = step_setup
+  loss = jax.jit(functools.partial(train_step.audio_loss, config=config))
+  output = np.random.default_rng(3).normal(size=(2, 8, 16)).astype(
+      np.float32)
+  decode = functools.partial(jax.jit(functools.partial(
+      train_step.decode, config=config)), decoder)
+  decoded = {name: np.asarray(decode(batch[name])) for name in batch}
+  # The decoded target given as the waveform: the same terms.
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5),
+               loss(output, dict(batch, target_audio=decoded['target']),
+                    decoder), loss(output, batch, decoder))
+  waveform = np.random.default_rng(4).uniform(
+      -0.5, 0.5, (2, 8 * 320)).astype(np.float16)
+  with_waveform = dict(batch, target_audio=waveform)
+  total, metrics = loss(output, with_waveform, decoder)
+  output_audio = decode(output)
+  expected = 0.5 * (
+      audio_losses.stft_distance(output_audio, decoded['input'])
+      + audio_losses.stft_distance(output_audio, waveform.astype(np.float32)))
+  np.testing.assert_allclose(metrics['stft'], expected, rtol=1e-5)
+  np.testing.assert_allclose(
+      total, 0.5 * expected + 0.01 * metrics['spectral_outlier'], rtol=1e-5)
+  # The target is no longer decoded.
+  flops = lambda batch: loss.lower(output, batch, decoder).cost_analysis()[
+      'flops']
+  assert flops(with_waveform) < 0.8 * flops(batch)

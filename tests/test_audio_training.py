@@ -1,6 +1,7 @@
-"""Training with the EnCodec decoder: the spectral-outlier penalty in the
-step (with the GAN), resumed exactly after a kill, and TensorBoard's
-pictures and audio of validation pairs."""
+"""Training with the EnCodec decoder: the spectral-outlier penalty and the
+audio-target term against the dataset's waveforms in the step (with the
+GAN), resumed exactly after a kill, and TensorBoard's pictures and audio of
+validation pairs."""
 
 import io
 import os
@@ -26,7 +27,8 @@ CONFIG = os.path.join(TESTS_DIR, 'train_config.py')
 FRAMES = 8  # train_config's clips
 # 6 steps of 4 pairs (2 per epoch), validations at 2, 4 and 6, media at 4.
 SETTINGS = {'num_train_steps': 6, 'eval_every_steps': 2, 'media_pairs': 1,
-            'media_every_evals': 2, 'loss.spectral_outlier_weight': 0.01}
+            'media_every_evals': 2, 'loss.spectral_outlier_weight': 0.01,
+            'loss.audio_target_weight': 0.5}
 
 
 def events(directory):
@@ -60,8 +62,8 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def dataset(tmp_path_factory):
-  """(data dir, decoder parameters, songs): 2 train songs, 1 val song, and
-  decoder weights of Flax's initialisation."""
+  """(data dir, decoder parameters, songs): 2 train songs, 1 val song with
+  their audio, and decoder weights of Flax's initialisation."""
   data_dir = tmp_path_factory.mktemp('latents')
   decoder = encodec_decoder.EncodecDecoder().init(
       jax.random.key(0), np.zeros((1, 7, latents.LATENT_DIM)))['params']
@@ -69,8 +71,9 @@ def dataset(tmp_path_factory):
   rng = np.random.default_rng(0)
   songs = {f'song{i}': (split, rng.normal(size=(40, latents.LATENT_DIM)))
            for i, split in enumerate(['train'] * 2 + ['val'])}
+  audio = {song: rng.uniform(-0.3, 0.3, 40 * 320) for song in songs}
   latent_data.write_dataset(data_dir, songs, dtype='float32',
-                            decoder=audio_decoder.DECODER_FILE)
+                            decoder=audio_decoder.DECODER_FILE, audio=audio)
   return data_dir, decoder, songs
 
 
@@ -106,7 +109,14 @@ def test_killed_run_with_the_outlier_penalty_resumes_exactly(
     assert a == b
   outlier = [r['spectral_outlier'] for r in whole]
   assert len(outlier) == 9 and all(value > 0 for value in outlier)
-  assert all('g_adv' in r for r in whole)
+  assert all('g_adv' in r and r['audio_target'] > 0 for r in whole)
+
+
+def test_the_run_says_what_the_audio_terms_compare_with(whole_run):
+  notes = [value.tensor.string_val[0].decode()
+           for event in events(whole_run / 'tensorboard')
+           for value in event.summary.value if value.tag.startswith('run')]
+  assert notes == ["audio terms against the target clips' waveforms"]
 
 
 def test_validations_log_mask_pictures_and_decoded_audio(dataset, whole_run):

@@ -209,11 +209,15 @@ def test_formats_channel_counts_and_short_songs(formats_dir, model, tmp_path):
 
 
 def fake_encode(model, blocks, *, device, batch_size):
-  """Latents without EnCodec: frame means of the waveform, block by block."""
+  """Latents without EnCodec: the mean sample of each frame, 128 times."""
   del model, device, batch_size
+  pending = np.zeros(0, np.float32)
   for block in blocks:
-    yield np.repeat(block[:len(block) // 320 * 320].reshape(-1, 320)
-                    .mean(1, keepdims=True), 128, 1)
+    pending = np.concatenate([pending, block])
+    whole = len(pending) // 320 * 320
+    yield np.repeat(pending[:whole].reshape(-1, 320).mean(1, keepdims=True),
+                    128, 1)
+    pending = pending[whole:]
 
 
 @functools.cache
@@ -279,6 +283,40 @@ def test_interrupted_run_resumes_to_identical_output(audio_dir, tmp_path,
   for name in names:
     assert ((resumed / name).read_bytes()
             == (tmp_path / 'whole' / name).read_bytes()), name
+
+
+def test_kept_audio_is_the_encoded_waveform(audio_dir, tmp_path,
+                                            monkeypatch):
+  calls = []
+
+  def counted(model, blocks, **kwargs):
+    calls.append(1)
+    return fake_encode(model, blocks, **kwargs)
+
+  monkeypatch.setattr(codec, 'encode', counted)
+  manifest = run(audio_dir, tmp_path, keep_audio=True)
+  dataset = latents.LatentDataset(tmp_path)
+  # The short and the silent song are read to the end too.
+  assert dataset.has_audio and len(calls) == 5
+  for song in dataset.songs('train') + dataset.songs('val'):
+    expected = whole_file_24khz(audio_dir / song.source)
+    assert song.audio.shape == (len(song.latents), 320)
+    # fake_encode's latents are the frames' mean samples.
+    np.testing.assert_allclose(
+        song.audio.astype(np.float32).mean(1), song.latents[:, 0],
+        atol=2e-3)
+    np.testing.assert_allclose(song.audio.reshape(-1),
+                               expected[:song.audio.size], atol=1e-3)
+  assert [song['audio'] for song in manifest['songs']] == [
+      f'song-{song["id"]}.audio.npy' for song in manifest['songs']]
+  calls.clear()
+  assert run(audio_dir, tmp_path, keep_audio=True) == manifest
+  assert len(calls) == 1  # the silent file, which left nothing to reuse
+  # Without --keep-audio the songs are encoded again, and no audio is left.
+  calls.clear()
+  assert 'audio' not in run(audio_dir, tmp_path)['songs'][0]
+  assert len(calls) == 5
+  assert not [name for name in os.listdir(tmp_path) if 'audio' in name]
 
 
 def cli(audio_dir, out_dir, *more, wait=True):

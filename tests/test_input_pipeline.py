@@ -51,6 +51,31 @@ def test_pairs_are_consecutive_windows(pairs):
   assert len(half_hop) == 7 + 3  # starts 0, 2, ..., 12 and 0, 2, 4
 
 
+def test_target_audio_is_the_target_windows_samples():
+  """Sample k of frame f holds 1000 song + f + k / 1000."""
+  songs = []
+  for number, frames in enumerate([20, 13]):
+    song = labelled_song(number, frames)
+    song.audio = (1000 * number + np.arange(frames)[:, None] +
+                  np.arange(latents.HOP) / 1000)
+    song.id = f'song{number}'
+    songs.append(song)
+  pairs = input_pipeline.Pairs(songs, WINDOW, WINDOW, IDENTITY,
+                               target_audio=True)
+  batch = pairs.read(np.array([5, 1]), np.array([1, 5]))
+  assert batch['target_audio'].shape == (2, WINDOW * latents.HOP)
+  for row, (song, start) in enumerate([(0, 4), (1, 4)]):
+    frames = song * 1000 + start + WINDOW + np.arange(WINDOW)
+    np.testing.assert_array_equal(batch['target_audio'][row],
+                                  (frames[:, None] + np.arange(latents.HOP)
+                                   / 1000).reshape(-1))
+  assert 'target_audio' not in input_pipeline.Pairs(
+      songs, WINDOW, WINDOW, IDENTITY).read([0], [0])
+  songs[1].audio = None
+  with pytest.raises(ValueError, match="song 'song1' has no audio"):
+    input_pipeline.Pairs(songs, WINDOW, WINDOW, IDENTITY, target_audio=True)
+
+
 def test_batch_of_a_step_depends_on_seed_and_step_only(pairs):
   def take(start_step, count, seed=3, shuffle_targets=True, rows=slice(0, 2)):
     batches = input_pipeline.train_batches(
@@ -137,18 +162,15 @@ def test_prefetch_puts_batches_on_devices_and_stops(pairs):
   split = parallel.data_sharding(parallel.make_mesh())
   host = list(input_pipeline.eval_batches(pairs, global_batch_size=2,
                                           rows=slice(0, 2)))
-  threads = threading.active_count()
+  threads = set(threading.enumerate())
   prefetched = input_pipeline.prefetch_to_devices(
       iter(host), size=1, sharding=split, global_batch_size=2)
   first = next(prefetched)
   assert first['input'].sharding == split
   np.testing.assert_array_equal(first['input'], host[0]['input'])
-  prefetched.close()  # a consumer that stops early
-  for _ in range(50):
-    if threading.active_count() == threads:
-      break
-    threading.Event().wait(0.02)
-  assert threading.active_count() == threads
+  assert set(threading.enumerate()) - threads  # the producer
+  prefetched.close()  # a consumer that stops early: joins the producer
+  assert not set(threading.enumerate()) - threads
 
   def failing():
     yield host[0]

@@ -253,3 +253,79 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
       raise RuntimeError('killed')
   assert path.read_text() == 'old'
   assert os.listdir(tmp_path) == ['file.txt']
+
+
+def audio_of(songs, seed=3):
+  """24 kHz samples for each song: its frames' samples and 100 more (the
+  encoder drops those after the last whole frame)."""
+  rng = np.random.default_rng(seed)
+  return {song_id: rng.uniform(-1, 1, len(values) * latents.HOP + 100)
+          for song_id, (_, values) in songs.items()}
+
+
+def test_audio_kept_beside_the_latents_frame_by_frame(tmp_path, songs):
+  audio = audio_of(songs)
+  manifest = latent_data.write_dataset(tmp_path, songs, audio=audio)
+  assert [s['audio'] for s in manifest['songs']] == [
+      'song-a.audio.npy', 'song-b.audio.npy', 'song-c.audio.npy']
+  dataset = latents.LatentDataset(tmp_path)
+  assert dataset.has_audio
+  for song in dataset.songs('train') + dataset.songs('val'):
+    frames = len(song.latents)
+    assert song.audio.shape == (frames, latents.HOP)
+    assert song.audio.dtype == np.float16 and not song.audio.flags.writeable
+    np.testing.assert_array_equal(
+        song.audio.reshape(-1),
+        audio[song.id][:frames * latents.HOP].astype(np.float16))
+  # Written in blocks of any size, the file is the same.
+  writer = latent_writer.DatasetWriter(tmp_path / 'blocks', keep_audio=True,
+                                       encodec_weights='random:0')
+  with writer.song('a', 'music/a.wav') as song:
+    for block in np.split(audio['a'], [1, 500, 20_000]):
+      song.append_audio(block)
+    song.append(songs['a'][1])
+    song.commit(1.2)
+  assert ((tmp_path / 'blocks/song-a.audio.npy').read_bytes() ==
+          (tmp_path / 'song-a.audio.npy').read_bytes())
+
+
+def test_audio_caching_and_errors(tmp_path, songs):
+  write(tmp_path, songs)  # without audio
+  keeping = latent_writer.DatasetWriter(tmp_path, encodec_weights='random:0',
+                                        keep_audio=True)
+  assert keeping.cached('a', 'music/a.wav') is None  # no audio to reuse
+  with pytest.raises(ValueError, match="'a': 3 frames of audio, 90 of"):
+    with keeping.song('a', 'music/a.wav') as song:
+      song.append_audio(np.zeros(3 * latents.HOP))
+      song.append(songs['a'][1])
+      song.commit(1.2)
+  with pytest.raises(ValueError, match="'a': the writer keeps no audio"):
+    with latent_writer.DatasetWriter(tmp_path, encodec_weights='random:0'
+                                     ).song('a', 'music/a.wav') as song:
+      song.append_audio(np.zeros(10))
+  assert latent_data.write_dataset(tmp_path, songs, audio=audio_of(songs),
+                                   source='music/{}.wav')
+  assert keeping.cached('a', 'music/a.wav')['audio'] == 'song-a.audio.npy'
+  os.remove(tmp_path / 'song-a.audio.npy')
+  assert keeping.cached('a', 'music/a.wav') is None
+  # A song written again without audio leaves no stale audio file.
+  write(tmp_path, songs)
+  assert not [name for name in os.listdir(tmp_path) if 'audio' in name]
+  assert not latents.LatentDataset(tmp_path).has_audio
+
+
+@pytest.mark.parametrize('corrupt, message', [
+    (lambda a: a[:50], r'song-c.audio.npy: 50 frames of audio, song .c. has '
+     '75'),
+    (lambda a: a.astype(np.float32), 'song-c.audio.npy: dtype float32'),
+    (lambda a: a.reshape(-1), r'song-c.audio.npy: shape \(24000,\)'),
+])
+def test_bad_audio_names_the_file(tmp_path, songs, corrupt, message):
+  latent_data.write_dataset(tmp_path, songs, audio=audio_of(songs))
+  path = tmp_path / 'song-c.audio.npy'
+  np.save(path, corrupt(np.load(path)))
+  with pytest.raises(latents.LatentDataError, match=message):
+    latents.LatentDataset(tmp_path)
+  os.remove(path)
+  with pytest.raises(latents.LatentDataError, match='audio file is missing'):
+    latents.LatentDataset(tmp_path)

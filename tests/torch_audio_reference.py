@@ -63,3 +63,29 @@ def spectral_outlier(output):
     selected = z > torch.quantile(z.detach(), 0.9)
     total += ((energy[selected] - energy.mean()) ** 2).mean()
   return total / len(BANDS)
+
+
+def weighted_terms(decode, output, inputs, targets, weights):
+  """The weighted sum of the terms config.loss (`weights`) weights, on the
+  audio decode() gives of latents: the output's with gradient, the input's
+  and target's without, each decoded only when a weighted term needs it."""
+  out = decode(output)
+  with torch.no_grad():
+    held = {name: decode(latents) for name, latents, terms in (
+        ('input', inputs, ('audio_input', 'stft', 'mel', 'correlation')),
+        ('target', targets, ('audio_target', 'stft', 'mel', 'correlation')))
+            if any(weights[term + '_weight'] for term in terms)}
+  rms = lambda error: error.square().mean().sqrt()
+  terms = {
+      'audio_input': lambda: rms(out - held['input']),
+      'audio_target': lambda: rms(out - held['target']),
+      'stft': lambda: 0.5 * (stft_distance(out, held['input'])
+                             + stft_distance(out, held['target'])),
+      'mel': lambda: 0.5 * (mel_distance(out, held['input'])
+                            + mel_distance(out, held['target'])),
+      'correlation': lambda: correlation_cost(out, held['input'],
+                                              held['target']),
+      'spectral_outlier': lambda: spectral_outlier(out),
+  }
+  return sum(weights[name + '_weight'] * term()
+             for name, term in terms.items() if weights[name + '_weight'])

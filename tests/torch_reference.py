@@ -9,9 +9,10 @@ compared too), and whole training steps without dropout.
 Run as a script, it times the original's training step (the GAN
 discriminator's AdamW update, then the generator's, as the PyTorch training
 loop does them) at the shapes of a jingle_jax.bench preset, on this
-machine's CPU:
+machine's CPU, with EnCodec's decoder (seeded random weights) in the step
+when configs/creative.py's loss, changed by --loss, weights audio terms:
 
-  python tests/torch_reference.py --preset cpu-small
+  python tests/torch_reference.py --preset cpu-small [--loss FIELD=VALUE ...]
 """
 
 import argparse
@@ -22,6 +23,8 @@ import time
 
 import torch
 from torch import nn
+
+import torch_audio_reference
 
 
 def example_rms(x):
@@ -265,10 +268,11 @@ def perturb_(module, seed, scale=0.05):
 
 
 def training_step(model, discriminator, optimizer, disc_optimizer, inputs,
-                  targets, config):
+                  targets, config, decode=None):
   """One step of the original's loop with the config's loss weights and
   clipping (SPEC 4.5): discriminator update on (rolled targets, detached
-  output), then the generator update with the adversarial loss."""
+  output), then the generator update with the adversarial loss, and the
+  audio terms of latents decode()d to audio [B, samples] when given."""
   weights, optim = config.loss, config.optim
   bce = nn.functional.binary_cross_entropy_with_logits
   out = model(inputs, targets)
@@ -290,6 +294,9 @@ def training_step(model, discriminator, optimizer, disc_optimizer, inputs,
           weights.balance_weight * out['balance'] +
           weights.gan_weight * bce(adversarial_logits,
                                    torch.ones_like(adversarial_logits)))
+  if decode is not None:
+    loss = loss + torch_audio_reference.weighted_terms(
+        decode, output, inputs, targets, weights)
   optimizer.zero_grad()
   loss.backward()
   nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip_norm)
@@ -324,15 +331,26 @@ def from_config(config):
 def main():
   # pylint: disable=import-outside-toplevel
   from configs import creative
+  from jingle_jax import audio_losses
   from jingle_jax import bench
+  from precompute import encodec_weights
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--preset', choices=sorted(bench.PRESETS),
                       default='cpu-small')
   parser.add_argument('--steps', type=int, default=10,
                       help='timed steps after one warm-up step')
+  parser.add_argument('--loss', action='append', default=[],
+                      metavar='FIELD=VALUE', help='a config.loss weight')
   args = parser.parse_args()
   config = creative.get_config()
   bench.apply_preset(config, args.preset)
+  for setting in args.loss:
+    field, value = setting.split('=')
+    config.loss[field] = float(value)
+  decode = None
+  if audio_losses.uses_audio(config.loss):
+    decoder = encodec_weights.random_model(0).decoder.requires_grad_(False)
+    decode = lambda latents: decoder(latents).squeeze(1)
   torch.manual_seed(config.seed)
   model, discriminator, optimizer, disc_optimizer = from_config(config)
   m = config.model
@@ -342,13 +360,15 @@ def main():
   for _ in range(args.steps + 1):
     start = time.perf_counter()
     training_step(model, discriminator, optimizer, disc_optimizer, inputs,
-                  targets, config)
+                  targets, config, decode)
     times.append(time.perf_counter() - start)
   step_s = statistics.median(times[1:])
   print(json.dumps({
       'preset': args.preset,
       'torch': torch.__version__,
       'threads': torch.get_num_threads(),
+      'audio_terms': [name for field, name in audio_losses.WEIGHTS
+                      if config.loss[field]],
       'batch_size': shape[0],
       'num_frames': shape[2],
       'pairs_per_s': round(shape[0] / step_s, 3),
