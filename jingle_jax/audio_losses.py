@@ -64,7 +64,7 @@ def stft_distance(output, reference):
   return total / len(STFT_RESOLUTIONS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mel_filterbank() -> np.ndarray:
   """torchaudio.functional.melscale_fbanks(513, 0, 8000, 80, 24000) (HTK,
   no norm): triangular filters [frequencies, mels]."""
@@ -156,14 +156,14 @@ INPUT_TERMS = ('audio_input', 'stft', 'mel', 'correlation')
 TARGET_TERMS = ('audio_target', 'stft', 'mel', 'correlation')
 
 
-def weighted(weights, terms=tuple(name for _, name in WEIGHTS)) -> bool:
+def weighted(weights, terms) -> bool:
   """Whether any of `terms` has a weight in `weights` (config.loss)."""
   return any(weights[field] for field, name in WEIGHTS if name in terms)
 
 
 def uses_audio(weights) -> bool:
   """Whether any audio term has a weight (and the decoder joins the step)."""
-  return weighted(weights)
+  return any(weights[field] for field, _ in WEIGHTS)
 
 
 def weighted_terms(output, inputs, targets, weights, validation=False):

@@ -46,7 +46,6 @@ from jingle_jax import cli
 from jingle_jax import files
 from jingle_jax import inference
 from jingle_jax import input_pipeline
-from jingle_jax import latents
 from jingle_jax import metrics
 from jingle_jax import run_log
 
@@ -94,8 +93,7 @@ def evaluate_methods(model: inference.TrainedModel, pairs, batch_size: int):
 def evaluate_checkpoint(workdir, out_dir, *, which='best', split='val',
                         batch_size=8, data_dir=None) -> dict:
   """Writes OUT_DIR/metrics.json, metrics.md, training_curves.png."""
-  dataset = latents.LatentDataset(
-      data_dir or checkpoints.read_config(workdir).data_dir)
+  dataset = inference.run_dataset(workdir, data_dir)
   model = inference.TrainedModel.load(workdir, which, dataset=dataset)
   pairs = input_pipeline.dataset_pairs(model.config, dataset, split)
   results = evaluate_methods(model, pairs, batch_size)

@@ -88,7 +88,13 @@ class TrainedModel:
     return [np.concatenate(arrays) for arrays in zip(*parts)]
 
 
-@functools.lru_cache(maxsize=None)
+def run_dataset(workdir, data_dir=None) -> latents.LatentDataset:
+  """The latent dataset at data_dir, by default the one the run trained on."""
+  return latents.LatentDataset(
+      data_dir or checkpoints.read_config(workdir).data_dir)
+
+
+@functools.cache
 def compiled_apply(model_config):
   """The model's jitted evaluation apply, one per model config."""
   return jax.jit(functools.partial(CascadeTransformer(model_config).apply,

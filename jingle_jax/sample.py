@@ -118,8 +118,7 @@ def sample_dataset(workdir, out_dir, *, which='best', num_samples=4,
                    shuffle_targets=False, split='val', batch_size=8,
                    data_dir=None, wav=False) -> dict:
   """Writes the samples of a split and samples.json; returns its content."""
-  dataset = latents.LatentDataset(
-      data_dir or checkpoints.read_config(workdir).data_dir)
+  dataset = inference.run_dataset(workdir, data_dir)
   decoder_params = audio_decoder.read(dataset) if wav else None
   model = inference.TrainedModel.load(workdir, which, dataset=dataset)
   pairs = input_pipeline.dataset_pairs(model.config, dataset, split)

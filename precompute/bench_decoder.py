@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from jingle_jax import audio_decoder
+from jingle_jax import latents
 from jingle_jax.models import encodec_decoder
 from precompute import encodec_weights
 from precompute import export_decoder
@@ -60,10 +61,11 @@ def main(argv):
   print(f'jax {jax.__version__} on {jax.devices()[0].device_kind}; torch '
         f'{torch.__version__} on CPU with {torch.get_num_threads()} threads')
   for batch_size in map(int, _BATCH_SIZES.value):
-    latents = 4 * np.random.default_rng(0).normal(
-        size=(batch_size, audio_decoder.CHUNK_FRAMES, 128)).astype(np.float32)
-    audio_seconds = batch_size * audio_decoder.CHUNK_FRAMES / 75
-    inputs = jax.device_put(latents)
+    clips = 4 * np.random.default_rng(0).normal(
+        size=(batch_size, audio_decoder.CHUNK_FRAMES, latents.LATENT_DIM)
+    ).astype(np.float32)
+    audio_seconds = batch_size * audio_decoder.CHUNK_FRAMES / latents.FRAME_RATE
+    inputs = jax.device_put(clips)
     start = time.perf_counter()
     forward.lower({'params': params}, inputs).compile()
     compile_seconds = time.perf_counter() - start
@@ -71,7 +73,7 @@ def main(argv):
         lambda: forward({'params': params}, inputs).block_until_ready(),
         _REPEATS.value))]
     if _TORCH.value:
-      batch = torch.from_numpy(latents).transpose(1, 2)
+      batch = torch.from_numpy(clips).transpose(1, 2)
 
       def torch_decode():
         with torch.inference_mode():

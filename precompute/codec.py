@@ -16,7 +16,6 @@ import torch
 from jingle_jax import audio_decoder
 from jingle_jax import latents
 
-HOP = latents.SAMPLE_RATE // latents.FRAME_RATE  # samples per latent frame
 CHUNK_FRAMES = audio_decoder.CHUNK_FRAMES  # 16 s, as the JAX decoder's
 # The encoder's last convolution (kernel 7) pads 6 frames by reflection: a
 # chunk shorter than 7 frames reflects its own end, so zeros after it would
@@ -54,17 +53,18 @@ def encode(model, blocks, *, device, batch_size: int):
   memory grow song after song. Only a last chunk of under PADDED_FRAMES
   frames is encoded as it is.
   """
-  chunk = CHUNK_FRAMES * HOP
+  chunk = CHUNK_FRAMES * latents.HOP
   pending = np.zeros(0, np.float32)
   for block in blocks:
     pending = np.concatenate([pending, block])
     while len(pending) >= batch_size * chunk:
       yield _encode_chunks(model, pending[:batch_size * chunk], chunk, device)
       pending = pending[batch_size * chunk:]
-  frames = len(pending) // HOP
+  frames = len(pending) // latents.HOP
   if frames:
-    yield _encode_chunks(model, pending[:frames * HOP],
-                         chunk if frames >= PADDED_FRAMES else frames * HOP,
+    samples = frames * latents.HOP
+    yield _encode_chunks(model, pending[:samples],
+                         chunk if frames >= PADDED_FRAMES else samples,
                          device)[:frames]
 
 
@@ -74,9 +74,9 @@ def _encode_chunks(model, samples, chunk: int, device) -> np.ndarray:
   batch.reshape(-1)[:len(samples)] = samples
   with torch.inference_mode():
     outputs = model.encoder(torch.from_numpy(batch).to(device)).cpu().numpy()
-  if outputs.shape[2] != chunk // HOP:
+  if outputs.shape[2] != chunk // latents.HOP:
     raise RuntimeError(f'EnCodec gave {outputs.shape[2]} frames for {chunk} '
-                       f'samples, expected {chunk // HOP}')
+                       f'samples, expected {chunk // latents.HOP}')
   return np.concatenate(list(np.swapaxes(outputs, 1, 2)))
 
 

@@ -106,7 +106,7 @@ def encode_song(writer, path, source, identifier, status, model, *, device,
     for block in _reported(codec.encode(model, blocks, device=device,
                                         batch_size=batch_size)):
       song.append(block)
-    if stream.samples < codec.HOP:
+    if stream.samples < latents.HOP:
       raise audio.BadAudio('shorter than one latent frame')
     return song.commit(stream.samples / latents.SAMPLE_RATE)
 

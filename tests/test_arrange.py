@@ -13,7 +13,6 @@ from jingle_jax import checkpoints
 from jingle_jax import latents
 from jingle_jax import train_step
 from precompute import arrange
-from precompute import codec
 from precompute import encodec_weights
 from precompute import synth
 import latent_data
@@ -57,7 +56,7 @@ def test_two_songs_make_a_wav_of_one_clip(run, tmp_path):
   assert step == 3  # the checkpoint's name
   audio, rate = soundfile.read(out)
   # 8 frames (train_config.num_frames) of 320 samples at 24 kHz.
-  assert rate == 24_000 and audio.shape == (8 * codec.HOP,)
+  assert rate == 24_000 and audio.shape == (8 * latents.HOP,)
   assert np.all(np.isfinite(audio)) and np.any(audio != 0)
   assert (tmp_path / 'arranged.png').read_bytes()[:4] == b'\x89PNG'
 

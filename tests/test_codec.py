@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from jingle_jax import latents
 from precompute import codec
 from precompute import encodec_weights
 
@@ -24,30 +25,30 @@ def short_chunks(monkeypatch):
 def test_encode_streams_a_song_as_independent_chunks(model, short_chunks):
   del short_chunks
   song = np.random.default_rng(0).uniform(
-      -0.5, 0.5, 2 * CHUNK * codec.HOP + 5 * codec.HOP + 100).astype(
+      -0.5, 0.5, 2 * CHUNK * latents.HOP + 5 * latents.HOP + 100).astype(
           np.float32)
   # Blocks of any sizes in, a batch of 2 chunks at a time out.
-  blocks = np.split(song, [1000, 1001, 3 * CHUNK * codec.HOP // 2])
+  blocks = np.split(song, [1000, 1001, 3 * CHUNK * latents.HOP // 2])
   encoded = list(codec.encode(model, blocks, device='cpu', batch_size=2))
   assert [e.shape for e in encoded] == [(2 * CHUNK, 128), (5, 128)]
-  latents = np.concatenate(encoded)
+  values = np.concatenate(encoded)
   with torch.inference_mode():
     for start, frames in ((0, CHUNK), (CHUNK, CHUNK), (2 * CHUNK, 5)):
-      chunk = song[start * codec.HOP:(start + frames) * codec.HOP]
+      chunk = song[start * latents.HOP:(start + frames) * latents.HOP]
       alone = model.encoder(torch.from_numpy(chunk)[None, None])[0].T
-      np.testing.assert_allclose(latents[start:start + frames], alone,
+      np.testing.assert_allclose(values[start:start + frames], alone,
                                  atol=1e-5)
   one_by_one = codec.encode(model, [song], device='cpu', batch_size=1)
-  np.testing.assert_allclose(np.concatenate(list(one_by_one)), latents,
+  np.testing.assert_allclose(np.concatenate(list(one_by_one)), values,
                              atol=1e-5)
-  whole_chunk = codec.encode(model, [song[:CHUNK * codec.HOP]], device='cpu',
+  whole_chunk = codec.encode(model, [song[:CHUNK * latents.HOP]], device='cpu',
                              batch_size=4)
   assert [e.shape for e in whole_chunk] == [(CHUNK, 128)]
-  assert not list(codec.encode(model, [song[:codec.HOP - 1]], device='cpu',
+  assert not list(codec.encode(model, [song[:latents.HOP - 1]], device='cpu',
                                batch_size=4))
   # A last chunk too short to be padded is encoded as it is.
   for frames in (codec.PADDED_FRAMES - 1, codec.PADDED_FRAMES):
-    tail = song[:frames * codec.HOP]
+    tail = song[:frames * latents.HOP]
     with torch.inference_mode():
       alone = model.encoder(torch.from_numpy(tail)[None, None])[0].T
     np.testing.assert_allclose(

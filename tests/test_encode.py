@@ -147,7 +147,7 @@ def test_streaming_equals_the_whole_file_path(audio_dir, dataset_dir, model,
     # EnCodec is causal: a clip's first second encodes alike alone.
     for clip in (0, 1):
       start = clip * codec.CHUNK_FRAMES
-      second = torch.from_numpy(whole[start * codec.HOP:][:24_000])
+      second = torch.from_numpy(whole[start * latents.HOP:][:24_000])
       with torch.inference_mode():
         alone = model.encoder(second[None, None])[0].T.numpy()
       np.testing.assert_allclose(stored[start:start + 75], alone, atol=1e-3,
