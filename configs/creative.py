@@ -24,6 +24,10 @@ def get_config():
   config.window_hop = 0  # frames between pair starts; 0: num_frames (disjoint).
   config.shuffle_targets = True  # training inputs get random training targets.
   config.prefetch_batches = 2  # batches put on the devices ahead of the step.
+  # JAX's persistent compilation cache: a repeated or resumed run loads its
+  # compiled steps. auto: $JAX_COMPILATION_CACHE_DIR, else
+  # $XDG_CACHE_HOME/jingle_jax/jax (~/.cache/...); a folder; '' for none.
+  config.compilation_cache = 'auto'
 
   # Training loop. Steps count batches, skipped updates included.
   config.workdir = ''  # checkpoints, logs, config.json; --workdir overrides.
@@ -62,6 +66,11 @@ def get_config():
   # attention weights: O(T) instead of O(T^2) memory per layer) or layers
   # (also all but each layer's matmul outputs).
   model.remat = 'layers'
+  # Attention: xla (the weights materialised; cuDNN's fused attention where
+  # nothing is dropped), fused (Pallas kernels: the weights, dropout
+  # included, never leave the chip; interpreted, slowly, off GPU) or auto
+  # (fused on GPU, xla elsewhere).
+  model.attention_impl = 'auto'
   model.disc_dropout = 0.3  # dropout in the GAN latent discriminator.
 
   config.loss = loss = ml_collections.ConfigDict()

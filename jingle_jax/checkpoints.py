@@ -32,6 +32,7 @@ import io
 import json
 import logging as python_logging
 import os
+import re
 import sys
 import time
 import zlib
@@ -50,6 +51,8 @@ from jingle_jax import files
 from jingle_jax import parallel
 from jingle_jax import run_config
 from jingle_jax import train_step
+from jingle_jax.models.cascade import stack_layers
+from jingle_jax.models.cascade import unstack_layers
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -205,12 +208,18 @@ def save(manager, state, *, data_position: int, rng, val_loss=None,
                               extras=ocp.args.JsonSave(extras)))
 
 
-def abstract_state(config, sharding=None):
-  """TrainState shapes and dtypes placed like `sharding` (default: device 0)."""
+def abstract_state(config, sharding=None, *, stacked_layers=True):
+  """TrainState shapes and dtypes placed like `sharding` (default: device 0).
+
+  stacked_layers=False: the layout of checkpoints written before each
+  stage's layers ran as one scan (cascade.unstack_layers).
+  """
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
   shapes = jax.eval_shape(
       functools.partial(train_step.create_train_state, config),
       jax.random.key(0))
+  if not stacked_layers:
+    shapes = jax.eval_shape(unstack_layers, shapes)
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
       shapes)
@@ -235,13 +244,27 @@ def _shapes(tree) -> dict:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _shape_mismatch(directory, step, abstract):
-  """Why checkpoint `step` holds other arrays than `abstract`; None when they
-  match or its metadata cannot be read (the restore then says why)."""
+def _stored_shapes(directory, step):
+  """{path: shape} of checkpoint `step`'s state, or None when its metadata
+  cannot be read (the restore then says why)."""
   try:  # `directory` is the manager's, an etils Path
-    stored = _shapes(ocp.StandardCheckpointHandler().metadata(
+    return _shapes(ocp.StandardCheckpointHandler().metadata(
         directory / str(step) / 'state'))
   except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def _unscanned_layers(stored) -> bool:
+  """Whether a checkpoint holds each layer apart (layers_0, ...): written
+  before the stages' layers ran as one scan."""
+  return any(re.search(r'/cascade_stages_\d+/layers_\d+/', path)
+             for path in stored)
+
+
+def _shape_mismatch(stored, abstract):
+  """Why a checkpoint of `stored` shapes holds other arrays than `abstract`;
+  None when they match or are unknown."""
+  if stored is None:
     return None
   wanted = _shapes(abstract)
   problems = [f'stored shape {stored[path]} but the config asks for {shape} '
@@ -337,12 +360,16 @@ def restore(manager, config, which='latest', *, sharding=None,
   failures, moved = [], False
   try:
     for step in candidates:
-      mismatch = _shape_mismatch(manager.directory, step, abstract)
+      stored = _stored_shapes(manager.directory, step)
+      unscanned = stored is not None and _unscanned_layers(stored)
+      layout = (abstract_state(config, sharding, stacked_layers=False)
+                if unscanned else abstract)
+      mismatch = _shape_mismatch(stored, layout)
       if mismatch:
         raise CheckpointError(f'{manager.directory}/{step}: {mismatch}')
       try:
         with _quiet_failed_reads():
-          return _restore_step(manager, step, abstract)
+          state, extras = _restore_step(manager, step, layout)
       except Exception as e:  # pylint: disable=broad-except
         # TensorStore errors run to pages; their start says enough.
         reason = str(e).splitlines()[0].split(' See full TensorStore')[0]
@@ -355,6 +382,14 @@ def restore(manager, config, which='latest', *, sharding=None,
         logging.warning('checkpoint %s/%d cannot be read (%s)%s',
                         manager.directory, step, reason, aside)
         logging.debug('the error (--verbosity=1 shows this):', exc_info=True)
+        continue
+      if unscanned:
+        logging.info('%s/%d holds each layer apart (written before the '
+                     'layers were scanned): stacked on restore',
+                     manager.directory, step)
+        state = jax.tree.map(lambda x, like: jax.device_put(x, like.sharding),
+                             stack_layers(state), abstract)
+      return state, extras
     raise CheckpointError(f'{manager.directory}: no readable checkpoint'
                           f'{" (moved aside)" if moved else ""}:\n  ' +
                           '\n  '.join(failures))

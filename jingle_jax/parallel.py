@@ -5,6 +5,7 @@ Several processes (hosts) join through jax.distributed, which must start
 before anything else touches jax.
 """
 
+import functools
 import os
 
 from absl import logging
@@ -51,6 +52,17 @@ def make_mesh() -> jax.sharding.Mesh:
   """
   return jax.sharding.Mesh(np.array(jax.devices()), (DATA_AXIS,),
                            axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def on_mesh(function, mesh):
+  """`function`, traced with `mesh` as the abstract mesh: what shard_maps
+  inside it (the fused attention kernels) split the batch over."""
+  @functools.wraps(function)
+  def traced_on_mesh(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return function(*args, **kwargs)
+
+  return traced_on_mesh
 
 
 def replicated(mesh) -> NamedSharding:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jingle_jax import baselines
+from jingle_jax.models import attention
 from jingle_jax.models import ModelConfig
 from jingle_jax.models.config import REMAT_CHOICES
 
@@ -43,6 +44,8 @@ _ADDED_FIELDS = (
     ('loss.mel_weight', 0.0),
     ('loss.correlation_weight', 0.0),
     ('loss.spectral_outlier_weight', 0.0),
+    ('model.attention_impl', 'auto'),
+    ('compilation_cache', 'auto'),
 )
 
 
@@ -73,6 +76,16 @@ def compute_dtype(name: str):
   return jnp.dtype(name)
 
 
+def attention_implementation(name: str) -> str:
+  """config.model.attention_impl: 'auto' is 'fused' on GPU, else 'xla'."""
+  if name == 'auto':
+    return 'fused' if jax.default_backend() == 'gpu' else 'xla'
+  if name not in attention.IMPLEMENTATIONS:
+    raise ConfigError('config.model.attention_impl must be auto or one of '
+                      f'{attention.IMPLEMENTATIONS}, not {name!r}')
+  return name
+
+
 def model_config(config) -> ModelConfig:
   """The model's hyperparameters from config.model, checked."""
   m = config.model
@@ -96,7 +109,8 @@ def model_config(config) -> ModelConfig:
       use_creative_agent=m.use_creative_agent, fixed_masking=m.fixed_masking,
       hard_masks=m.hard_masks, mask_hidden=m.mask_hidden,
       mask_heads=m.mask_heads, max_len=m.max_len,
-      dtype=compute_dtype(m.compute_dtype), remat=m.remat)
+      dtype=compute_dtype(m.compute_dtype), remat=m.remat,
+      attention=attention_implementation(m.attention_impl))
 
 
 def check_training(config, workdir) -> None:

@@ -3,7 +3,8 @@
 Key mapping (a `module.` prefix, left by DistributedDataParallel, is dropped):
 
   cascade_stages.{s}            -> cascade_stages_{s}
-  .transformer.layers.{l}       -> layers_{l}
+  .transformer.layers.{l}       -> layers_{l} (cascade.unstack_layers' view
+                                   of the scan's stacked `layers`)
   nn.Sequential member .{i}     -> layers_{i}
   discriminator.classifier.2    -> discriminator/classifier (after the
                                    parameter-free AdaptiveAvgPool1d, Flatten)
@@ -54,6 +55,8 @@ import optax
 
 from jingle_jax import train_step
 from jingle_jax.models.cascade import sinusoidal_positions
+from jingle_jax.models.cascade import stack_layers
+from jingle_jax.models.cascade import unstack_layers
 
 _DDP_PREFIX = 'module.'
 # The torch table is computed in float32: arguments up to 2000 rad carry
@@ -216,8 +219,10 @@ def convert(checkpoint, config, source='checkpoint', *, rng=None):
     raise ConversionError(
         f'{source} has GAN discriminator weights but the config sets '
         'loss.gan_weight = 0; pass --config.loss.gan_weight')
-  state = jax.jit(functools.partial(train_step.create_train_state, config))(
-      jax.random.key(config.seed) if rng is None else rng)
+  # Filled in PyTorch's layout of the layers, stacked for the scan at the end.
+  state = unstack_layers(jax.jit(functools.partial(
+      train_step.create_train_state, config))(
+          jax.random.key(config.seed) if rng is None else rng))
   positions = [f'cascade_stages.{stage}.pos_encoding.pe'
                for stage in range(config.model.num_stages)]
   variables = _fill({'params': state.params, 'batch_stats': state.batch_stats},
@@ -246,7 +251,7 @@ def convert(checkpoint, config, source='checkpoint', *, rng=None):
   else:
     logging.info('%s: no discriminator_state_dict; the GAN discriminator '
                  'starts fresh', source)
-  return config, jax.device_put(state)
+  return config, jax.device_put(stack_layers(state))
 
 
 def _optimizer_state(checkpoint, name, state_dict, module_name, tx, params,

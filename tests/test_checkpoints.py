@@ -11,6 +11,7 @@ import pytest
 
 from jingle_jax import checkpoints
 from jingle_jax import inference
+from jingle_jax.models.cascade import unstack_layers
 from damage import damage
 
 # A failed read leaves Orbax's pending read coroutines to be collected later.
@@ -83,6 +84,23 @@ def test_a_trained_model_loads_with_its_recorded_config(tmp_path, config):
   model = inference.TrainedModel.load(tmp_path, 'latest')
   assert_same(model.variables['batch_stats'], states[9].batch_stats)
   assert model.step == 9
+
+
+def test_checkpoints_of_layers_kept_apart_restore_stacked(tmp_path, config):
+  """Workdirs written before each stage's layers ran as one scan hold
+  layers_0, layers_1, ... (params and AdamW moments): they restore."""
+  config.model.num_layers = 2
+  state = random_state(config, 3)
+  manager = checkpoints.open_manager(tmp_path, config)
+  checkpoints.save(manager, unstack_layers(state), data_position=3,
+                   rng=jax.random.key(3))
+  manager.wait_until_finished()
+  metadata = tmp_path / 'checkpoints' / '3' / 'state' / '_METADATA'
+  assert 'layers_1' in metadata.read_text()
+  restored, extras = checkpoints.restore(manager, config)
+  manager.close()
+  assert_same(restored, state)
+  assert extras['data_position'] == 3
 
 
 @pytest.mark.parametrize('how', ['truncate', 'zeros'])

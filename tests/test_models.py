@@ -19,6 +19,8 @@ from jingle_jax.models import ModelConfig
 from jingle_jax.models.cascade import CascadeStage
 from jingle_jax.models.cascade import sinusoidal_positions
 from jingle_jax.models.cascade import SpectralNormDense
+from jingle_jax.models.cascade import stack_layers
+from jingle_jax.models.cascade import unstack_layers
 
 
 def count(tree):
@@ -54,12 +56,18 @@ def test_seed_architecture_has_27_449_410_parameters():
   assert count(state.disc_params) == 3_802_881  # the GAN's, counted apart
   # Spectral-norm vectors are state, not parameters.
   assert set(state.batch_stats['cascade_stages_2']['output_proj']) == {'u', 'v'}
+  # A stage's layers are stacked for the scan.
+  layers = params['cascade_stages_1']['layers']
+  assert layers['self_attn']['in_proj_kernel'].shape == (6, 384, 3 * 384)
+  assert set(params['cascade_stages_0']) == {
+      'input_norm', 'post_norm', 'output_proj', 'layers'}
   # PyTorch-mappable names.
-  layer = params['cascade_stages_1']['layers_5']
+  unstacked = jax.eval_shape(unstack_layers, params)
+  layer = unstacked['cascade_stages_1']['layers_5']
   assert layer['self_attn']['in_proj_kernel'].shape == (384, 3 * 384)
   assert layer['linear1']['kernel'].shape == (384, 4 * 384)
   assert set(layer) == {'self_attn', 'linear1', 'linear2', 'norm1', 'norm2'}
-  assert set(params['cascade_stages_0']) == {
+  assert set(unstacked['cascade_stages_0']) == {
       'input_norm', 'post_norm', 'output_proj',
       *[f'layers_{i}' for i in range(6)]}
   assert set(params['creative_agent']['mask_generator']['input_analyzer']) == {
@@ -173,6 +181,43 @@ def test_remat_saves_memory_and_keeps_training_gradients(tiny_model):
             a, b, atol=1e-4 * np.abs(b).max()), remat_grads, grads)
   assert stored_bytes('none') > stored_bytes('attention') > stored_bytes(
       'layers')
+
+
+def test_fused_attention_trains_as_the_xla_one(tiny_model):
+  """The kernels drop the same weights: same training outputs and grads."""
+  variables, _ = tiny_model
+  inputs, targets = latents(12, (2, 32, 16))
+  output_weights = latents(13, (2, 32, 16))[0]
+
+  def loss(params, attention):
+    out, _ = tiny(attention=attention, remat='layers').apply(
+        {'params': params, 'batch_stats': variables['batch_stats']}, inputs,
+        targets, train=True, mutable=['batch_stats'],
+        rngs={'noise': jax.random.key(5), 'dropout': jax.random.key(6)})
+    return jnp.sum(out.output * output_weights) + jnp.sum(out.input_mask)
+
+  grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  (value, grads), (fused_value, fused_grads) = (
+      grad(variables['params'], 'xla'), grad(variables['params'], 'fused'))
+  np.testing.assert_allclose(fused_value, value, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, atol=1e-4 * np.abs(b).max()), fused_grads, grads)
+
+
+def test_layers_stack_and_unstack():
+  """Layer l of the scan's stacked parameters is PyTorch's layers.{l}."""
+  params = tiny(num_layers=3).init(
+      jax.random.key(0), *latents(0, (1, 8, 16)), train=False)['params']
+  unstacked = unstack_layers(params)
+  kernels = [unstacked['cascade_stages_1'][f'layers_{layer}']['linear1'][
+      'kernel'] for layer in range(3)]
+  for layer, kernel in enumerate(kernels):
+    np.testing.assert_array_equal(
+        kernel, params['cascade_stages_1']['layers']['linear1']['kernel'][
+            layer])
+  assert not np.array_equal(kernels[0], kernels[2])  # drawn apart by init
+  assert 'layers' not in unstacked['cascade_stages_1']
+  jax.tree.map(np.testing.assert_array_equal, stack_layers(unstacked), params)
 
 
 @pytest.mark.parametrize('train', [False, True])

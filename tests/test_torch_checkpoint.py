@@ -12,6 +12,7 @@ import torch
 from configs.creative import get_config
 from jingle_jax import torch_checkpoint
 from jingle_jax import train_step
+from jingle_jax.models.cascade import unstack_layers
 import torch_reference as reference
 
 
@@ -23,9 +24,10 @@ def test_seed_architecture_converts_with_spec_keys():
   assert sum(leaf.size for leaf in jax.tree.leaves(state.params)) == (
       27_449_410)
   torch_layer = model.cascade_stages[2].transformer.layers[5]
-  np.testing.assert_array_equal(
-      state.params['cascade_stages_2']['layers_5']['self_attn'][
-          'in_proj_kernel'], torch_layer.self_attn.in_proj_weight.detach().T)
+  np.testing.assert_array_equal(  # layer 5 of the stage's stacked layers
+      state.params['cascade_stages_2']['layers']['self_attn'][
+          'in_proj_kernel'][5],
+      torch_layer.self_attn.in_proj_weight.detach().T)
   assert config.model.max_len == 2000
 
 
@@ -43,10 +45,11 @@ def test_initialisation_is_pytorchs():
       reference.numpy_checkpoint(reference.CascadeTransformer(num_stages=3)), config)
   state = jax.jit(functools.partial(train_step.create_train_state, config))(
       jax.random.key(0))
-  wanted = flax.traverse_util.flatten_dict(
-      {'params': torch_state.params, 'batch_stats': torch_state.batch_stats})
-  actual = flax.traverse_util.flatten_dict(
-      {'params': state.params, 'batch_stats': state.batch_stats})
+  # Layer by layer, in PyTorch's layout.
+  wanted = flax.traverse_util.flatten_dict(unstack_layers(
+      {'params': torch_state.params, 'batch_stats': torch_state.batch_stats}))
+  actual = flax.traverse_util.flatten_dict(unstack_layers(
+      {'params': state.params, 'batch_stats': state.batch_stats}))
   assert set(actual) == set(wanted)
   for path, value in wanted.items():
     name, value, mine = '/'.join(path), np.asarray(value), np.asarray(
@@ -60,7 +63,7 @@ def test_initialisation_is_pytorchs():
       assert np.abs(mine).max() == pytest.approx(np.abs(value).max(),
                                                  rel=0.05), name
   for stage in range(3):
-    layers = state.params[f'cascade_stages_{stage}']
+    layers = unstack_layers(state.params)[f'cascade_stages_{stage}']
     for layer in range(1, 6):
       jax.tree.map(np.testing.assert_array_equal, layers[f'layers_{layer}'],
                    layers['layers_0'])

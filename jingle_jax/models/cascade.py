@@ -1,9 +1,11 @@
 """The cascade transformer (SPEC 4.3): the generator of Jingle_D.
 
 Layout is [B, T, D]. Names follow the PyTorch keys: `cascade_stages.{s}` ->
-`cascade_stages_{s}`, `transformer.layers.{l}` -> `layers_{l}`, and
-`self_attn`, `linear1`, `linear2`, `norm1`, `norm2`, `input_norm`,
-`post_norm`, `output_proj` as they are.
+`cascade_stages_{s}`, and `self_attn`, `linear1`, `linear2`, `norm1`,
+`norm2`, `input_norm`, `post_norm`, `output_proj` as they are. A stage's L
+encoder layers run as one scan: their parameters are stacked under
+`layers` on a leading layer axis, where PyTorch has `transformer.layers.{l}`
+(unstack_layers gives that view, `layers_{l}`).
 """
 
 import functools
@@ -16,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jingle_jax import baselines
+from jingle_jax.models import attention
 from jingle_jax.models.config import ModelConfig
-from jingle_jax.models.layers import Dropout
+from jingle_jax.models.dropout import Dropout
 from jingle_jax.models.layers import linear
 from jingle_jax.models.layers import MultiheadAttention
 from jingle_jax.models.layers import torch_bias_init
@@ -27,6 +30,11 @@ from jingle_jax.models.mask_generator import example_rms
 
 LAYER_NORM_EPSILON = 1e-5  # PyTorch's default
 RMS_SCALE_RANGE = (0.7, 1.5)
+# What remat 'layers' keeps of a layer's forward pass: the outputs of its
+# projections and of the fused attention kernels (not their [T, S] weights).
+LAYER_POLICY = jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    jax.checkpoint_policies.save_only_these_names(attention.RESIDUALS_NAME))
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,26 +86,31 @@ class SpectralNormDense(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-  """torch.nn.TransformerEncoderLayer: post-norm, exact GELU, FF width 4d."""
+  """torch.nn.TransformerEncoderLayer: post-norm, exact GELU, FF width 4d.
+
+  A scan body: (x, None) -> (x, None).
+  """
 
   config: ModelConfig
+  deterministic: bool
 
   @nn.compact
-  def __call__(self, x, deterministic: bool):
+  def __call__(self, x, _):
     c = self.config
     width = x.shape[-1]
     norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPSILON,
                              dtype=c.dtype)
-    drop = Dropout(c.dropout, deterministic=deterministic)
+    drop = Dropout(c.dropout, deterministic=self.deterministic)
     attended = MultiheadAttention(
-        c.num_heads, c.attention_dropout, c.dtype, c.remat != 'none',
-        name='self_attn')(x, deterministic=deterministic)
+        c.num_heads, c.attention_dropout, c.dtype, c.attention,
+        c.remat != 'none', name='self_attn')(
+            x, deterministic=self.deterministic)
     x = norm(name='norm1')(x + drop(attended))
     hidden = nn.gelu(linear(4 * width, width, dtype=c.dtype,
                             name='linear1')(x), approximate=False)
     hidden = linear(width, 4 * width, dtype=c.dtype,
                     name='linear2')(drop(hidden))
-    return norm(name='norm2')(x + drop(hidden))
+    return norm(name='norm2')(x + drop(hidden)), None
 
 
 class CascadeStage(nn.Module):
@@ -114,13 +127,14 @@ class CascadeStage(nn.Module):
     norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPSILON,
                              dtype=c.dtype)
     x = norm(name='input_norm')(x)
-    layer_type = EncoderLayer
+    layer = EncoderLayer
     if c.remat == 'layers':  # keep matmul outputs, recompute the rest
-      layer_type = nn.remat(
-          EncoderLayer, static_argnums=(2,),
-          policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
-    for layer in range(c.num_layers):
-      x = layer_type(c, name=f'layers_{layer}')(x, not train)
+      layer = nn.remat(EncoderLayer, prevent_cse=False, policy=LAYER_POLICY)
+    # One compiled layer for all L: parameters and dropout draws per layer.
+    layers = nn.scan(layer, variable_axes={'params': 0},
+                     split_rngs={'params': True, 'dropout': True},
+                     length=c.num_layers)
+    x, _ = layers(c, not train, name='layers')(x, None)
     x = norm(name='post_norm')(x)
     return SpectralNormDense(c.latent_dim, dtype=c.dtype,
                              name='output_proj')(x, update_stats=train)
@@ -132,11 +146,61 @@ def copy_first_layers(params):
   torch.nn.TransformerEncoder deep-copies the one layer it is given, so in
   the original all layers of a stage start with equal weights.
   """
-  return {
-      name: {key: tree['layers_0'] if key.startswith('layers_') else value
-             for key, value in tree.items()}
-      if name.startswith('cascade_stages_') else tree
-      for name, tree in params.items()}
+  first = lambda x: jnp.broadcast_to(x[:1], x.shape)
+  return {name: dict(tree, layers=jax.tree.map(first, tree['layers']))
+          if name.startswith('cascade_stages_') else tree
+          for name, tree in params.items()}
+
+
+def _is_parameter_tree(x) -> bool:
+  return isinstance(x, dict) and any(
+      str(name).startswith('cascade_stages_') for name in x)
+
+
+def _map_parameter_trees(function, tree):
+  """`function` applied to every parameter-shaped dict in `tree` (the
+  parameters themselves, AdamW's moments, a whole TrainState)."""
+  return jax.tree.map(
+      lambda x: function(x) if _is_parameter_tree(x) else x, tree,
+      is_leaf=_is_parameter_tree)
+
+
+def unstack_layers(tree):
+  """Each stage's `layers` (stacked on a leading axis) as `layers_0` ...
+  `layers_{L-1}`, as PyTorch lists them, wherever `tree` holds parameters.
+  """
+  def stage(subtree):
+    if 'layers' not in subtree:
+      return subtree
+    count = jax.tree.leaves(subtree['layers'])[0].shape[0]
+    unstacked = {name: value for name, value in subtree.items()
+                 if name != 'layers'}
+    for layer in range(count):
+      unstacked[f'layers_{layer}'] = jax.tree.map(lambda x: x[layer],
+                                                  subtree['layers'])
+    return unstacked
+
+  return _map_parameter_trees(
+      lambda params: {name: stage(value) if name.startswith('cascade_stages_')
+                      else value for name, value in params.items()}, tree)
+
+
+def stack_layers(tree):
+  """unstack_layers undone: `layers_{l}` stacked into `layers`."""
+  def stage(subtree):
+    names = sorted((name for name in subtree if name.startswith('layers_')),
+                   key=lambda name: int(name.split('_')[1]))
+    if not names:
+      return subtree
+    stacked = {name: value for name, value in subtree.items()
+               if name not in names}
+    stacked['layers'] = jax.tree.map(lambda *xs: jnp.stack(xs),
+                                     *[subtree[name] for name in names])
+    return stacked
+
+  return _map_parameter_trees(
+      lambda params: {name: stage(value) if name.startswith('cascade_stages_')
+                      else value for name, value in params.items()}, tree)
 
 
 @flax.struct.dataclass

@@ -31,3 +31,6 @@ class ModelConfig:
   # attention weights ('attention', O(T) instead of O(T^2) memory); or also
   # all but the matmul outputs of each encoder layer ('layers').
   remat: str = 'none'
+  # How attention is computed (models/attention.py): 'xla' materialises the
+  # weights; 'fused' runs the Pallas kernels.
+  attention: str = 'xla'

@@ -5,8 +5,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jingle_jax.models.dropout import Dropout
 from jingle_jax.models.layers import conv1d
-from jingle_jax.models.layers import Dropout
 from jingle_jax.models.layers import linear
 
 # (features, kernel size, stride) of each Conv1d; padding is kernel // 2.

@@ -49,7 +49,8 @@ class AttentionMaskGenerator(nn.Module):
     self.input_analyzer = analyzer()
     self.target_analyzer = analyzer()
     self.cross_attention = MultiheadAttention(
-        c.mask_heads, c.attention_dropout, c.dtype, c.remat != 'none')
+        c.mask_heads, c.attention_dropout, c.dtype, c.attention,
+        c.remat != 'none')
     self.input_mask_generator = mask_head()
     self.target_mask_generator = mask_head()
 
