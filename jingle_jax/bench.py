@@ -2,7 +2,7 @@
 
   python -m jingle_jax.bench --config configs/creative.py \
       [--preset cpu-small|cpu-seed|seed] [--params-only] [--steps N] \
-      [--notarget-audio]
+      [--notarget-audio] [--profile DIR]
 
 The step is data-parallel over all local devices (state replicated, batch
 split), with per_device_batch_size pairs per device. When config.loss weights
@@ -12,8 +12,10 @@ target clips' waveforms, as from a dataset precomputed with --keep-audio
 (--notarget-audio: the targets are decoded instead).
 """
 
+import contextlib
 import functools
 import json
+import os
 import statistics
 import time
 
@@ -24,8 +26,12 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 
 from jingle_jax import audio_losses
+from jingle_jax import compile_cache
+from jingle_jax import files
+from jingle_jax import flops
 from jingle_jax import latents
 from jingle_jax import parallel
+from jingle_jax import profiling
 from jingle_jax import run_config
 from jingle_jax import train_step
 from jingle_jax.models import encodec_decoder
@@ -61,6 +67,9 @@ _PARAMS_ONLY = flags.DEFINE_bool(
 _TARGET_AUDIO = flags.DEFINE_bool(
     'target-audio', True, 'Audio terms compare with target waveforms in the '
     'batch; false: with the decoded targets.')
+_PROFILE = flags.DEFINE_string(
+    'profile', None, 'Trace the timed steps with jax.profiler into this '
+    'folder and write its top device ops to PROFILE/top_ops.txt.')
 _STEPS = flags.DEFINE_integer(
     'steps', 10, 'Timed steps after compilation and one warm-up; 0 compiles '
     'only (FLOPs and the memory plan, e.g. of accelerator shapes on a CPU).',
@@ -142,19 +151,22 @@ def activation_bytes(config, state, rng, decoder=None):
              for leaf in jax.tree.leaves(kept))
 
 
-def time_steps(compiled, state, batch, step_rngs):
-  """Wall and CPU seconds of each step after a warm-up on step_rngs[0]."""
+def time_steps(compiled, state, batch, step_rngs, profile_dir=None):
+  """Wall and CPU seconds of each step after a warm-up on step_rngs[0],
+  traced by jax.profiler into profile_dir when given."""
   times, cpu_times = [], []
   if len(step_rngs) == 1:
     return times, cpu_times
   state, metrics = compiled(state, batch, step_rngs[0])
   jax.block_until_ready((state, metrics))
-  for step_rng in step_rngs[1:]:
-    start, cpu_start = time.perf_counter(), time.process_time()
-    state, metrics = compiled(state, batch, step_rng)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - start)
-    cpu_times.append(time.process_time() - cpu_start)
+  with (jax.profiler.trace(profile_dir, create_perfetto_trace=True)
+        if profile_dir else contextlib.nullcontext()):
+    for step_rng in step_rngs[1:]:
+      start, cpu_start = time.perf_counter(), time.process_time()
+      state, metrics = compiled(state, batch, step_rng)
+      jax.block_until_ready((state, metrics))
+      times.append(time.perf_counter() - start)
+      cpu_times.append(time.process_time() - cpu_start)
   return times, cpu_times
 
 
@@ -163,6 +175,7 @@ def main(argv):
   config = _CONFIG.value
   if _PRESET.value:
     apply_preset(config, _PRESET.value)
+  compile_cache.use(config.compilation_cache)
   rng = jax.random.key(config.seed)
   init = functools.partial(train_step.create_train_state, config)
   if _PARAMS_ONLY.value:
@@ -190,20 +203,27 @@ def main(argv):
   decoder = jax.jit(functools.partial(random_decoder, config),
                     out_shardings=replicated)(jax.random.fold_in(rng, 3))
 
-  step = jax.jit(functools.partial(train_step.train_step, config=config),
-                 in_shardings=(replicated, split, replicated, replicated),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  step = jax.jit(
+      parallel.on_mesh(functools.partial(train_step.train_step,
+                                         config=config), mesh),
+      in_shardings=(replicated, split, replicated, replicated),
+      out_shardings=(replicated, replicated), donate_argnums=0)
   start = time.perf_counter()
-  compiled = step.lower(state, batch, step_rngs[0], decoder).compile()
+  traced = step.trace(state, batch, step_rngs[0], decoder)
+  compiled = traced.lower().compile()
   compile_s = time.perf_counter() - start
+  step_flops = flops.count(traced.jaxpr)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops_per_device = cost.get('flops') if cost else None
+  xla_flops_per_device = cost.get('flops') if cost else None
   plan = compiled.memory_analysis()
 
   times, cpu_times = time_steps(
       lambda state, batch, rng: compiled(state, batch, rng, decoder), state,
-      batch, step_rngs)
+      batch, step_rngs, _PROFILE.value)
+  if _PROFILE.value and times:
+    files.write_text(os.path.join(_PROFILE.value, 'top_ops.txt'),
+                     profiling.top_ops(_PROFILE.value, len(times)))
   step_s = statistics.median(times) if times else None
 
   dtype = run_config.compute_dtype(config.model.compute_dtype)
@@ -217,6 +237,9 @@ def main(argv):
       'device': devices[0].device_kind,
       'num_devices': len(devices),
       'compute_dtype': jnp.dtype(dtype).name,
+      'attention': run_config.attention_implementation(
+          config.model.attention_impl),
+      'remat': config.model.remat,
       'batch_size': batch_size,
       'num_frames': config.num_frames,
       'params': count_params(state.params),
@@ -227,11 +250,17 @@ def main(argv):
       # shared with other work it shows the work done, whatever the wait.
       'median_step_cpu_s': (round(statistics.median(cpu_times), 3)
                             if cpu_times else None),
+      # Tracing, lowering and compiling (or loading from the compilation
+      # cache) the step.
       'compile_s': round(compile_s, 2),
-      'flops_per_step': (flops_per_device * len(devices)
-                         if flops_per_device else None),
-      'mfu': (round(flops_per_device / step_s / peak, 4)
-              if flops_per_device and peak and step_s else None),
+      # The matmuls, convolutions and attention kernels of the step,
+      # recomputation included (jingle_jax.flops), and XLA's own count,
+      # which counts a loop body once and a custom kernel not at all.
+      'flops_per_step': step_flops,
+      'xla_flops_per_step': (xla_flops_per_device * len(devices)
+                             if xla_flops_per_device else None),
+      'mfu': (round(step_flops / step_s / (peak * len(devices)), 4)
+              if peak and step_s else None),
       'peak_memory_bytes': memory.get('peak_bytes_in_use'),
       'activation_bytes': activation_bytes(config, state, rng, decoder),
       # XLA's buffer plan for one device: state, batch, outputs (less what

@@ -14,6 +14,7 @@ import numpy as np
 
 from jingle_jax import baselines
 from jingle_jax import checkpoints
+from jingle_jax import compile_cache
 from jingle_jax import input_pipeline
 from jingle_jax import latents
 from jingle_jax import run_config
@@ -40,6 +41,7 @@ class TrainedModel:
     gives the latent statistics when the run normalises latents.
     """
     config = checkpoints.read_config(workdir)
+    compile_cache.use(config.compilation_cache)
     manager = checkpoints.open_manager(workdir, config, read_only=True)
     try:
       state, extras = checkpoints.restore(manager, config, which)

@@ -31,6 +31,7 @@ import numpy as np
 from jingle_jax import audio_decoder
 from jingle_jax import audio_losses
 from jingle_jax import checkpoints
+from jingle_jax import compile_cache
 from jingle_jax import input_pipeline
 from jingle_jax import latents
 from jingle_jax import media_log
@@ -91,12 +92,13 @@ def compile_steps(config, mesh, rng, decoder=None):
     return train_step.train_step(state, batch, step_rng, decoder,
                                  config=config)
 
-  train = jax.jit(step, in_shardings=(replicated, split, replicated,
-                                      replicated),
+  train = jax.jit(parallel.on_mesh(step, mesh),
+                  in_shardings=(replicated, split, replicated, replicated),
                   out_shardings=(replicated, replicated), donate_argnums=0)
-  evaluate = jax.jit(functools.partial(train_step.eval_step, config=config),
-                     in_shardings=(replicated, split, replicated),
-                     out_shardings=replicated)
+  evaluate = jax.jit(
+      parallel.on_mesh(functools.partial(train_step.eval_step, config=config),
+                       mesh),
+      in_shardings=(replicated, split, replicated), out_shardings=replicated)
   return (lambda state, batch, position: train(state, batch, position,
                                                decoder),
           lambda state, batch: evaluate(state, batch, decoder))
@@ -221,6 +223,8 @@ def train_and_evaluate(config, workdir):
   Returns the last validation metrics (None if none ran).
   """
   run_config.check_training(config, workdir)
+  logging.info('compilation cache: %s',
+               compile_cache.use(config.compilation_cache) or 'off')
   mesh = parallel.make_mesh()
   split = parallel.data_sharding(mesh)
   batch_size = config.per_device_batch_size * jax.device_count()

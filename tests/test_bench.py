@@ -26,12 +26,17 @@ def bench(*flags):
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_step_benchmark_over_four_devices():
-  timed = bench('--steps', '2')
+def test_step_benchmark_over_four_devices(tmp_path):
+  timed = bench('--steps', '2', f'--profile={tmp_path}')
   assert timed['num_devices'] == 4 and timed['batch_size'] == 8
   assert timed['timed_steps'] == 2
   assert timed['pairs_per_s'] > 0 and timed['median_step_ms'] > 0
-  assert timed['flops_per_step'] > 0
+  assert timed['flops_per_step'] > 0 and timed['xla_flops_per_step'] > 0
+  assert timed['mfu'] is None  # no known peak for a CPU
+  assert (timed['attention'], timed['remat']) == ('xla', 'layers')
+  top_ops = (tmp_path / 'top_ops.txt').read_text().splitlines()
+  assert 'ops and' in top_ops[0] and '(2 steps)' in top_ops[0]
+  assert len(top_ops) > 10  # the costliest ops, each with its time
   assert 0 < timed['activation_bytes'] < timed['planned_memory_bytes']
 
   # --steps 0 compiles only; without remat the backward pass keeps each
