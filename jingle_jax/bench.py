@@ -36,15 +36,19 @@ from jingle_jax import run_config
 from jingle_jax import train_step
 from jingle_jax.models import encodec_decoder
 
-PRESETS = {
+_AGENT = {'model.use_creative_agent': True}
+PRESETS = {  # config fields by dotted name
     # The seed architecture, for accelerators.
-    'seed': dict(num_stages=3, num_layers=6, num_frames=1200,
-                 per_device_batch_size=16, remat='layers'),
+    'seed': {'model.num_stages': 3, 'model.num_layers': 6,
+             'num_frames': 1200, 'per_device_batch_size': 16,
+             'model.remat': 'layers', **_AGENT},
     # On CPU memory is ample, and recomputation costs time.
-    'cpu-seed': dict(num_stages=2, num_layers=6, num_frames=1200,
-                     per_device_batch_size=2, remat='none'),
-    'cpu-small': dict(num_stages=2, num_layers=2, num_frames=300,
-                      per_device_batch_size=4, remat='none'),
+    'cpu-seed': {'model.num_stages': 2, 'model.num_layers': 6,
+                 'num_frames': 1200, 'per_device_batch_size': 2,
+                 'model.remat': 'none', **_AGENT},
+    'cpu-small': {'model.num_stages': 2, 'model.num_layers': 2,
+                  'num_frames': 300, 'per_device_batch_size': 4,
+                  'model.remat': 'none', **_AGENT},
 }
 
 # Dense bfloat16 peak FLOP/s per device, matched against device_kind in order.
@@ -76,14 +80,11 @@ _STEPS = flags.DEFINE_integer(
     lower_bound=0)
 
 
-def apply_preset(config, name):
-  preset = PRESETS[name]
-  config.model.num_stages = preset['num_stages']
-  config.model.num_layers = preset['num_layers']
-  config.model.use_creative_agent = True
-  config.model.remat = preset['remat']
-  config.num_frames = preset['num_frames']
-  config.per_device_batch_size = preset['per_device_batch_size']
+def apply_preset(config, name, given=()):
+  """The preset's fields, but for those `given` as --config.FIELD flags."""
+  config.update_from_flattened_dict(
+      {field: value for field, value in PRESETS[name].items()
+       if field not in given})
 
 
 def count_params(tree) -> int:
@@ -174,7 +175,8 @@ def main(argv):
   del argv
   config = _CONFIG.value
   if _PRESET.value:
-    apply_preset(config, _PRESET.value)
+    apply_preset(config, _PRESET.value,
+                 config_flags.get_override_values(flags.FLAGS['config']))
   compile_cache.use(config.compilation_cache)
   rng = jax.random.key(config.seed)
   init = functools.partial(train_step.create_train_state, config)

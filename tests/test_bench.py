@@ -5,6 +5,9 @@ import os
 import subprocess
 import sys
 
+from configs import creative
+from jingle_jax.bench import apply_preset
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The conftest's tiny model: 16 channels, 32 frames, 2 pairs per device.
 TINY = ('--config.model.latent_dim=16', '--config.num_frames=32',
@@ -48,3 +51,13 @@ def test_step_benchmark_over_four_devices(tmp_path):
   weights_bytes = (2 * 2 * 32 * 32 + 4 * 2 * 32 * 32) * 4
   assert (compiled['activation_bytes'] - timed['activation_bytes'] >=
           weights_bytes)
+
+
+def test_presets_keep_the_fields_given_as_flags():
+  config = creative.get_config()
+  config.model.remat = 'attention'  # as --config.model.remat=attention
+  apply_preset(config, 'cpu-small', {'model.remat': 'attention'})
+  assert config.model.remat == 'attention'
+  assert (config.model.num_layers, config.num_frames) == (2, 300)
+  apply_preset(config, 'cpu-small')
+  assert config.model.remat == 'none'
