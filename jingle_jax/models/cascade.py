@@ -157,12 +157,15 @@ def _is_parameter_tree(x) -> bool:
       str(name).startswith('cascade_stages_') for name in x)
 
 
-def _map_parameter_trees(function, tree):
-  """`function` applied to every parameter-shaped dict in `tree` (the
-  parameters themselves, AdamW's moments, a whole TrainState)."""
-  return jax.tree.map(
-      lambda x: function(x) if _is_parameter_tree(x) else x, tree,
-      is_leaf=_is_parameter_tree)
+def _map_stages(function, tree):
+  """`function` applied to every stage of every parameter-shaped dict in
+  `tree` (the parameters, AdamW's moments, a whole TrainState)."""
+  def stages(params):
+    return {name: function(value) if name.startswith('cascade_stages_')
+            else value for name, value in params.items()}
+
+  return jax.tree.map(lambda x: stages(x) if _is_parameter_tree(x) else x,
+                      tree, is_leaf=_is_parameter_tree)
 
 
 def unstack_layers(tree):
@@ -180,9 +183,7 @@ def unstack_layers(tree):
                                                   subtree['layers'])
     return unstacked
 
-  return _map_parameter_trees(
-      lambda params: {name: stage(value) if name.startswith('cascade_stages_')
-                      else value for name, value in params.items()}, tree)
+  return _map_stages(stage, tree)
 
 
 def stack_layers(tree):
@@ -198,9 +199,7 @@ def stack_layers(tree):
                                      *[subtree[name] for name in names])
     return stacked
 
-  return _map_parameter_trees(
-      lambda params: {name: stage(value) if name.startswith('cascade_stages_')
-                      else value for name, value in params.items()}, tree)
+  return _map_stages(stage, tree)
 
 
 @flax.struct.dataclass

@@ -96,7 +96,7 @@ def dropout(x, rate: float, seed):
 
 def dropout_seed(module: nn.Module):
   """A fresh uint32[2] seed from the module's 'dropout' rng stream."""
-  return jax.random.key_data(module.make_rng("dropout"))
+  return jax.random.key_data(module.make_rng('dropout'))
 
 
 class Dropout(nn.Module):
