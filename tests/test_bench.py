@@ -5,9 +5,6 @@ import os
 import subprocess
 import sys
 
-from configs import creative
-from jingle_jax.bench import apply_preset
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The conftest's tiny model: 16 channels, 32 frames, 2 pairs per device.
 TINY = ('--config.model.latent_dim=16', '--config.num_frames=32',
@@ -30,7 +27,10 @@ def bench(*flags):
 
 
 def test_step_benchmark_over_four_devices(tmp_path):
-  timed = bench('--steps', '2', f'--profile={tmp_path}')
+  # The preset's fields but those given as flags (frames, batch, remat).
+  timed = bench('--steps', '2', f'--profile={tmp_path}', '--preset',
+                'cpu-small', '--config.model.remat=layers')
+  assert timed['num_frames'] == 32 and timed['preset'] == 'cpu-small'
   assert timed['num_devices'] == 4 and timed['batch_size'] == 8
   assert timed['timed_steps'] == 2
   assert timed['pairs_per_s'] > 0 and timed['median_step_ms'] > 0
@@ -52,12 +52,3 @@ def test_step_benchmark_over_four_devices(tmp_path):
   assert (compiled['activation_bytes'] - timed['activation_bytes'] >=
           weights_bytes)
 
-
-def test_presets_keep_the_fields_given_as_flags():
-  config = creative.get_config()
-  config.model.remat = 'attention'  # as --config.model.remat=attention
-  apply_preset(config, 'cpu-small', {'model.remat': 'attention'})
-  assert config.model.remat == 'attention'
-  assert (config.model.num_layers, config.num_frames) == (2, 300)
-  apply_preset(config, 'cpu-small')
-  assert config.model.remat == 'none'
