@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # The one entry point of Jingle-JAX: bash run_tpu_or_gpu.sh VERB [ARGS...]
 #
-#   setup       create or refresh .venv with the jax build for this machine
-#   test        setup, then the test suite (extra ARGS go to pytest)
-#   precompute  python -m precompute.encode ARGS
-#   decode      python -m precompute.decode ARGS
-#   train       python -m jingle_jax.train ARGS (one host; see README for srun)
-#   sample      python -m jingle_jax.sample --wav ARGS (latents and audio)
-#   arrange     python -m precompute.arrange ARGS (two audio files -> a wav)
-#   demo        synthesize demo songs -> precompute -> train -> sample -> decode
+#   setup          create or refresh .venv with the jax build for this machine
+#   test           setup, then the test suite (extra ARGS go to pytest)
+#   synth          python -m precompute.synth ARGS (the demo's songs)
+#   precompute     python -m precompute.encode ARGS
+#   export-decoder python -m precompute.export_decoder ARGS
+#   decode         python -m precompute.decode ARGS (EnCodec in PyTorch)
+#   decode-jax     python -m jingle_jax.decode ARGS (the JAX decoder)
+#   train          python -m jingle_jax.train ARGS (one host; README: srun)
+#   tensorboard    tensorboard ARGS (e.g. --logdir WORKDIR)
+#   sample         python -m jingle_jax.sample --wav ARGS (latents and audio)
+#   evaluate       python -m jingle_jax.evaluate ARGS (table and report.html)
+#   arrange        python -m precompute.arrange ARGS (two songs -> a wav)
+#   convert        python -m jingle_jax.convert_torch ARGS (an original .pt)
+#   bench          python -m jingle_jax.bench ARGS (the train step's speed)
+#   bench-torch    python tests/torch_reference.py ARGS (the original's step)
+#   demo           demo songs -> precompute -> train -> sample -> evaluate
+
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -85,11 +94,12 @@ demo() {
   "$PY" -m jingle_jax.sample --wav --workdir "$run/train" --num-samples 2 \
     --out-dir "$run/samples"
   "$PY" -m jingle_jax.evaluate --workdir "$run/train" --out-dir "$run/evaluation"
-  say "decoded samples:  $run/samples/sample_*/{input,target,output}.wav"
-  say "mask pictures:    $run/samples/sample_*/masks.png"
+  say "listening report: $run/evaluation/report.html (open it in a browser)"
   say "evaluation table: $run/evaluation/metrics.md"
   say "training curves:  $run/evaluation/training_curves.png"
-  say "TensorBoard:      tensorboard --logdir $run/train  (pip install tensorboard)"
+  say "decoded samples:  $run/samples/sample_*/{input,target,output}.wav"
+  say "mask pictures:    $run/samples/sample_*/masks.png"
+  say "TensorBoard:      bash run_tpu_or_gpu.sh tensorboard --logdir $run/train"
 }
 
 verb=${1:-}
@@ -97,13 +107,22 @@ verb=${1:-}
 case $verb in
   setup) setup ;;
   test) setup; exec "$PY" -m pytest "$@" ;;
+  synth) setup; exec "$PY" -m precompute.synth "$@" ;;
   precompute) setup; exec "$PY" -m precompute.encode "$@" ;;
+  export-decoder) setup; exec "$PY" -m precompute.export_decoder "$@" ;;
   decode) setup; exec "$PY" -m precompute.decode "$@" ;;
+  decode-jax) setup; exec "$PY" -m jingle_jax.decode "$@" ;;
   # Under srun every task runs this line: set up once beforehand, not racing.
   train) [[ -n ${SLURM_PROCID:-} && -x $PY ]] || setup
          exec "$PY" -m jingle_jax.train "$@" ;;
+  tensorboard) setup; exec "$VENV/bin/tensorboard" "$@" ;;
   sample) setup; exec "$PY" -m jingle_jax.sample --wav "$@" ;;
+  evaluate) setup; exec "$PY" -m jingle_jax.evaluate "$@" ;;
   arrange) setup; exec "$PY" -m precompute.arrange "$@" ;;
+  convert) setup; exec "$PY" -m jingle_jax.convert_torch "$@" ;;
+  bench) setup; exec "$PY" -m jingle_jax.bench "$@" ;;
+  bench-torch) setup; exec "$PY" tests/torch_reference.py "$@" ;;
   demo) setup; demo ;;
-  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  # The comment block at the top, from its second line to its end.
+  *) sed -n '2,/^$/s/^# \{0,1\}//p' "$0"; exit 2 ;;
 esac

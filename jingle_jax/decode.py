@@ -67,11 +67,12 @@ def clips_to_decode(dataset, paths, song_ids):
   return jobs
 
 
-def write_wav(path, samples) -> None:
-  """Mono float 24 kHz audio as a float WAV file, atomically."""
+def write_wav(path, samples, subtype='FLOAT') -> None:
+  """Mono float 24 kHz audio as a WAV file (float samples by default),
+  atomically."""
   with files.atomic_write(path) as f:
     soundfile.write(f, np.asarray(samples, np.float32), latents.SAMPLE_RATE,
-                    subtype='FLOAT', format='WAV')
+                    subtype=subtype, format='WAV')
 
 
 def write_wavs(named_audio, out_dir) -> list[str]:

@@ -1,12 +1,16 @@
 """The trained creative agent against the fixed masking baselines.
 
   python -m jingle_jax.evaluate --workdir W [--checkpoint best|latest|STEP] \
-      [--split val] [--batch-size 8] --out-dir O
+      [--split val] [--batch-size 8] [--report-pairs 4] --out-dir O
 
 One row per method on every matched pair of the split: `creative_agent`,
 `none` (nothing masked) and the five baselines of SPEC 4.6. Writes
 O/metrics.json (method -> metric -> value), O/metrics.md (the same as a
-Markdown table) and O/training_curves.png from W/metrics.jsonl.
+Markdown table), O/training_curves.png from W/metrics.jsonl, and
+O/report.html: the run, the table, the curves and, for the first
+--report-pairs pairs, their input, target and every method's output as
+audio (the dataset's JAX decoder; O/pairs/pair_NNN/METHOD.wav) beside the
+agent's masks picture. Copy O anywhere and open report.html offline.
 
 How the methods are run. Every row uses the checkpoint's trained cascade in
 evaluation mode (no dropout, no anti-cheating noise); only the masks differ.
@@ -41,15 +45,23 @@ from absl import flags
 import jax
 import numpy as np
 
+from jingle_jax import audio_decoder
 from jingle_jax import checkpoints
 from jingle_jax import cli
 from jingle_jax import files
 from jingle_jax import inference
 from jingle_jax import input_pipeline
+from jingle_jax import latents
 from jingle_jax import metrics
+from jingle_jax import report
 from jingle_jax import run_log
+from jingle_jax import sample
 
 METHODS = inference.MASKINGS
+REPORT_FILE = 'report.html'
+# How the report's players name each method's output.
+METHOD_CAPTIONS = {'creative_agent': 'output: creative agent',
+                   'none': 'output: no masking'}
 
 # Metric name, table heading, format; in table order.
 COLUMNS = (
@@ -65,51 +77,147 @@ COLUMNS = (
 )
 
 
+def table_rows(results: dict[str, dict[str, float]]) -> list[list[str]]:
+  """[method, formatted COLUMNS...] per method, in the dict's order."""
+  return [[method] + [fmt.format(values[name]) for name, _, fmt in COLUMNS]
+          for method, values in results.items()]
+
+
 def markdown_table(results: dict[str, dict[str, float]]) -> str:
   """One row per method (in the dict's order), COLUMNS as columns."""
   lines = ['| Method | ' + ' | '.join(h for _, h, _ in COLUMNS) + ' |',
            '|---|' + '---:|' * len(COLUMNS)]
-  for method, values in results.items():
-    cells = [fmt.format(values[name]) for name, _, fmt in COLUMNS]
+  for method, *cells in table_rows(results):
     lines.append(f'| `{method}` | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
 
-def evaluate_methods(model: inference.TrainedModel, pairs, batch_size: int):
-  """{method: {metric: mean over the matched pairs}} for every method."""
+def evaluate_methods(model: inference.TrainedModel, pairs, batch_size: int,
+                     kept: int = 0):
+  """({method: {metric: mean over the matched pairs}}, examples).
+
+  examples: the first `kept` pairs' 'input' and 'target' and, per method,
+  its {'output', 'input_mask', 'target_mask'}, each [kept, T, D].
+  """
   batch = pairs.read(np.arange(len(pairs)), np.arange(len(pairs)))
   inputs, targets = batch['input'], batch['target']
   pair_metrics = jax.jit(metrics.batch_metrics)
   results = {}
+  examples = {'input': inputs[:kept], 'target': targets[:kept]}
   for method in METHODS:
     output, input_mask, target_mask = model.with_masking(method).run(
         inputs, targets, batch_size)
     results[method] = metrics.mean_over_pairs(jax.tree.map(
         np.asarray, pair_metrics(output, inputs, targets, input_mask,
                                  target_mask)))
-  return results
+    examples[method] = {'output': output[:kept],
+                        'input_mask': input_mask[:kept],
+                        'target_mask': target_mask[:kept]}
+  return results, examples
 
 
 def evaluate_checkpoint(workdir, out_dir, *, which='best', split='val',
-                        batch_size=8, data_dir=None) -> dict:
-  """Writes OUT_DIR/metrics.json, metrics.md, training_curves.png."""
+                        batch_size=8, data_dir=None, report_pairs=4) -> dict:
+  """Writes OUT_DIR/metrics.json, metrics.md, training_curves.png and
+  report.html (with its pairs' audio and pictures)."""
   dataset = inference.run_dataset(workdir, data_dir)
   model = inference.TrainedModel.load(workdir, which, dataset=dataset)
   pairs = input_pipeline.dataset_pairs(model.config, dataset, split)
-  results = evaluate_methods(model, pairs, batch_size)
+  results, examples = evaluate_methods(model, pairs, batch_size,
+                                       report_pairs)
   files.write_text(os.path.join(out_dir, 'metrics.json'),
                    json.dumps(results, indent=2) + '\n')
-  files.write_text(
-      os.path.join(out_dir, 'metrics.md'),
-      f'Checkpoint step {model.step}, {len(pairs)} {split} pairs of '
-      f'{model.config.num_frames} frames.\n\n' + markdown_table(results))
+  summary = (f'Checkpoint step {model.step}, {len(pairs)} {split} pairs of '
+             f'{model.config.num_frames} frames.')
+  files.write_text(os.path.join(out_dir, 'metrics.md'),
+                   f'{summary}\n\n' + markdown_table(results))
   metrics_path = os.path.join(workdir, run_log.METRICS_FILE)
-  if os.path.exists(metrics_path):
+  curves = os.path.exists(metrics_path)
+  if curves:
     from jingle_jax import plots  # pylint: disable=g-import-not-at-top
     plots.save_png(plots.training_curves_figure(
         run_log.read_records(metrics_path)),
                    os.path.join(out_dir, 'training_curves.png'))
+  write_report(out_dir, workdir, model, dataset, pairs, split, results,
+               examples, curves)
   return results
+
+
+def write_report(out_dir, workdir, model, dataset, pairs, split, results,
+                 examples, curves: bool) -> None:
+  """OUT_DIR/report.html, and the audio and pictures of its pairs."""
+  config = model.config
+  m = config.model
+  seconds = config.num_frames / latents.FRAME_RATE
+  weights = {name: value for name, value in config.loss.items() if value}
+  sections = [
+      (None, report.encodec_weights_note(
+          dataset.manifest['encodec_weights'])),
+      ('The run', report.facts([
+          ('workdir', os.path.abspath(workdir)),
+          ('checkpoint', f'step {model.step} ({model.updates} updates)'),
+          ('dataset', os.path.dirname(os.path.abspath(
+              dataset.manifest_path))),
+          ('pairs', f'{len(pairs)} {split} pairs of {config.num_frames} '
+                    f'frames ({seconds:g} s)'),
+          ('model', f'{m.num_stages} stages x {m.num_layers} layers, '
+                    f'{m.num_heads} heads, creative agent '
+                    f'{"on" if m.use_creative_agent else "off"}'),
+          ('latents', 'normalised' if config.normalise_latents else 'raw'),
+          ('loss weights', ', '.join(f'{name} {value:g}'
+                                     for name, value in weights.items())),
+          ('EnCodec weights', dataset.manifest['encodec_weights'])])),
+      ('Every method on every pair', report.table(
+          ['Method'] + [heading for _, heading, _ in COLUMNS],
+          table_rows(results))),
+  ]
+  if curves:
+    sections.append(('Training', report.picture('training_curves.png',
+                                                'training curves')))
+  sections.append(('Listen', _listening_section(out_dir, model, dataset,
+                                                pairs, examples)))
+  report.write_page(os.path.join(out_dir, REPORT_FILE),
+                    f'Jingle-JAX evaluation: checkpoint {model.step}',
+                    sections)
+
+
+def _listening_section(out_dir, model, dataset, pairs, examples) -> str:
+  """The players and masks picture of each kept pair (its files written)."""
+  try:
+    decoder = audio_decoder.read(dataset)
+    note = ''
+  except audio_decoder.DecoderError as e:
+    decoder = None
+    note = report.paragraph(f'No audio: {e}', 'warning')
+  clips, parts = {}, [note]
+  for i in range(len(examples['input'])):
+    folder = f'pairs/pair_{i:03d}'
+    os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
+    window = sample.window_record(pairs, i, 0)
+    title = (f'{window["song"]} from frame {window["first_frame"]} '
+             f'(input), then the next {pairs.window} frames (target)')
+    agent = examples['creative_agent']
+    sample.save_mask_picture(
+        {'input': examples['input'][i], 'target': examples['target'][i],
+         **{name: values[i] for name, values in agent.items()}},
+        os.path.join(out_dir, folder, 'masks.png'), title)
+    captions = [('input', 'input'), ('target', 'target')] + [
+        (METHOD_CAPTIONS.get(method, f'output: {method} baseline'), method)
+        for method in METHODS]
+    for _, name in captions:
+      latent = (examples[name][i] if name in ('input', 'target')
+                else examples[name]['output'][i])
+      clips[f'{folder}/{name}.wav'] = model.normaliser.denormalise(latent)
+    parts.append(
+        f'<h3>{report.escape(title)}</h3>' +
+        (report.players([(caption, f'{folder}/{name}.wav')
+                         for caption, name in captions]) if decoder else '') +
+        report.picture(f'{folder}/masks.png', 'masks of the creative agent'))
+  if decoder is not None and clips:
+    for path, audio in zip(clips, audio_decoder.decode(decoder,
+                                                        list(clips.values()))):
+      report.write_audio(os.path.join(out_dir, path), audio)
+  return ''.join(parts)
 
 
 def define_flags():
@@ -121,6 +229,8 @@ def define_flags():
                        lower_bound=1)
   flags.DEFINE_string('data-dir', None,
                       'Latent dataset; default: config.data_dir of the run.')
+  flags.DEFINE_integer('report-pairs', 4, 'Pairs of the split heard and '
+                       'shown in report.html.', lower_bound=0)
   flags.DEFINE_string('out-dir', None, 'Where the results are written.')
 
 
@@ -128,8 +238,10 @@ def run(f) -> None:
   results = evaluate_checkpoint(
       f.workdir, f['out-dir'].value,
       which=checkpoints.parse_which(f.checkpoint), split=f.split,
-      batch_size=f['batch-size'].value, data_dir=f['data-dir'].value)
+      batch_size=f['batch-size'].value, data_dir=f['data-dir'].value,
+      report_pairs=f['report-pairs'].value)
   print(markdown_table(results), end='')
+  print(os.path.join(f['out-dir'].value, REPORT_FILE))
 
 
 if __name__ == '__main__':

@@ -9,7 +9,9 @@ Takes one clip of the run's length (config.num_frames: 16 s for the seed
 recipe) from each file, from its start second, encodes both with the EnCodec
 weights of the run's latent dataset (weights whose identity differs from its
 manifest's are refused), runs the trained model and decodes its output to
-OUT.wav (24 kHz mono). OUT.png shows the masks over the loudness envelopes.
+OUT.wav (24 kHz mono). OUT.png shows the masks over the loudness envelopes;
+OUT.html, a page to open offline, plays the two clips (OUT.input.wav,
+OUT.target.wav) and the output beside the masks.
 A run without a latent dataset (a converted checkpoint) encodes with the
 weights given, the pretrained EnCodec by default, unchecked.
 """
@@ -28,6 +30,7 @@ from jingle_jax import checkpoints
 from jingle_jax import cli
 from jingle_jax import inference
 from jingle_jax import latents
+from jingle_jax import report
 from jingle_jax import sample
 from precompute import audio
 from precompute import codec
@@ -51,18 +54,21 @@ def read_clip(path, flag: str, start: float, seconds: float) -> np.ndarray:
 
 
 def encodec_model(dataset, checkpoint, random_seed):
-  """The EnCodec weights the run's latent dataset (or None) records."""
+  """(model, identity) of the EnCodec weights the run's latent dataset (or
+  None) records."""
   if dataset is None:
     logging.warning('the run records no latent dataset (config.data_dir): '
                     'the EnCodec weights given are not checked against one')
-    return encodec_weights.load(checkpoint, random_seed)[0]
-  return decode.matching_weights(dataset, checkpoint, random_seed)
+    return encodec_weights.load(checkpoint, random_seed)
+  return (decode.matching_weights(dataset, checkpoint, random_seed),
+          dataset.manifest['encodec_weights'])
 
 
 def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
             target_start=0.0, which='best', data_dir=None, checkpoint=None,
             random_seed=None, device='auto', batch_size=4) -> int:
-  """Writes out_path (.wav) and its .png; returns the checkpoint's step."""
+  """Writes out_path (.wav), its .png and .html and the two clips'
+  .input.wav and .target.wav; returns the checkpoint's step."""
   stem, suffix = os.path.splitext(out_path)
   if suffix.lower() != '.wav':
     raise ValueError(f'--out {out_path}: expected a .wav file name')
@@ -72,7 +78,7 @@ def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
            read_clip(target_path, '--target', target_start, seconds)]
   data_dir = data_dir or config.data_dir
   dataset = latents.LatentDataset(data_dir) if data_dir else None
-  model = encodec_model(dataset, checkpoint, random_seed)
+  model, weights = encodec_model(dataset, checkpoint, random_seed)
   torch_device = encodec_weights.device(device)
   model.to(torch_device)
   raw_input, raw_target = (
@@ -86,9 +92,25 @@ def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
                trained.normaliser.denormalise(arrays['output']))],
       os.path.dirname(os.path.abspath(out_path)), device=torch_device,
       batch_size=batch_size)
-  sample.save_mask_picture(
-      arrays, stem + '.png',
-      f'{os.path.basename(input_path)} + {os.path.basename(target_path)}')
+  title = f'{os.path.basename(input_path)} + {os.path.basename(target_path)}'
+  sample.save_mask_picture(arrays, stem + '.png', title)
+  name = os.path.basename(stem)
+  for part, clip in zip(('input', 'target'), clips):
+    report.write_audio(f'{stem}.{part}.wav', clip)
+  report.write_page(stem + '.html', f'Jingle-JAX arrangement: {title}', [
+      (None, report.encodec_weights_note(weights)),
+      ('The clips', report.facts([
+          ('input', f'{input_path}, from {input_start:g} s'),
+          ('target', f'{target_path}, from {target_start:g} s'),
+          ('length', f'{seconds:g} s each'),
+          ('model', f'{os.path.abspath(workdir)}, checkpoint step '
+                    f'{trained.step}'),
+          ('EnCodec weights', weights)])),
+      ('Listen', report.players([('input clip', f'{name}.input.wav'),
+                                 ('target clip', f'{name}.target.wav'),
+                                 ('output', f'{name}.wav')])),
+      ('Masks', report.picture(f'{name}.png', 'masks of the creative '
+                               'agent'))])
   return trained.step
 
 
@@ -97,7 +119,8 @@ def define_flags():
   flags.DEFINE_string('workdir', None, 'Training workdir (has config.json).')
   flags.DEFINE_string('input', None, 'Audio file of the input song.')
   flags.DEFINE_string('target', None, 'Audio file of the target song.')
-  flags.DEFINE_string('out', None, 'The .wav to write (and its .png).')
+  flags.DEFINE_string('out', None, 'The .wav to write (and its .png and '
+                      '.html).')
   flags.DEFINE_float('input-start', 0.0, 'Second of --input the clip starts '
                      'at.', lower_bound=0.0)
   flags.DEFINE_float('target-start', 0.0, 'Second of --target the clip '
@@ -122,6 +145,7 @@ def run(f) -> None:
       checkpoint=f['encodec-checkpoint'].value,
       random_seed=f['random-encodec'].value, device=f.device)
   print(f'checkpoint step {step}: {f.out}')
+  print(os.path.splitext(f.out)[0] + '.html')
 
 
 if __name__ == '__main__':

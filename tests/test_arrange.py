@@ -15,6 +15,7 @@ from jingle_jax import train_step
 from precompute import arrange
 from precompute import encodec_weights
 from precompute import synth
+import html_page
 import latent_data
 import train_config
 
@@ -59,6 +60,17 @@ def test_two_songs_make_a_wav_of_one_clip(run, tmp_path):
   assert rate == 24_000 and audio.shape == (8 * latents.HOP,)
   assert np.all(np.isfinite(audio)) and np.any(audio != 0)
   assert (tmp_path / 'arranged.png').read_bytes()[:4] == b'\x89PNG'
+  page = html_page.Page(str(tmp_path / 'arranged.html'))
+  assert not page.external
+  found = page.check_links(frames=8)
+  assert sorted(found) == ['arranged.input.wav', 'arranged.png',
+                           'arranged.target.wav', 'arranged.wav']
+  # The clips as cut: 0.5 s into the input, 1 s into the target.
+  input_clip = arrange.read_clip(songs / 'input.wav', '--input', 0.5,
+                                 8 / latents.FRAME_RATE)
+  np.testing.assert_allclose(found['arranged.input.wav'], input_clip,
+                             atol=1 / 2**15)
+  assert 'random EnCodec weights (random:0)' in ' '.join(page.text)
 
 
 def test_other_encodec_weights_and_short_clips_are_refused(run, tmp_path):

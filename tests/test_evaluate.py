@@ -2,6 +2,8 @@
 
 import json
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +16,7 @@ from jingle_jax import evaluate
 from jingle_jax import latents
 from jingle_jax import run_log
 from jingle_jax import train
+import html_page
 import test_sample
 import train_config
 
@@ -53,7 +56,8 @@ def trained(tmp_path_factory):
 
 def test_every_method_on_a_trained_checkpoint(trained, tmp_path):
   workdir, records = trained
-  results = evaluate.evaluate_checkpoint(workdir, tmp_path, batch_size=2)
+  results = evaluate.evaluate_checkpoint(workdir, tmp_path, batch_size=2,
+                                         report_pairs=0)
   assert json.loads((tmp_path / 'metrics.json').read_text()) == results
   assert list(results) == list(evaluate.METHODS)
   for metrics in results.values():
@@ -119,3 +123,53 @@ def test_bad_requests_name_the_cause(trained, tmp_path):
   assert 'no checkpoint 99' in result.stderr
   assert 'Traceback' not in result.stderr
   assert not os.listdir(tmp_path)
+
+
+def test_report_plays_every_method_of_the_first_pairs(trained, tmp_path):
+  """report.html: its table is metrics.json's; every file it links is there
+  and plays (the dataset's random EnCodec weights, said on the page)."""
+  workdir, _ = trained
+  results = evaluate.evaluate_checkpoint(workdir, tmp_path, batch_size=2,
+                                         report_pairs=1)
+  page = html_page.Page(str(tmp_path / evaluate.REPORT_FILE))
+  assert not page.external
+  text = ' '.join(page.text)
+  assert 'random EnCodec weights (random:0)' in text
+  assert 'step 2' in text
+  table = next(t for t in page.tables if t[0][0] == 'Method')
+  assert table[1:] == evaluate.table_rows(results)
+  assert table[1:] == evaluate.table_rows(
+      json.loads((tmp_path / 'metrics.json').read_text()))
+  found = page.check_links(frames=CLIP)
+  audio = sorted(path for path in found if path.endswith('.wav'))
+  assert audio == sorted(f'pairs/pair_000/{name}.wav' for name in (
+      'input', 'target', *evaluate.METHODS))
+  assert found['pairs/pair_000/masks.png'] == (1000, 800)
+  assert 'training_curves.png' in found
+  # The agent's output is not the input, nor a baseline's output.
+  assert not np.allclose(found['pairs/pair_000/creative_agent.wav'],
+                         found['pairs/pair_000/input.wav'])
+  assert not np.allclose(found['pairs/pair_000/creative_agent.wav'],
+                         found['pairs/pair_000/temporal.wav'])
+
+
+def test_report_without_decoder_weights_says_why(trained, tmp_path):
+  workdir, _ = trained
+  data_dir = tmp_path / 'latents'
+  shutil.copytree(recorded_data_dir(workdir), data_dir)
+  os.remove(data_dir / 'decoder.msgpack')
+  out = tmp_path / 'out'
+  evaluate.evaluate_checkpoint(workdir, out, batch_size=2, report_pairs=2,
+                               data_dir=str(data_dir))
+  page = html_page.Page(str(out / evaluate.REPORT_FILE))
+  text = ' '.join(page.text)
+  assert 'No audio:' in text and 'decoder weights are missing' in text
+  assert [path for tag, path in page.links if tag == 'audio'] == []
+  assert page.check_links(frames=CLIP).keys() == {
+      'training_curves.png', 'pairs/pair_000/masks.png',
+      'pairs/pair_001/masks.png'}
+
+
+def recorded_data_dir(workdir):
+  return json.loads((pathlib.Path(workdir) / 'config.json').read_text())[
+      'data_dir']
