@@ -357,13 +357,14 @@ def restore(manager, config, which='latest', *, sharding=None,
     raise CheckpointError(f'{manager.directory}: no checkpoint {which!r}; '
                           f'steps: {sorted(steps)}')
   abstract = abstract_state(config, sharding)
+  unscanned_layout = functools.cache(functools.partial(
+      abstract_state, config, sharding, stacked_layers=False))
   failures, moved = [], False
   try:
     for step in candidates:
       stored = _stored_shapes(manager.directory, step)
       unscanned = stored is not None and _unscanned_layers(stored)
-      layout = (abstract_state(config, sharding, stacked_layers=False)
-                if unscanned else abstract)
+      layout = unscanned_layout() if unscanned else abstract
       mismatch = _shape_mismatch(stored, layout)
       if mismatch:
         raise CheckpointError(f'{manager.directory}/{step}: {mismatch}')

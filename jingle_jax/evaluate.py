@@ -59,9 +59,13 @@ from jingle_jax import sample
 
 METHODS = inference.MASKINGS
 REPORT_FILE = 'report.html'
-# How the report's players name each method's output.
-METHOD_CAPTIONS = {'creative_agent': 'output: creative agent',
-                   'none': 'output: no masking'}
+# The report's players of a pair: (caption, clip: 'input', 'target' or the
+# output of a method).
+PLAYERS = (('input', 'input'), ('target', 'target'),
+           ('output: creative agent', 'creative_agent'),
+           ('output: no masking', 'none'),
+           *((f'output: {method} baseline', method) for method in METHODS
+             if method not in ('creative_agent', 'none')))
 
 # Metric name, table heading, format; in table order.
 COLUMNS = (
@@ -190,30 +194,28 @@ def _listening_section(out_dir, model, dataset, pairs, examples) -> str:
     decoder = None
     note = report.paragraph(f'No audio: {e}', 'warning')
   clips, parts = {}, [note]
+  agent = examples['creative_agent']
   for i in range(len(examples['input'])):
     folder = f'pairs/pair_{i:03d}'
     os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
     window = sample.window_record(pairs, i, 0)
     title = (f'{window["song"]} from frame {window["first_frame"]} '
              f'(input), then the next {pairs.window} frames (target)')
-    agent = examples['creative_agent']
     sample.save_mask_picture(
         {'input': examples['input'][i], 'target': examples['target'][i],
          **{name: values[i] for name, values in agent.items()}},
         os.path.join(out_dir, folder, 'masks.png'), title)
-    captions = [('input', 'input'), ('target', 'target')] + [
-        (METHOD_CAPTIONS.get(method, f'output: {method} baseline'), method)
-        for method in METHODS]
-    for _, name in captions:
-      latent = (examples[name][i] if name in ('input', 'target')
-                else examples[name]['output'][i])
-      clips[f'{folder}/{name}.wav'] = model.normaliser.denormalise(latent)
-    parts.append(
-        f'<h3>{report.escape(title)}</h3>' +
-        (report.players([(caption, f'{folder}/{name}.wav')
-                         for caption, name in captions]) if decoder else '') +
-        report.picture(f'{folder}/masks.png', 'masks of the creative agent'))
-  if decoder is not None and clips:
+    parts.append(f'<h3>{report.escape(title)}</h3>')
+    if decoder is not None:
+      for _, name in PLAYERS:
+        latent = (examples[name][i] if name in ('input', 'target')
+                  else examples[name]['output'][i])
+        clips[f'{folder}/{name}.wav'] = model.normaliser.denormalise(latent)
+      parts.append(report.players([(caption, f'{folder}/{name}.wav')
+                                   for caption, name in PLAYERS]))
+    parts.append(report.picture(f'{folder}/masks.png',
+                                'masks of the creative agent'))
+  if clips:
     for path, audio in zip(clips, audio_decoder.decode(decoder,
                                                         list(clips.values()))):
       report.write_audio(os.path.join(out_dir, path), audio)

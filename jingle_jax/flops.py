@@ -12,7 +12,6 @@ analysis counts those, but a loop body only once and a kernel not at all.
 
 import math
 
-import jax
 from jax.extend import core as jax_core
 
 
@@ -86,7 +85,3 @@ def count(jaxpr) -> int:
       total += repeats * sum(count(sub) for sub in _subjaxprs(equation))
   return total
 
-
-def of_function(function, *args) -> int:
-  """FLOPs of function(*args) (arrays or jax.ShapeDtypeStructs)."""
-  return count(jax.make_jaxpr(function)(*args))

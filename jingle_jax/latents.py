@@ -43,6 +43,8 @@ AUDIO_DTYPE = 'float16'
 MANIFEST = 'manifest.json'
 SPLITS = ('train', 'val')
 DTYPES = ('float16', 'float32')
+# encodec_weights of seeded random weights: this prefix, then the seed.
+RANDOM_WEIGHTS = 'random:'
 # Frames checked for finiteness at a time, to bound memory on large shards.
 CHECK_FRAMES = 1 << 16
 # Floor of the per-channel std, so that normalising never divides by zero.

@@ -14,8 +14,8 @@ import numpy as np
 
 from jingle_jax import decode
 from jingle_jax import files
+from jingle_jax import latents
 
-RANDOM_WEIGHTS_PREFIX = 'random:'
 _STYLE = '''
 body { font-family: sans-serif; margin: 2em auto; max-width: 70em;
        padding: 0 1em; color: #222; }
@@ -78,7 +78,7 @@ def paragraph(text: str, css_class: str = '') -> str:
 
 def encodec_weights_note(identity: str) -> str:
   """The EnCodec weights' identity, with a warning when they are random."""
-  if identity.startswith(RANDOM_WEIGHTS_PREFIX):
+  if identity.startswith(latents.RANDOM_WEIGHTS):
     return paragraph(
         f'These latents and this audio come from random EnCodec weights '
         f'({identity}), not the pretrained model: the decoded audio is '

@@ -28,9 +28,9 @@ def matching_weights(dataset, checkpoint=None, random_seed=None):
   their seed when no weights are given); WeightsError for other weights."""
   recorded = dataset.manifest['encodec_weights']
   if (checkpoint is None and random_seed is None
-      and recorded.startswith('random:')):
+      and recorded.startswith(latents.RANDOM_WEIGHTS)):
     try:
-      random_seed = int(recorded.removeprefix('random:'))
+      random_seed = int(recorded.removeprefix(latents.RANDOM_WEIGHTS))
     except ValueError:
       raise latents.LatentDataError(
           f'{dataset.manifest_path}: field \'encodec_weights\' is '

@@ -27,6 +27,8 @@ from absl import logging
 from encodec import EncodecModel
 import torch
 
+from jingle_jax import latents
+
 PRETRAINED_CHECKPOINT = 'encodec_24khz-d7cc33bc.th'
 # Seconds a stalled download may wait for the network before it fails.
 _DOWNLOAD_TIMEOUT = 60
@@ -112,7 +114,8 @@ def load(checkpoint=None, random_seed=None):
     raise WeightsError('pass --encodec-checkpoint or --random-encodec, '
                        'not both')
   if random_seed is not None:
-    return random_model(random_seed).eval(), f'random:{random_seed}'
+    return (random_model(random_seed).eval(),
+            f'{latents.RANDOM_WEIGHTS}{random_seed}')
   model = (pretrained_model() if checkpoint is None
            else checkpoint_model(checkpoint))
   return model.eval(), identity(model)
