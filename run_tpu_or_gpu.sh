@@ -3,16 +3,16 @@
 #
 #   setup          create or refresh .venv with the jax build for this machine
 #   test           setup, then the test suite (extra ARGS go to pytest)
-#   synth          python -m precompute.synth ARGS (the demo's songs)
+#   synth          python -m jingle_jax.synth ARGS (the demo's songs)
 #   precompute     python -m precompute.encode ARGS
 #   export-decoder python -m precompute.export_decoder ARGS
-#   decode         python -m precompute.decode ARGS (EnCodec in PyTorch)
+#   decode         python -m precompute.torch_decode ARGS (EnCodec in PyTorch)
 #   decode-jax     python -m jingle_jax.decode ARGS (the JAX decoder)
 #   train          python -m jingle_jax.train ARGS (one host; README: srun)
 #   tensorboard    tensorboard ARGS (e.g. --logdir WORKDIR)
 #   sample         python -m jingle_jax.sample --wav ARGS (latents and audio)
 #   evaluate       python -m jingle_jax.evaluate ARGS (table and report.html)
-#   arrange        python -m precompute.arrange ARGS (two songs -> a wav)
+#   arrange        python -m jingle_jax.arrange ARGS (two songs -> a wav)
 #   convert        python -m jingle_jax.convert_torch ARGS (an original .pt)
 #   bench          python -m jingle_jax.bench ARGS (the train step's speed)
 #   bench-torch    python tests/torch_reference.py ARGS (the original's step)
@@ -26,6 +26,10 @@ PY="$VENV/bin/python"
 cd "$ROOT"
 
 say() { echo "[jingle-jax] $*" >&2; }
+
+# PyTorch's OpenMP threads sleep when idle instead of spinning: read when
+# torch loads, and 1.7x faster encoding on a shared CPU (docs/BENCHMARKS.md).
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
 detect_platform() {
   if [[ -e /dev/accel0 || -e /dev/vfio/0 || -n "${TPU_NAME:-}" ]]; then
@@ -87,7 +91,7 @@ demo() {
     say "WARNING: RANDOM weights; decoded audio will be noise-like, not music"
     weights=(--random-encodec 0)
   fi
-  "$PY" -m precompute.synth --out-dir "$run/audio"
+  "$PY" -m jingle_jax.synth --out-dir "$run/audio"
   "$PY" -m precompute.encode --audio-dir "$run/audio" --out-dir "$run/latents" "${weights[@]}"
   "$PY" -m jingle_jax.train --config configs/demo.py --workdir "$run/train" \
     --config.data_dir="$run/latents"
@@ -107,10 +111,10 @@ verb=${1:-}
 case $verb in
   setup) setup ;;
   test) setup; exec "$PY" -m pytest "$@" ;;
-  synth) setup; exec "$PY" -m precompute.synth "$@" ;;
+  synth) setup; exec "$PY" -m jingle_jax.synth "$@" ;;
   precompute) setup; exec "$PY" -m precompute.encode "$@" ;;
   export-decoder) setup; exec "$PY" -m precompute.export_decoder "$@" ;;
-  decode) setup; exec "$PY" -m precompute.decode "$@" ;;
+  decode) setup; exec "$PY" -m precompute.torch_decode "$@" ;;
   decode-jax) setup; exec "$PY" -m jingle_jax.decode "$@" ;;
   # Under srun every task runs this line: set up once beforehand, not racing.
   train) [[ -n ${SLURM_PROCID:-} && -x $PY ]] || setup
@@ -118,7 +122,7 @@ case $verb in
   tensorboard) setup; exec "$VENV/bin/tensorboard" "$@" ;;
   sample) setup; exec "$PY" -m jingle_jax.sample --wav "$@" ;;
   evaluate) setup; exec "$PY" -m jingle_jax.evaluate "$@" ;;
-  arrange) setup; exec "$PY" -m precompute.arrange "$@" ;;
+  arrange) setup; exec "$PY" -m jingle_jax.arrange "$@" ;;
   convert) setup; exec "$PY" -m jingle_jax.convert_torch "$@" ;;
   bench) setup; exec "$PY" -m jingle_jax.bench "$@" ;;
   bench-torch) setup; exec "$PY" tests/torch_reference.py "$@" ;;

@@ -117,7 +117,7 @@ bench seed_outlier 180 --config configs/creative.py ${FLAGS:-} \
 # 4. Precompute's real-time factor with EnCodec on the GPU.
 if ! late precompute; then
   log 'precompute: 16 songs of 60 s on cuda'
-  $PY -m precompute.synth --out-dir "$WORK/audio" --num-songs 16 \
+  $PY -m jingle_jax.synth --out-dir "$WORK/audio" --num-songs 16 \
     --seconds 60 > /dev/null 2>&1
   timeout 150 $PY -m precompute.encode --audio-dir "$WORK/audio" \
     --out-dir "$WORK/encoded" --random-encodec 0 --device cuda \

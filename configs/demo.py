@@ -1,6 +1,6 @@
 """The seed recipe shrunk to train in a few minutes on 2 CPU cores.
 
-For the demo latents (precompute.synth, then precompute.encode); what
+For the demo latents (jingle_jax.synth, then precompute.encode); what
 run_tpu_or_gpu.sh demo trains. Everything not set here is configs/creative.py.
 """
 

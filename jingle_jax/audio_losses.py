@@ -143,12 +143,6 @@ def spectral_outlier(output):
   return total / len(OUTLIER_BANDS)
 
 
-# config.loss weight -> the term it weights (SPEC 4.5a), in the order logged.
-WEIGHTS = (('audio_input_weight', 'audio_input'),
-           ('audio_target_weight', 'audio_target'),
-           ('stft_weight', 'stft'), ('mel_weight', 'mel'),
-           ('correlation_weight', 'correlation'),
-           ('spectral_outlier_weight', 'spectral_outlier'))
 # Terms that are not reconstruction terms: left out of the validation loss.
 REGULARISERS = ('spectral_outlier',)
 # The terms that compare with the input's audio, and with the target's.
@@ -156,17 +150,12 @@ INPUT_TERMS = ('audio_input', 'stft', 'mel', 'correlation')
 TARGET_TERMS = ('audio_target', 'stft', 'mel', 'correlation')
 
 
-def weighted(weights, terms) -> bool:
-  """Whether any of `terms` has a weight in `weights` (config.loss)."""
-  return any(weights[field] for field, name in WEIGHTS if name in terms)
+def weighted(loss_config, terms) -> bool:
+  """Whether any of `terms` has a weight (LossConfig.audio_weights)."""
+  return any(loss_config.audio_weights[name] for name in terms)
 
 
-def uses_audio(weights) -> bool:
-  """Whether any audio term has a weight (and the decoder joins the step)."""
-  return any(weights[field] for field, _ in WEIGHTS)
-
-
-def weighted_terms(output, inputs, targets, weights, validation=False):
+def weighted_terms(output, inputs, targets, loss_config, validation=False):
   """(sum of the weighted terms, {term: value}) of the terms with a weight.
 
   output, inputs, targets: audio [B, samples] (inputs and targets held
@@ -185,9 +174,9 @@ def weighted_terms(output, inputs, targets, weights, validation=False):
       'spectral_outlier': lambda: spectral_outlier(output),
   }
   total, metrics = 0.0, {}
-  for field, name in WEIGHTS:
-    if weights[field]:
+  for name, weight in loss_config.audio_weights.items():
+    if weight:
       metrics[name] = terms[name]()
       if not (validation and name in REGULARISERS):
-        total += weights[field] * metrics[name]
+        total += weight * metrics[name]
   return total, metrics

@@ -19,13 +19,13 @@ import os
 import statistics
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
 from jingle_jax import audio_losses
+from jingle_jax import cli
 from jingle_jax import compile_cache
 from jingle_jax import files
 from jingle_jax import flops
@@ -63,7 +63,7 @@ PEAK_BF16_FLOPS = (
     ('TPU v4', 275e12),
 )
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
+config_flags.DEFINE_config_file('config', None, 'Config file.')
 _PRESET = flags.DEFINE_enum('preset', None, list(PRESETS),
                             'Model and batch size to benchmark.')
 _PARAMS_ONLY = flags.DEFINE_bool(
@@ -115,7 +115,7 @@ def random_batch(rng, batch_size, num_frames, latent_dim, target_audio=False):
 
 def random_decoder(config, rng):
   """train_step's `decoder` argument with random weights, or None."""
-  if not audio_losses.uses_audio(config.loss):
+  if not config.loss.uses_audio:
     return None
   dim = config.model.latent_dim
   return {'params': encodec_decoder.EncodecDecoder().init(
@@ -142,7 +142,7 @@ def activation_bytes(config, state, rng, decoder=None):
     return jax.vjp(forward, params)[1]
 
   def decoder_residuals(output):
-    return jax.vjp(lambda out: train_step.decode(decoder, out, config),
+    return jax.vjp(lambda out: train_step.decode_latents(decoder, out, config.model),
                    output)[1]
 
   kept = [jax.eval_shape(residuals, state.params, batch)]
@@ -171,12 +171,11 @@ def time_steps(compiled, state, batch, step_rngs, profile_dir=None):
   return times, cpu_times
 
 
-def main(argv):
-  del argv
-  config = _CONFIG.value
+def run(f):
   if _PRESET.value:
-    apply_preset(config, _PRESET.value,
-                 config_flags.get_override_values(flags.FLAGS['config']))
+    apply_preset(f.config, _PRESET.value,
+                 config_flags.get_override_values(f['config']))
+  config = run_config.parse(f.config)
   compile_cache.use(config.compilation_cache)
   rng = jax.random.key(config.seed)
   init = functools.partial(train_step.create_train_state, config)
@@ -228,19 +227,18 @@ def main(argv):
                      profiling.top_ops(_PROFILE.value, len(times)))
   step_s = statistics.median(times) if times else None
 
-  dtype = run_config.compute_dtype(config.model.compute_dtype)
+  dtype = config.model.dtype
   peak = peak_flops(devices[0], dtype)
   memory = devices[0].memory_stats() or {}
   print(json.dumps({
       'preset': _PRESET.value,
-      'audio_terms': [name for field, name in audio_losses.WEIGHTS
-                      if config.loss[field]],
+      'audio_terms': [name for name, weight in
+                      config.loss.audio_weights.items() if weight],
       'target_audio': 'target_audio' in batch,
       'device': devices[0].device_kind,
       'num_devices': len(devices),
       'compute_dtype': jnp.dtype(dtype).name,
-      'attention': run_config.attention_implementation(
-          config.model.attention_impl),
+      'attention': config.model.attention,
       'remat': config.model.remat,
       'batch_size': batch_size,
       'num_frames': config.num_frames,
@@ -278,4 +276,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('config')
-  app.run(main)
+  cli.run('jingle_jax.bench', run, logs_info=True)

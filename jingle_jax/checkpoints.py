@@ -2,7 +2,7 @@
 
 Layout of a workdir:
 
-  WORKDIR/config.json                the config of the run (by process 0)
+  WORKDIR/config.json                the run's config (jingle_jax.run_config)
   WORKDIR/checkpoints/<step>/state   the TrainState: generator, spectral-norm
                                      vectors, discriminator, both optimisers
   WORKDIR/checkpoints/<step>/extras  JSON: step, data_position (batches
@@ -21,40 +21,30 @@ that differ from the saved ones (a damaged disk, a partly overwritten file).
 A checkpoint that cannot be read is moved aside by training, to
 WORKDIR/checkpoints/<step>.unreadable (never deleted), so that the rerun can
 save that step again; a config that would restore other shapes or give a
-checkpoint another meaning (CHECKPOINT_FIELDS) is refused before anything is
-written.
+checkpoint another meaning (a field declared with changes_checkpoints) is
+refused before anything is written.
 """
 
-import contextlib
 import functools
-import gc
-import io
-import json
-import logging as python_logging
 import os
 import re
-import sys
-import time
 import zlib
 
 from absl import logging
-import flax.traverse_util
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from jingle_jax import files
+from jingle_jax import orbax_quiet
 from jingle_jax import parallel
 from jingle_jax import run_config
 from jingle_jax import train_step
 from jingle_jax.models.cascade import stack_layers
 from jingle_jax.models.cascade import unstack_layers
 
-CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
 
 
@@ -62,102 +52,28 @@ class CheckpointError(RuntimeError):
   """No usable checkpoint; the message names the directory or step."""
 
 
-# Fields whose change gives a workdir's checkpoints other shapes or another
-# meaning; training refuses them on a workdir that has checkpoints. Other
-# fields (learning rates, steps, dropout, remat, ...) may change on resume.
-CHECKPOINT_FIELDS = (
-    'normalise_latents', 'model.latent_dim', 'model.num_stages',
-    'model.num_layers', 'model.num_heads', 'model.use_creative_agent',
-    'model.fixed_masking', 'model.hard_masks', 'model.mask_hidden',
-    'model.mask_heads')
 UNREADABLE_SUFFIX = '.unreadable'
-# How long a failed restore's abandoned reads are given to end quietly.
-_SETTLE_SECONDS = 0.5
 
 
-def _fields(config) -> dict:
-  """{'model.num_layers': 6, ...}: the config's values by dotted name."""
-  return flax.traverse_util.flatten_dict(config.to_dict(), sep='.')
-
-
-def config_changes(workdir, config) -> dict:
-  """{field: (recorded, requested)} against WORKDIR/config.json, if any."""
-  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
-    return {}
-  old, new = _fields(read_config(workdir)), _fields(config)
-  return {name: (old.get(name), new.get(name))
-          for name in sorted(old.keys() | new.keys())
-          if old.get(name) != new.get(name)}
+def has_checkpoints(workdir) -> bool:
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  return os.path.isdir(directory) and any(
+      name.isdigit() for name in os.listdir(directory))
 
 
 def refuse_checkpoint_changes(workdir, changes: dict) -> None:
-  """CheckpointError when `changes` alter what the workdir's checkpoints
-  hold: one line naming each such field and the ways out."""
-  directory = os.path.join(workdir, CHECKPOINT_DIR)
-  if not os.path.isdir(directory) or not any(
-      name.isdigit() for name in os.listdir(directory)):
-    return
-  refused = {name: values for name, values in changes.items()
-             if name in CHECKPOINT_FIELDS}
-  gan = changes.get('loss.gan_weight')
-  if gan and (gan[0] == 0) != (gan[1] == 0):  # the discriminator comes or goes
-    refused['loss.gan_weight'] = gan
-  if refused:
+  """CheckpointError when config `changes` ({field: (recorded, requested)})
+  alter what the workdir's checkpoints hold: one line naming each such
+  field and the ways out."""
+  refused = run_config.checkpoint_changes(changes)
+  if refused and has_checkpoints(workdir):
     listed = ', '.join(f'{name} {old!r} -> {new!r}'
                        for name, (old, new) in refused.items())
     raise CheckpointError(
-        f'{directory} holds checkpoints of another model ({listed}): use a '
-        'new --workdir, or the recorded values; changes that keep what a '
-        'checkpoint holds (e.g. optim.learning_rate, num_train_steps) are '
-        'allowed and logged')
-
-
-def record_config(workdir, config) -> None:
-  """Writes WORKDIR/config.json (process 0 only)."""
-  if jax.process_index() != 0:
-    return
-  files.write_text(
-      os.path.join(workdir, CONFIG_FILE),
-      config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-
-
-def read_config(workdir) -> ml_collections.ConfigDict:
-  """WORKDIR/config.json, with fields added since it was written filled in."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  try:
-    with open(path) as f:
-      return run_config.upgrade(ml_collections.ConfigDict(json.load(f)))
-  except FileNotFoundError:
-    raise CheckpointError(f'{path}: no recorded config; is {workdir} a '
-                          'training workdir?') from None
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f'{path}: not valid JSON: {e}') from None
-
-
-def _not_orbax_chatter(record) -> bool:
-  if record.name == 'asyncio':  # the reads of a failed restore, abandoned
-    return 'exception was never retrieved' not in record.getMessage()
-  return (record.levelno >= python_logging.ERROR or
-          '/orbax/' not in record.pathname)
-
-
-def _orbax_abandoned_read(unraisable) -> bool:
-  code = getattr(unraisable.object, 'cr_code', None)
-  return code is not None and '/orbax/' in code.co_filename
-
-
-def quiet_orbax() -> None:
-  """Keeps Orbax's chatter out of the program's output.
-
-  It reports every save and restore in pages of INFO, and warns of things
-  that are so here (a read-only manager); the reads a failed restore
-  abandons print pages when they end or are collected. What goes wrong with
-  a checkpoint, this module reports itself, in one line.
-  """
-  logging.get_absl_handler().addFilter(_not_orbax_chatter)
-  hook = sys.unraisablehook
-  sys.unraisablehook = lambda unraisable: (
-      None if _orbax_abandoned_read(unraisable) else hook(unraisable))
+        f'{os.path.join(workdir, CHECKPOINT_DIR)} holds checkpoints of '
+        f'another model ({listed}): use a new --workdir, or the recorded '
+        'values; changes that keep what a checkpoint holds (e.g. '
+        'optim.learning_rate, num_train_steps) are allowed and logged')
 
 
 def _checksum(state) -> list[int]:
@@ -173,7 +89,7 @@ def _val_loss(metrics) -> float:
 def open_manager(workdir, config, *, read_only=False) -> ocp.CheckpointManager:
   """The manager of WORKDIR/checkpoints; records the config unless read-only."""
   if not read_only:
-    record_config(workdir, config)
+    run_config.record(workdir, config)
   policy = checkpoint_managers.AnyPreservationPolicy([
       checkpoint_managers.LatestN(n=config.keep_checkpoints),
       checkpoint_managers.BestN(get_metric_fn=_val_loss, reverse=True, n=1,
@@ -280,32 +196,6 @@ def _shape_mismatch(stored, abstract):
           'config than this one')
 
 
-@contextlib.contextmanager
-def _quiet_failed_reads():
-  """Keeps an abandoned restore's reads from printing pages.
-
-  A failed Orbax restore leaves its pending TensorStore reads behind: each
-  prints a page when it is collected ('Exception ignored in ...') and a
-  traceback when it completes on the closed event loop. Within this
-  context, what is printed is held back, and kept back when the restore
-  failed, once its reads have been collected and have had time to end.
-  """
-  hook, stderr = sys.unraisablehook, sys.stderr
-  sys.unraisablehook = lambda unraisable: None
-  sys.stderr = held = io.StringIO()
-  failed = True
-  try:
-    yield
-    failed = False
-  finally:
-    if failed:
-      gc.collect()
-      time.sleep(_SETTLE_SECONDS)
-    sys.unraisablehook, sys.stderr = hook, stderr
-    if not failed:
-      stderr.write(held.getvalue())
-
-
 def _move_aside(directory, step) -> str:
   """Renames checkpoint `step` to <step>.unreadable[.N]; the new path."""
   path = os.path.join(directory, str(step))
@@ -315,17 +205,6 @@ def _move_aside(directory, step) -> str:
     target = f'{path}{UNREADABLE_SUFFIX}.{count}'
   os.rename(path, target)
   return target
-
-
-def parse_which(text: str):
-  """--checkpoint: 'best', 'latest' or a step number."""
-  if text in ('best', 'latest'):
-    return text
-  try:
-    return int(text)
-  except ValueError:
-    raise ValueError(f'--checkpoint must be best, latest or a step number, '
-                     f'not {text!r}') from None
 
 
 def restore(manager, config, which='latest', *, sharding=None,
@@ -369,7 +248,7 @@ def restore(manager, config, which='latest', *, sharding=None,
       if mismatch:
         raise CheckpointError(f'{manager.directory}/{step}: {mismatch}')
       try:
-        with _quiet_failed_reads():
+        with orbax_quiet.failed_reads_held():
           state, extras = _restore_step(manager, step, layout)
       except Exception as e:  # pylint: disable=broad-except
         # TensorStore errors run to pages; their start says enough.

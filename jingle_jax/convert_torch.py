@@ -16,8 +16,8 @@ The conversion is jingle_jax.torch_checkpoint's; this module imports torch
 only inside load_torch_checkpoint.
 """
 
+import dataclasses
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -27,8 +27,10 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 
 from jingle_jax import checkpoints
+from jingle_jax import cli
 from jingle_jax import input_pipeline
 from jingle_jax import latents
+from jingle_jax import run_config
 from jingle_jax import torch_checkpoint
 from jingle_jax.torch_checkpoint import ConversionError
 
@@ -89,11 +91,10 @@ def write_workdir(workdir, config, state, *, step: int) -> None:
   commits the checkpoint atomically, so an interrupted run leaves none and a
   rerun starts over.
   """
-  directory = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
-  if os.path.isdir(directory) and any(
-      name.isdigit() for name in os.listdir(directory)):
-    raise ConversionError(f'{directory} holds checkpoints already; choose '
-                          'a new --out-dir')
+  if checkpoints.has_checkpoints(workdir):
+    raise ConversionError(
+        f'{os.path.join(workdir, checkpoints.CHECKPOINT_DIR)} holds '
+        'checkpoints already; choose a new --out-dir')
   manager = checkpoints.open_manager(workdir, config)
   try:
     checkpoints.save(manager, state.replace(step=jnp.asarray(step, jnp.int32)),
@@ -121,29 +122,25 @@ def define_flags():
                     'them runs code).')
 
 
-def main(argv):
-  checkpoints.quiet_orbax()
-  if len(argv) != 2:
+def run(f, arguments):
+  if len(arguments) != 1:
     raise app.UsageError('expected one argument: the CHECKPOINT.pt file')
-  f, path = flags.FLAGS, argv[1]
-  out_dir = f['out-dir'].value
-  try:
-    checkpoint = load_torch_checkpoint(path,
-                                       allow_pickle=f['allow-pickle'].value)
-    config, state = torch_checkpoint.convert(checkpoint, f.config, path)
-    steps_per_epoch = f['steps-per-epoch'].value
-    if steps_per_epoch is None:
-      if not config.data_dir:
-        raise ConversionError("pass --steps-per-epoch or --config.data_dir to "
-                              "turn the checkpoint's epoch into a step")
-      steps_per_epoch = train_steps_per_epoch(config)
-    step = completed_epochs(checkpoint, path) * steps_per_epoch
-    write_workdir(out_dir, config, state, step=step)
-  except (OSError, ValueError, checkpoints.CheckpointError) as e:
-    sys.exit(f'jingle_jax.convert_torch: error: {e}')
+  path, out_dir = arguments[0], f['out-dir'].value
+  checkpoint = load_torch_checkpoint(path, allow_pickle=f['allow-pickle'].value)
+  given = run_config.parse(f.config)
+  config, state = torch_checkpoint.convert(checkpoint, given, path)
+  steps_per_epoch = f['steps-per-epoch'].value
+  if steps_per_epoch is None:
+    if not config.data_dir:
+      raise ConversionError("pass --steps-per-epoch or --config.data_dir to "
+                            "turn the checkpoint's epoch into a step")
+    steps_per_epoch = train_steps_per_epoch(config)
+  step = completed_epochs(checkpoint, path) * steps_per_epoch
+  write_workdir(out_dir, config, state, step=step)
   overrides = ''.join(
       f' --config.model.{name}={value}'
-      for name, value in config.model.items() if value != f.config.model[name])
+      for name, value in dataclasses.asdict(config.model).items()
+      if value != getattr(given.model, name))
   logging.info('%s (best_val_loss %s, on audio) -> %s, step %d; resume with '
                'python -m jingle_jax.train --config CONFIG --workdir %s%s',
                path, checkpoint.get('best_val_loss'), out_dir, step, out_dir,
@@ -153,4 +150,5 @@ def main(argv):
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['config', 'out-dir'])
-  app.run(main)
+  cli.run('jingle_jax.convert_torch', run, takes_arguments=True,
+          logs_info=True, errors=(checkpoints.CheckpointError,))

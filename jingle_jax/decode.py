@@ -6,8 +6,8 @@
 FILE.npy holds raw latents [frames, 128] (W/FILE.wav) or a batch of them
 [N, frames, 128] (W/FILE_0.wav, ...); --song ID decodes the cached latents of
 a dataset song (W/ID.wav). The decoder weights are the dataset's
-(jingle_jax.audio_decoder), refused when they are not the encoder's. The
-same inputs, names and audio as precompute.decode (EnCodec's PyTorch
+(jingle_jax.encodec_decoding), refused when they are not the encoder's. The
+same inputs, names and audio as precompute.torch_decode (EnCodec's PyTorch
 decoder). Prints the paths written.
 """
 
@@ -18,7 +18,7 @@ from absl import flags
 import numpy as np
 import soundfile
 
-from jingle_jax import audio_decoder
+from jingle_jax import encodec_decoding
 from jingle_jax import cli
 from jingle_jax import files
 from jingle_jax import latents
@@ -100,8 +100,8 @@ def run(f, paths) -> None:
   jobs = clips_to_decode(dataset, paths, f.song)
   if not jobs:
     raise app.UsageError('nothing to decode: pass FILE.npy or --song ID')
-  params = audio_decoder.read(dataset)
-  audio = audio_decoder.decode(params, [clip for _, clip in jobs],
+  params = encodec_decoding.read(dataset)
+  audio = encodec_decoding.decode_clips(params, [clip for _, clip in jobs],
                                f['batch-size'].value)
   names = [name for name, _ in jobs]
   for path in write_wavs(zip(names, audio), f['out-dir'].value):
@@ -111,4 +111,4 @@ def run(f, paths) -> None:
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['manifest', 'out-dir'])
-  app.run(cli.main_for('jingle_jax.decode', run, takes_arguments=True))
+  cli.run('jingle_jax.decode', run, takes_arguments=True)

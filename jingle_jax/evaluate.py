@@ -37,15 +37,15 @@ Metrics are per pair, then averaged over pairs (`rhythm_preserved` is thus a
 share).
 """
 
+import dataclasses
 import json
 import os
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
 
-from jingle_jax import audio_decoder
+from jingle_jax import encodec_decoding
 from jingle_jax import checkpoints
 from jingle_jax import cli
 from jingle_jax import files
@@ -153,7 +153,8 @@ def write_report(out_dir, workdir, model, dataset, pairs, split, results,
   config = model.config
   m = config.model
   seconds = config.num_frames / latents.FRAME_RATE
-  weights = {name: value for name, value in config.loss.items() if value}
+  weights = {name: value for name, value in
+             dataclasses.asdict(config.loss).items() if value}
   sections = [
       (None, report.encodec_weights_note(
           dataset.manifest['encodec_weights'])),
@@ -188,9 +189,9 @@ def write_report(out_dir, workdir, model, dataset, pairs, split, results,
 def _listening_section(out_dir, model, dataset, pairs, examples) -> str:
   """The players and masks picture of each kept pair (its files written)."""
   try:
-    decoder = audio_decoder.read(dataset)
+    decoder = encodec_decoding.read(dataset)
     note = ''
-  except audio_decoder.DecoderError as e:
+  except encodec_decoding.DecoderError as e:
     decoder = None
     note = report.paragraph(f'No audio: {e}', 'warning')
   clips, parts = {}, [note]
@@ -216,7 +217,7 @@ def _listening_section(out_dir, model, dataset, pairs, examples) -> str:
     parts.append(report.picture(f'{folder}/masks.png',
                                 'masks of the creative agent'))
   if clips:
-    for path, audio in zip(clips, audio_decoder.decode(decoder,
+    for path, audio in zip(clips, encodec_decoding.decode_clips(decoder,
                                                         list(clips.values()))):
       report.write_audio(os.path.join(out_dir, path), audio)
   return ''.join(parts)
@@ -239,7 +240,7 @@ def define_flags():
 def run(f) -> None:
   results = evaluate_checkpoint(
       f.workdir, f['out-dir'].value,
-      which=checkpoints.parse_which(f.checkpoint), split=f.split,
+      which=cli.checkpoint_choice(f.checkpoint), split=f.split,
       batch_size=f['batch-size'].value, data_dir=f['data-dir'].value,
       report_pairs=f['report-pairs'].value)
   print(markdown_table(results), end='')
@@ -249,4 +250,4 @@ def run(f) -> None:
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['workdir', 'out-dir'])
-  app.run(cli.main_for('jingle_jax.evaluate', run))
+  cli.run('jingle_jax.evaluate', run, errors=(checkpoints.CheckpointError,))

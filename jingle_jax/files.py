@@ -41,3 +41,15 @@ def write_text(path, text: str) -> None:
 def write_json(path, value) -> None:
   """`value` as indented JSON, atomically."""
   write_text(path, json.dumps(value, indent=1) + '\n')
+
+
+def read_json(path, error, what: str, missing: str):
+  """The JSON value of `path`; else error(message) naming the file: `what`
+  is missing (`missing` says why that may be) or cannot be read."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise error(f'{path}: no {what}{missing}') from None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise error(f'{path}: unreadable {what}: {e}') from None

@@ -1,15 +1,13 @@
 """A trained model, loaded from a training workdir and run batch by batch.
 
-sample, evaluate and precompute.arrange run what TrainedModel.load gives;
+sample, evaluate and jingle_jax.arrange run what TrainedModel.load gives;
 convert_torch writes workdirs it loads.
 """
 
-import copy
 import dataclasses
 import functools
 
 import jax
-import ml_collections
 import numpy as np
 
 from jingle_jax import baselines
@@ -27,7 +25,7 @@ MASKINGS = ('creative_agent', 'none') + tuple(baselines.BASELINES)
 
 @dataclasses.dataclass(frozen=True)
 class TrainedModel:
-  config: ml_collections.ConfigDict  # the run's, as recorded
+  config: run_config.Config  # the run's, as recorded
   variables: dict  # {'params', 'batch_stats'}
   step: int  # the checkpoint's step: its name, the logs' step
   updates: int  # updates applied by then (skipped steps do not count)
@@ -40,7 +38,7 @@ class TrainedModel:
     `dataset` (a LatentDataset; by default the run's, read only when needed)
     gives the latent statistics when the run normalises latents.
     """
-    config = checkpoints.read_config(workdir)
+    config = run_config.read(workdir)
     compile_cache.use(config.compilation_cache)
     manager = checkpoints.open_manager(workdir, config, read_only=True)
     try:
@@ -67,9 +65,8 @@ class TrainedModel:
                        '(config.model.use_creative_agent is False)')
     if masking == 'creative_agent':
       return self
-    config = ml_collections.ConfigDict(copy.deepcopy(self.config.to_dict()))
-    config.model.use_creative_agent = False
-    config.model.fixed_masking = masking
+    config = dataclasses.replace(self.config, model=dataclasses.replace(
+        self.config.model, use_creative_agent=False, fixed_masking=masking))
     params = {name: tree for name, tree in self.variables['params'].items()
               if name != 'creative_agent'}
     return dataclasses.replace(self, config=config,
@@ -80,7 +77,7 @@ class TrainedModel:
 
     Returns numpy (output, input_mask, target_mask), each [N, T, D].
     """
-    apply = compiled_apply(run_config.model_config(self.config))
+    apply = compiled_apply(self.config.model)
     parts = []
     for indices, count in input_pipeline.padded_batches(
         len(inputs), min(batch_size, len(inputs))):
@@ -93,7 +90,7 @@ class TrainedModel:
 def run_dataset(workdir, data_dir=None) -> latents.LatentDataset:
   """The latent dataset at data_dir, by default the one the run trained on."""
   return latents.LatentDataset(
-      data_dir or checkpoints.read_config(workdir).data_dir)
+      data_dir or run_config.read(workdir).data_dir)
 
 
 @functools.cache

@@ -21,7 +21,7 @@ with LatentDataset. numpy only. A dataset directory holds
     mean, std: [128] per-channel statistics of the training latents,
     skipped: [{source, reason}] the audio files left out,
     decoder: the file of EnCodec's decoder weights for JAX
-    (jingle_jax.audio_decoder), or null.
+    (jingle_jax.encodec_decoding), or null.
 
 The reader takes any shard layout the songs' shard and offset describe (a
 shard may hold several songs one after another, as older datasets do).

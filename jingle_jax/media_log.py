@@ -11,10 +11,9 @@ from absl import logging
 import jax
 import numpy as np
 
-from jingle_jax import audio_decoder
+from jingle_jax import encodec_decoding
 from jingle_jax import inference
 from jingle_jax import latents
-from jingle_jax import run_config
 
 CLIPS = ('input', 'target', 'output')
 
@@ -24,20 +23,20 @@ class ValidationMedia:
 
   def __init__(self, config, val_pairs, dataset: latents.LatentDataset,
                step_decoder=None):
-    """step_decoder: the train step's decoder (audio_decoder.for_training),
+    """step_decoder: the train step's decoder (encodec_decoding.for_training),
     whose parameters are used instead of reading them again."""
     self.every = config.media_every_evals
     count = min(config.media_pairs, len(val_pairs))
     indices = np.arange(count)
     self.batch = val_pairs.read(indices, indices) if count else None
     self.normaliser = val_pairs.normaliser
-    self.apply = inference.compiled_apply(run_config.model_config(config))
+    self.apply = inference.compiled_apply(config.model)
     self.decoder_params = (None if step_decoder is None
                            else step_decoder['params'])
     if count and jax.process_index() == 0 and self.decoder_params is None:
       try:
-        self.decoder_params = audio_decoder.read(dataset)
-      except audio_decoder.DecoderError as e:
+        self.decoder_params = encodec_decoding.read(dataset)
+      except encodec_decoding.DecoderError as e:
         logging.warning('TensorBoard gets mask pictures, no audio: %s', e)
 
   def due(self, evaluations: int) -> bool:
@@ -66,7 +65,7 @@ class ValidationMedia:
     # All clips of all pairs in one call, at the clips' own length.
     raw = np.concatenate([self.normaliser.denormalise(arrays[name])
                           for name in CLIPS])
-    audio = np.asarray(audio_decoder.compiled_decoder()(
+    audio = np.asarray(encodec_decoding.compiled_decoder()(
         {'params': self.decoder_params}, raw))
     for index, samples in enumerate(audio):
       name, pair = CLIPS[index // count], index % count

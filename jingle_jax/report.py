@@ -2,7 +2,7 @@
 it, so that its folder can be copied anywhere and opened offline (no
 scripts, styles or fonts from elsewhere).
 
-evaluate writes one for a checkpoint (report.html), precompute.arrange one
+evaluate writes one for a checkpoint (report.html), jingle_jax.arrange one
 for an arrangement (OUT.html).
 """
 

@@ -1,137 +1,227 @@
-"""A run's config: checked in one place, brought up to date when recorded by
-an older version, and the model's frozen view of it.
+"""A run's config: every field declared once (here and in models/config.py),
+checked once at a command's entry, and recorded in the workdir.
 
-configs/*.py define the fields, each with a comment. Training checks the
-whole config (check_training); whatever builds a model checks the model's
-fields (model_config).
+`default_config()` is the seed recipe as an ml_collections config, which
+configs/*.py change and `--config.FIELD=VALUE` overrides; `parse` turns it
+into the frozen `Config` that the rest of the code takes its parts of.
+WORKDIR/config.json records it; a config recorded before a field existed
+reads as that field's `recorded_before` value.
 """
 
-import copy
+import dataclasses
+import json
+import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
-from jingle_jax import baselines
-from jingle_jax.models import attention
-from jingle_jax.models import ModelConfig
-from jingle_jax.models.config import REMAT_CHOICES
+from jingle_jax import files
+from jingle_jax.config_fields import build
+from jingle_jax.config_fields import ConfigError
+from jingle_jax.config_fields import field
+from jingle_jax.config_fields import flat
+from jingle_jax.config_fields import part
+from jingle_jax.models.config import ModelConfig
 
-_POSITIVE = ('per_device_batch_size', 'num_frames', 'num_epochs',
-             'log_every_steps', 'checkpoint_every_epochs', 'keep_checkpoints',
-             'max_consecutive_skips', 'prefetch_batches', 'media_every_evals')
-_POSITIVE_OR_PER_EPOCH = ('num_train_steps', 'eval_every_steps',
-                          'checkpoint_every_steps')  # -1: follows epochs
-_NOT_NEGATIVE = ('window_hop', 'early_stopping_patience', 'media_pairs')
-_POSITIVE_MODEL = ('latent_dim', 'num_stages', 'num_layers', 'num_heads',
-                   'mask_hidden', 'mask_heads', 'max_len')
-# Fields added since configs were first recorded in workdirs, with the value
-# that a run recorded without them had.
-_ADDED_FIELDS = (
-    ('normalise_latents', True),
-    ('model.remat', 'none'),
-    ('model.disc_dropout', 0.3),
-    ('loss.overlap_weight', 10.0),
-    ('loss.coverage_weight', 0.5),
-    ('loss.temporal_weight', 5.0),
-    ('optim.disc_b1', 0.9),
-    ('optim.disc_b2', 0.999),
-    ('media_pairs', 0),
-    ('media_every_evals', 1),
-    ('loss.audio_input_weight', 0.0),
-    ('loss.audio_target_weight', 0.0),
-    ('loss.stft_weight', 0.0),
-    ('loss.mel_weight', 0.0),
-    ('loss.correlation_weight', 0.0),
-    ('loss.spectral_outlier_weight', 0.0),
-    ('model.attention_impl', 'auto'),
-    ('compilation_cache', 'auto'),
-)
+CONFIG_FILE = 'config.json'
+__all__ = ['Config', 'ConfigError', 'LossConfig', 'ModelConfig', 'OptimConfig']
 
 
-class ConfigError(ValueError):
-  """A config that cannot run; the message names the field."""
+def _gan_comes_or_goes(old, new) -> bool:
+  return (old == 0) != (new == 0)  # the discriminator's state comes or goes
 
 
-def upgrade(config) -> ml_collections.ConfigDict:
-  """A copy of a recorded config with the fields added since filled in."""
-  config = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
-  for name, value in _ADDED_FIELDS:
-    *parents, field = name.split('.')
-    block = config
-    for parent in parents:
-      block = block[parent]
-    if field not in block:
-      block[field] = value
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Loss weights (DESIGN.md 4)."""
+  input_weight: float = field(0.0)  # rms(output - input); the seed's is 0.
+  target_weight: float = field(0.0)  # rms(output - target): 0 = no copying.
+  mask_reg_weight: float = field(0.1)  # weight of mask_reg.
+  # mask_reg = overlap_weight x overlap + coverage_weight x coverage
+  #   + temporal_weight x temporal (DESIGN.md 4.1); the published code later
+  #   raised overlap_weight to 10, as runs recorded without it had.
+  overlap_weight: float = field(1.0, recorded_before=10.0)  # mean(m_in m_tgt).
+  # mean((m_in + m_tgt - 1)^2).
+  coverage_weight: float = field(0.5, recorded_before=0.5)
+  # The too-static-masks penalty.
+  temporal_weight: float = field(5.0, recorded_before=5.0)
+  balance_weight: float = field(5.0)  # the 50/50 mask balance term.
+  # The adversarial loss; 0 disables the GAN.
+  gan_weight: float = field(0.1, changes_checkpoints=_gan_comes_or_goes)
+  # Audio-domain terms (DESIGN.md 4.5a) on the output decoded by EnCodec's
+  # frozen decoder inside the step (the dataset needs decoder weights); a
+  # weight of 0 keeps the decoder out of the compiled step. The seed run had
+  # no reconstruction, STFT or mel term; its correlation weight is not
+  # reported.
+  # rms(out_wav - decoded input).
+  audio_input_weight: float = field(0.0, recorded_before=0.0)
+  # rms(out_wav - target waveform): the dataset's audio (precompute.encode
+  # --keep-audio), else the decoded target (the run log says which).
+  audio_target_weight: float = field(0.0, recorded_before=0.0)
+  # Multi-resolution STFT loss ("weight_spectral").
+  stft_weight: float = field(0.0, recorded_before=0.0)
+  mel_weight: float = field(0.0, recorded_before=0.0)  # log-mel distance.
+  # Squared envelope correlations.
+  correlation_weight: float = field(0.0, recorded_before=0.0)
+  # The published code always adds 0.01 x this penalty; the seed report
+  # does not name it, so whether the seed run's code had it is not known.
+  spectral_outlier_weight: float = field(0.01, recorded_before=0.0)
+
+  @property
+  def audio_weights(self) -> dict[str, float]:
+    """{audio term: its weight}, in the order logged (audio_losses)."""
+    return {'audio_input': self.audio_input_weight,
+            'audio_target': self.audio_target_weight,
+            'stft': self.stft_weight, 'mel': self.mel_weight,
+            'correlation': self.correlation_weight,
+            'spectral_outlier': self.spectral_outlier_weight}
+
+  @property
+  def uses_audio(self) -> bool:
+    """Whether any audio term has a weight (the decoder joins the step)."""
+    return any(self.audio_weights.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """The two AdamW optimisers (DESIGN.md 5)."""
+  learning_rate: float = field(1e-4, minimum=0.0)  # generator AdamW.
+  weight_decay: float = field(0.01, minimum=0.0)  # generator AdamW.
+  grad_clip_norm: float = field(10.0, minimum=0.0)  # generator global norm.
+  disc_learning_rate: float = field(5e-5, minimum=0.0)  # GAN discriminator.
+  disc_weight_decay: float = field(0.01, minimum=0.0)  # GAN discriminator.
+  # GAN discriminator AdamW beta1 (the original's); optax's default before.
+  disc_b1: float = field(0.5, minimum=0.0, recorded_before=0.9)
+  disc_b2: float = field(0.999, minimum=0.0, recorded_before=0.999)
+  disc_grad_clip_norm: float = field(1.0, minimum=0.0)  # its gradient norm.
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """A run: data, schedule and the model, loss and optimiser parts."""
+  # PRNG seed: initialisation, data order, dropout and noise.
+  seed: int = field(42)
+  # Pairs per device; 4 devices -> 64/step.
+  per_device_batch_size: int = field(16, minimum=1)
+  # Frames per clip: 16 s at 75 EnCodec frames/s.
+  num_frames: int = field(1200, minimum=1)
+
+  # Data: pairs of consecutive clips cut from the cached song latents.
+  data_dir: str = field('')  # precompute.encode's output (manifest.json).
+  # False feeds raw latents, as the original saw them (RMS ~5.7 with the
+  # pretrained EnCodec); True standardises them per channel with the
+  # manifest's training statistics. Runs recorded without it had True.
+  normalise_latents: bool = field(False, changes_checkpoints=True,
+                                  recorded_before=True)
+  # Frames between pair starts; 0: num_frames (disjoint).
+  window_hop: int = field(0, minimum=0)
+  # Training inputs get random training targets.
+  shuffle_targets: bool = field(True)
+  # Batches put on the devices ahead of the step.
+  prefetch_batches: int = field(2, minimum=1)
+  # JAX's persistent compilation cache: a repeated or resumed run loads its
+  # compiled steps. auto: $JAX_COMPILATION_CACHE_DIR, else
+  # $XDG_CACHE_HOME/jingle_jax/jax (~/.cache/...); a folder; '' for none.
+  compilation_cache: str = field('auto', recorded_before='auto')
+
+  # Training loop. Steps count batches, skipped updates included.
+  workdir: str = field('')  # checkpoints, logs, config.json; --workdir wins.
+  # Length of training when num_train_steps is -1.
+  num_epochs: int = field(200, minimum=1)
+  # -1: num_epochs epochs of full batches.
+  num_train_steps: int = field(-1, minimum=1, per_epoch=True)
+  # Train metrics averaged over this many steps.
+  log_every_steps: int = field(10, minimum=1)
+  # Validation interval; -1: every epoch.
+  eval_every_steps: int = field(-1, minimum=1, per_epoch=True)
+  # -1: every checkpoint_every_epochs.
+  checkpoint_every_steps: int = field(-1, minimum=1, per_epoch=True)
+  # Used when checkpoint_every_steps is -1.
+  checkpoint_every_epochs: int = field(10, minimum=1)
+  # Newest checkpoints kept, plus the best one.
+  keep_checkpoints: int = field(3, minimum=1)
+  # Validations with no lower validation loss before stopping; 0: off.
+  early_stopping_patience: int = field(20, minimum=0)
+  # Non-finite steps in a row before training stops with an error.
+  max_consecutive_skips: int = field(10, minimum=1)
+  # TensorBoard's pictures and audio: the masks of the first validation
+  # pairs and, when the dataset has decoder weights, their input, target and
+  # output decoded, at every media_every_evals-th validation.
+  media_pairs: int = field(2, minimum=0, recorded_before=0)  # 0: none.
+  # Validations between them.
+  media_every_evals: int = field(5, minimum=1, recorded_before=1)
+
+  model: ModelConfig = part(ModelConfig)
+  loss: LossConfig = part(LossConfig)
+  optim: OptimConfig = part(OptimConfig)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The seed recipe (DESIGN.md 5), for configs/*.py to change."""
+  return ml_collections.ConfigDict(dataclasses.asdict(Config()))
+
+
+def parse(values) -> Config:
+  """The checked Config of an ml_collections config or a dict (recorded
+  ones included); ConfigError names the first field at fault."""
+  if isinstance(values, ml_collections.ConfigDict):
+    values = values.to_dict()
+  config = build(Config, values)
+  model = config.model
+  if model.use_creative_agent and model.fixed_masking != 'none':
+    raise ConfigError('config.model.fixed_masking needs '
+                      'config.model.use_creative_agent=False')
+  if config.num_frames > model.max_len:
+    raise ConfigError(f'config.num_frames ({config.num_frames}) exceeds '
+                      f'config.model.max_len ({model.max_len})')
   return config
 
 
-def compute_dtype(name: str):
-  """config.model.compute_dtype: 'auto' is float32 on CPU, else bfloat16."""
-  if name == 'auto':
-    return jnp.float32 if jax.default_backend() == 'cpu' else jnp.bfloat16
-  if name not in ('float32', 'bfloat16'):
-    raise ConfigError('config.model.compute_dtype must be auto, float32 or '
-                      f'bfloat16, not {name!r}')
-  return jnp.dtype(name)
-
-
-def attention_implementation(name: str) -> str:
-  """config.model.attention_impl: 'auto' is 'fused' on GPU, else 'xla'."""
-  if name == 'auto':
-    return 'fused' if jax.default_backend() == 'gpu' else 'xla'
-  if name not in attention.IMPLEMENTATIONS:
-    raise ConfigError('config.model.attention_impl must be auto or one of '
-                      f'{attention.IMPLEMENTATIONS}, not {name!r}')
-  return name
-
-
-def model_config(config) -> ModelConfig:
-  """The model's hyperparameters from config.model, checked."""
-  m = config.model
-  for name in _POSITIVE_MODEL:
-    if m[name] < 1:
-      raise ConfigError(f'config.model.{name} must be at least 1, not '
-                        f'{m[name]}')
-  if m.remat not in REMAT_CHOICES:
-    raise ConfigError(f'config.model.remat is {m.remat!r}, not one of '
-                      f'{REMAT_CHOICES}')
-  if m.fixed_masking not in ('none', *baselines.BASELINES):
-    raise ConfigError(f'config.model.fixed_masking is {m.fixed_masking!r}, '
-                      f'not none or one of {sorted(baselines.BASELINES)}')
-  if m.use_creative_agent and m.fixed_masking != 'none':
-    raise ConfigError('config.model.fixed_masking needs '
-                      'config.model.use_creative_agent=False')
-  return ModelConfig(
-      latent_dim=m.latent_dim, num_stages=m.num_stages,
-      num_layers=m.num_layers, num_heads=m.num_heads, dropout=m.dropout,
-      attention_dropout=m.attention_dropout, anti_cheating=m.anti_cheating,
-      use_creative_agent=m.use_creative_agent, fixed_masking=m.fixed_masking,
-      hard_masks=m.hard_masks, mask_hidden=m.mask_hidden,
-      mask_heads=m.mask_heads, max_len=m.max_len,
-      dtype=compute_dtype(m.compute_dtype), remat=m.remat,
-      attention=attention_implementation(m.attention_impl))
-
-
-def check_training(config, workdir) -> None:
-  """Refuses values a training run cannot run with, naming the field."""
-  for name in _POSITIVE:
-    if config[name] < 1:
-      raise ConfigError(f'config.{name} must be at least 1, not '
-                        f'{config[name]}')
-  for name in _POSITIVE_OR_PER_EPOCH:
-    if config[name] < 1 and config[name] != -1:
-      raise ConfigError(f'config.{name} must be -1 or at least 1, not '
-                        f'{config[name]}')
-  for name in _NOT_NEGATIVE:
-    if config[name] < 0:
-      raise ConfigError(f'config.{name} must not be negative')
-  model_config(config)
-  if config.num_frames > config.model.max_len:
-    raise ConfigError(f'config.num_frames ({config.num_frames}) exceeds '
-                      f'config.model.max_len ({config.model.max_len})')
+def for_training(values, workdir) -> Config:
+  """parse(values), with what a training run needs besides."""
+  config = parse(values)
   if not config.data_dir:
     raise ConfigError('config.data_dir is empty: set it to the output of '
                       'precompute.encode (--config.data_dir=DIR)')
   if not workdir:
     raise ConfigError('no workdir: pass --workdir or set config.workdir')
+  return config
+
+
+def record(workdir, config: Config) -> None:
+  """Writes WORKDIR/config.json (process 0 only)."""
+  if jax.process_index() == 0:
+    files.write_text(os.path.join(workdir, CONFIG_FILE), json.dumps(
+        dataclasses.asdict(config), indent=2, sort_keys=True) + '\n')
+
+
+def read(workdir) -> Config:
+  """WORKDIR/config.json, fields added since it was written filled in."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  values = files.read_json(path, ConfigError, 'recorded config',
+                           f'; is {workdir} a training workdir?')
+  try:
+    return parse(values)
+  except ConfigError as e:
+    raise ConfigError(f'{path}: {e}') from None
+
+
+def changes(workdir, config: Config) -> dict:
+  """{field: (recorded, requested)} against WORKDIR/config.json, if any."""
+  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    return {}
+  old, new = flat(read(workdir)), flat(config)
+  return {name: (old[name][0], value) for name, (value, _) in new.items()
+          if old[name][0] != value}
+
+
+def checkpoint_changes(changed: dict) -> dict:
+  """The `changed` fields ({field: (old, new)}) that give checkpoints other
+  shapes or another meaning."""
+  declared = flat(Config())
+  refused = {}
+  for name, (old, new) in changed.items():
+    rule = declared[name][1].metadata['changes_checkpoints']
+    if rule is True or (callable(rule) and rule(old, new)):
+      refused[name] = old, new
+  return refused

@@ -6,7 +6,7 @@
       --out-dir O
 
 The model runs in evaluation mode (no dropout, no noise). Files hold raw
-EnCodec latents [frames, 128] float32, ready for precompute.decode; the model
+EnCodec latents [frames, 128] float32, ready for precompute.torch_decode; the model
 sees them raw (the seed recipe) or, with config.normalise_latents, normalised
 with the dataset's training statistics (config.data_dir of the run, or
 --data-dir). Masks are [frames, 128] in [0, 1].
@@ -34,7 +34,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from jingle_jax import audio_decoder
+from jingle_jax import encodec_decoding
 from jingle_jax import checkpoints
 from jingle_jax import cli
 from jingle_jax import decode
@@ -43,6 +43,7 @@ from jingle_jax import inference
 from jingle_jax import input_pipeline
 from jingle_jax import latents
 from jingle_jax import losses
+from jingle_jax import run_config
 
 MASK_STATISTICS = ('complementarity', 'overlap', 'coverage',
                    'input_mask_mean', 'target_mask_mean')
@@ -109,7 +110,7 @@ def save_wavs(decoder_params, clips: dict) -> None:
   """PATH.wav, the 24 kHz audio of each {PATH: raw latents}."""
   if decoder_params is None:
     return
-  audio = audio_decoder.decode(decoder_params, list(clips.values()))
+  audio = encodec_decoding.decode_clips(decoder_params, list(clips.values()))
   for path, samples in zip(clips, audio):
     decode.write_wav(path + '.wav', samples)
 
@@ -119,7 +120,7 @@ def sample_dataset(workdir, out_dir, *, which='best', num_samples=4,
                    data_dir=None, wav=False) -> dict:
   """Writes the samples of a split and samples.json; returns its content."""
   dataset = inference.run_dataset(workdir, data_dir)
-  decoder_params = audio_decoder.read(dataset) if wav else None
+  decoder_params = encodec_decoding.read(dataset) if wav else None
   model = inference.TrainedModel.load(workdir, which, dataset=dataset)
   pairs = input_pipeline.dataset_pairs(model.config, dataset, split)
   inputs, targets = choose_pairs(pairs, num_samples, shuffle_targets,
@@ -176,7 +177,7 @@ def read_clip(path, flag: str, latent_dim: int, max_frames: int):
 def sample_pair(workdir, input_path, target_path, out_dir, *, which='best',
                 data_dir=None, wav=False) -> int:
   """Runs one given pair; writes output and masks. Returns the step."""
-  config = checkpoints.read_config(workdir)  # checks the files before loading
+  config = run_config.read(workdir)  # checks the files before loading
   dim, max_frames = config.model.latent_dim, config.model.max_len
   raw_input = read_clip(input_path, '--input', dim, max_frames)
   raw_target = read_clip(target_path, '--target', dim, max_frames)
@@ -186,7 +187,7 @@ def sample_pair(workdir, input_path, target_path, out_dir, *, which='best',
                     'match')
   dataset = (latents.LatentDataset(data_dir or config.data_dir)
              if wav or config.normalise_latents else None)
-  decoder_params = audio_decoder.read(dataset) if wav else None
+  decoder_params = encodec_decoding.read(dataset) if wav else None
   model = inference.TrainedModel.load(workdir, which, dataset=dataset)
   save_wavs(decoder_params, write_pair(
       out_dir, model.normaliser, model_pair(model, raw_input, raw_target),
@@ -230,7 +231,7 @@ def run(f) -> None:
   if (f.input is None) != (f.target is None):
     raise app.UsageError('--input and --target go together')
   out_dir = f['out-dir'].value
-  which = checkpoints.parse_which(f.checkpoint)
+  which = cli.checkpoint_choice(f.checkpoint)
   if f.input is not None:
     step = sample_pair(f.workdir, f.input, f.target, out_dir, which=which,
                        data_dir=f['data-dir'].value, wav=f.wav)
@@ -248,4 +249,4 @@ def run(f) -> None:
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['workdir', 'out-dir'])
-  app.run(cli.main_for('jingle_jax.sample', run))
+  cli.run('jingle_jax.sample', run, errors=(checkpoints.CheckpointError,))

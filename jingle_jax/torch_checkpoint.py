@@ -42,6 +42,7 @@ dict's order without its buffers. Works on numpy arrays: no torch here.
 """
 
 import collections
+import dataclasses
 import functools
 import re
 
@@ -49,7 +50,6 @@ from absl import logging
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -144,14 +144,6 @@ def _fill(abstract, state_dict, module_name, source, handled=()):
   return flax.traverse_util.unflatten_dict(flat)
 
 
-def _override(config, field, value, source):
-  """Sets config.model.<field> to what the checkpoint says, logging changes."""
-  if config.model[field] != value:
-    logging.warning('%s: model.%s = %r from the checkpoint (config: %r)',
-                    source, field, value, config.model[field])
-  config.model[field] = value
-
-
 def _architecture(config, state_dict, source):
   """A copy of the config with the architecture the keys describe."""
   stages = collections.defaultdict(lambda: -1)  # stage -> highest layer
@@ -166,19 +158,22 @@ def _architecture(config, state_dict, source):
                           'model_state_dict')
   # Gaps (a stage or layer without keys) show up as missing keys later.
   num_stages, num_layers = max(stages) + 1, max(stages.values()) + 1
-  config = ml_collections.ConfigDict(config.to_dict())
-  _override(config, 'num_stages', num_stages, source)
-  _override(config, 'num_layers', num_layers, source)
   use_agent = any(key.startswith('creative_agent.') for key in state_dict)
-  _override(config, 'use_creative_agent', use_agent, source)
+  found = dict(num_stages=num_stages, num_layers=num_layers,
+               use_creative_agent=use_agent)
   if use_agent:
-    _override(config, 'fixed_masking', 'none', source)
+    found['fixed_masking'] = 'none'
   positions = state_dict.get('cascade_stages.0.pos_encoding.pe')
   if positions is not None:
-    _override(config, 'max_len', int(np.shape(positions)[1]), source)
+    found['max_len'] = int(np.shape(positions)[1])
+  for field, value in found.items():
+    if getattr(config.model, field) != value:
+      logging.warning('%s: model.%s = %r from the checkpoint (config: %r)',
+                      source, field, value, getattr(config.model, field))
   logging.info('%s: %d stages x %d layers, creative agent %s', source,
                num_stages, num_layers, 'on' if use_agent else 'off')
-  return config
+  return dataclasses.replace(
+      config, model=dataclasses.replace(config.model, **found))
 
 
 def _check_positions(state_dict, config, source):
@@ -201,7 +196,8 @@ def _check_positions(state_dict, config, source):
 
 
 def convert(checkpoint, config, source='checkpoint', *, rng=None):
-  """(config, TrainState) from an original checkpoint dict of arrays.
+  """(config, TrainState) from an original checkpoint dict of arrays, and a
+  run_config.Config whose architecture the checkpoint's keys override.
 
   The state has step 0 and the checkpoint's AdamW states where it has them;
   what the checkpoint does not hold (the GAN discriminator, an optimiser
@@ -212,8 +208,9 @@ def convert(checkpoint, config, source='checkpoint', *, rng=None):
                           f'{sorted(checkpoint)}')
   model_source = f'{source} model_state_dict'
   state_dict = strip_ddp_prefix(checkpoint['model_state_dict'])
-  config = _architecture(config, state_dict, model_source)
-  config.normalise_latents = False  # the original saw raw EnCodec latents
+  # The original saw raw EnCodec latents.
+  config = dataclasses.replace(_architecture(config, state_dict, model_source),
+                               normalise_latents=False)
   has_gan = 'discriminator_state_dict' in checkpoint
   if has_gan and config.loss.gan_weight == 0:
     raise ConversionError(
@@ -228,7 +225,7 @@ def convert(checkpoint, config, source='checkpoint', *, rng=None):
   variables = _fill({'params': state.params, 'batch_stats': state.batch_stats},
                     state_dict, _torch_module, model_source, positions)
   _check_positions(state_dict, config, model_source)
-  tx, disc_tx = train_step.make_optimizers(config)
+  tx, disc_tx = train_step.make_optimizers(config.optim)
   o = config.optim
   state = state.replace(
       params=variables['params'], batch_stats=variables['batch_stats'],

@@ -15,10 +15,8 @@ import dataclasses
 import functools
 import math
 import signal
-import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 from flax.training import early_stopping as flax_early_stopping
@@ -28,28 +26,28 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 import numpy as np
 
-from jingle_jax import audio_decoder
+from jingle_jax import encodec_decoding
 from jingle_jax import audio_losses
 from jingle_jax import checkpoints
+from jingle_jax import cli
 from jingle_jax import compile_cache
 from jingle_jax import input_pipeline
-from jingle_jax import latents
 from jingle_jax import media_log
 from jingle_jax import parallel
 from jingle_jax import run_config
 from jingle_jax import run_log
 from jingle_jax import train_step
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
-_WORKDIR = flags.DEFINE_string(
+config_flags.DEFINE_config_file('config', None, 'Config file.')
+flags.DEFINE_string(
     'workdir', None, 'Checkpoints and logs; default: config.workdir.')
-_COORDINATOR = flags.DEFINE_string(
+flags.DEFINE_string(
     'coordinator_address', None,
     'HOST:PORT of process 0, for multi-host runs outside SLURM, MPI or TPU '
     'pods.')
-_NUM_PROCESSES = flags.DEFINE_integer(
+flags.DEFINE_integer(
     'num_processes', None, 'Processes of the run (with coordinator_address).')
-_PROCESS_ID = flags.DEFINE_integer(
+flags.DEFINE_integer(
     'process_id', None, 'This process, 0..num_processes-1.')
 
 class TooManySkippedSteps(RuntimeError):
@@ -78,7 +76,7 @@ class Schedule:
 def compile_steps(config, mesh, rng, decoder=None):
   """(train, evaluate), jitted over the mesh; train donates its state.
 
-  Both take (state, batch, ...); `decoder` (audio_decoder.for_training)
+  Both take (state, batch, ...); `decoder` (encodec_decoding.for_training)
   is bound.
   """
   replicated = parallel.replicated(mesh)
@@ -220,9 +218,10 @@ def init_or_restore(config, mesh, manager):
 def train_and_evaluate(config, workdir):
   """Trains until num_train_steps, early stopping or a signal.
 
+  `config`: an ml_collections config (configs/*.py), checked here.
   Returns the last validation metrics (None if none ran).
   """
-  run_config.check_training(config, workdir)
+  config = run_config.for_training(config, workdir)
   logging.info('compilation cache: %s',
                compile_cache.use(config.compilation_cache) or 'off')
   mesh = parallel.make_mesh()
@@ -236,11 +235,11 @@ def train_and_evaluate(config, workdir):
                '%d devices', len(train_pairs), len(val_pairs),
                schedule.steps_per_epoch, batch_size, jax.device_count())
 
-  changes = checkpoints.config_changes(workdir, config)
+  changes = run_config.changes(workdir, config)
   checkpoints.refuse_checkpoint_changes(workdir, changes)  # before writing
   manager = checkpoints.open_manager(workdir, config)
   state, position, rng, stopping = init_or_restore(config, mesh, manager)
-  decoder = audio_decoder.for_training(config.loss, dataset,
+  decoder = encodec_decoding.for_training(config.loss, dataset,
                                        val_pairs.normaliser)
   train, evaluate = compile_steps(config, mesh, rng, decoder)
   media = media_log.ValidationMedia(config, val_pairs, dataset, decoder)
@@ -349,33 +348,12 @@ def _epoch_line(position, schedule, train_metrics, val_metrics) -> str:
   return line
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  checkpoints.quiet_orbax()
-  parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                      _PROCESS_ID.value)
-  config = _CONFIG.value
-  try:
-    train_and_evaluate(config, _WORKDIR.value or config.workdir)
-  except (run_config.ConfigError, latents.LatentDataError,
-          audio_decoder.DecoderError, checkpoints.CheckpointError,
-          TooManySkippedSteps) as e:
-    sys.exit(f'jingle_jax.train: error: {e}')
-
-
-def parse_flags(argv):
-  """absl's parsing, with a one-line message for unknown config fields."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f'jingle_jax.train: error: {e}')
-  except AttributeError as e:  # ml_collections' answer to --config.unknown
-    field = str(e).strip('"\'')
-    sys.exit(f'jingle_jax.train: error: the config has no field {field!r} '
-             '(--config.FIELD flags)')
+def run(f):
+  parallel.initialize(f.coordinator_address, f.num_processes, f.process_id)
+  train_and_evaluate(f.config, f.workdir or f.config.workdir)
 
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('config')
-  app.run(main, flags_parser=parse_flags)
+  cli.run('jingle_jax.train', run, logs_info=True, errors=(
+      checkpoints.CheckpointError, TooManySkippedSteps))

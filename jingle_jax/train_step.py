@@ -1,8 +1,8 @@
 """Train state, one compiled discriminator + generator update, and evaluation.
 
-The step functions are pure and mesh-agnostic: bind the config with
-functools.partial and jit them with whatever shardings the caller uses,
-donating the state (argument 0) of `train_step`.
+The step functions are pure and mesh-agnostic: bind the config (a
+run_config.Config) with functools.partial and jit them with whatever
+shardings the caller uses, donating the state (argument 0) of `train_step`.
 
 With audio-domain loss weights (SPEC 4.5a), the steps take `decoder`:
 {'params': EnCodec decoder parameters, 'mean', 'std': [D] that turn the
@@ -10,7 +10,6 @@ model's latents into raw ones}; the frozen decoder then runs inside the
 step. Without them it is None and nothing of it is compiled.
 """
 
-import functools
 from typing import Any
 
 import flax.struct
@@ -21,7 +20,6 @@ import optax
 
 from jingle_jax import audio_losses
 from jingle_jax import losses
-from jingle_jax import run_config
 from jingle_jax.models import CascadeTransformer
 from jingle_jax.models import encodec_decoder
 from jingle_jax.models import LatentDiscriminator
@@ -39,17 +37,12 @@ class TrainState(flax.struct.PyTreeNode):
   disc_opt_state: Any  # discriminator AdamW state
 
 
-def build_model(config) -> CascadeTransformer:
-  return CascadeTransformer(run_config.model_config(config))
-
-
 def build_discriminator(config) -> LatentDiscriminator | None:
   """The GAN discriminator, or None when the GAN is off (gan_weight 0)."""
   if config.loss.gan_weight == 0:
     return None
-  return LatentDiscriminator(
-      dropout=config.model.disc_dropout,
-      dtype=run_config.compute_dtype(config.model.compute_dtype))
+  return LatentDiscriminator(dropout=config.model.disc_dropout,
+                             dtype=config.model.dtype)
 
 
 def _decayed(params):
@@ -62,9 +55,9 @@ def _decayed(params):
       lambda path, _: 'discriminator' not in path, params)
 
 
-def make_optimizers(config):
-  """(generator, discriminator) optax transformations, clipping included."""
-  o = config.optim
+def make_optimizers(o):
+  """(generator, discriminator) optax transformations, clipping included, of
+  an OptimConfig."""
   tx = optax.chain(
       optax.clip_by_global_norm(o.grad_clip_norm),
       optax.adamw(o.learning_rate, weight_decay=o.weight_decay,
@@ -82,14 +75,15 @@ def create_train_state(config, rng) -> TrainState:
   Initialised as the original's PyTorch modules are (SPEC 4.5c), the layers
   of a stage equal (copy_first_layers).
   """
-  model, disc = build_model(config), build_discriminator(config)
+  model = CascadeTransformer(config.model)
+  disc = build_discriminator(config)
   model_rng, disc_rng = jax.random.split(rng)
   dummy = jnp.zeros((1, INIT_FRAMES, config.model.latent_dim), jnp.float32)
   variables = model.init(model_rng, dummy, dummy, train=False)
   params = copy_first_layers(variables['params'])
   disc_params = ({} if disc is None else
                  disc.init(disc_rng, dummy, train=False)['params'])
-  tx, disc_tx = make_optimizers(config)
+  tx, disc_tx = make_optimizers(config.optim)
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
       batch_stats=variables['batch_stats'], opt_state=tx.init(params),
@@ -103,7 +97,7 @@ def generator_forward(params, batch_stats, batch, rng, config, train=True):
   is ignored (may be None) in evaluation.
   """
   rngs = dict(zip(('noise', 'dropout'), jax.random.split(rng))) if train else {}
-  out, updated = build_model(config).apply(
+  out, updated = CascadeTransformer(config.model).apply(
       {'params': params, 'batch_stats': batch_stats}, batch['input'],
       batch['target'], train=train, rngs=rngs, mutable=['batch_stats'])
   return out, updated['batch_stats']
@@ -141,19 +135,18 @@ def discriminator_update(state: TrainState, batch, output, rng, config):
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.disc_params)
   metrics['disc_grad_norm'] = optax.tree.norm(grads)  # before clipping
-  _, disc_tx = make_optimizers(config)
+  _, disc_tx = make_optimizers(config.optim)
   updates, disc_opt_state = disc_tx.update(grads, state.disc_opt_state,
                                            state.disc_params)
   return (optax.apply_updates(state.disc_params, updates), disc_opt_state,
           metrics)
 
 
-def decode(decoder, latents, config):
+def decode_latents(decoder, latents, model_config):
   """Audio [B, T x 320] of latents [B, T, D] in the model's space."""
   raw = latents.astype(jnp.float32) * decoder['std'] + decoder['mean']
   return encodec_decoder.EncodecDecoder(
-      run_config.compute_dtype(config.model.compute_dtype),
-      remat=config.model.remat != 'none').apply(
+      model_config.dtype, remat=model_config.remat != 'none').apply(
           {'params': decoder['params']}, raw)
 
 
@@ -172,13 +165,13 @@ def audio_loss(output, batch, decoder, config, validation=False):
       ('input', needs_input),
       ('target', needs_target and 'target_audio' not in batch)) if needed}
   if decoded:
-    audio = jax.lax.stop_gradient(decode(
-        decoder, jnp.concatenate(list(decoded.values())), config))
+    audio = jax.lax.stop_gradient(decode_latents(
+        decoder, jnp.concatenate(list(decoded.values())), config.model))
     decoded = dict(zip(decoded, jnp.split(audio, len(decoded))))
   if needs_target and 'target' not in decoded:
     decoded['target'] = batch['target_audio'].astype(jnp.float32)
   return audio_losses.weighted_terms(
-      decode(decoder, output, config), decoded.get('input'),
+      decode_latents(decoder, output, config.model), decoded.get('input'),
       decoded.get('target'), weights, validation)
 
 
@@ -191,7 +184,7 @@ def output_loss(out, fake_logits, batch, config, decoder=None):
       out.output, batch['input'], batch['target'], out.input_mask,
       out.target_mask, fake_logits, config.loss,
       learned_masks=config.model.use_creative_agent)
-  if audio_losses.uses_audio(config.loss):
+  if config.loss.uses_audio:
     audio, audio_metrics = audio_loss(out.output, batch, decoder, config)
     loss += audio
     metrics.update(audio_metrics, loss=loss)
@@ -239,7 +232,7 @@ def train_step(state: TrainState, batch, rng, decoder=None, *, config):
   gradients are not finite changes nothing (the step counter included) and
   reports skipped = 1.
   """
-  tx, _ = make_optimizers(config)
+  tx, _ = make_optimizers(config.optim)
   grads, batch_stats, disc, metrics = gradients(state, batch, rng, config,
                                                 decoder)
   metrics['grad_norm'] = optax.tree.norm(grads)  # before clipping
@@ -280,7 +273,7 @@ def eval_step(state: TrainState, batch, decoder=None, *, config):
       out.output, batch['input'], batch['target'], out.input_mask,
       out.target_mask, config.loss,
       learned_masks=config.model.use_creative_agent, example_weights=weights)
-  if audio_losses.uses_audio(config.loss):
+  if config.loss.uses_audio:
     # The audio terms are over the whole batch, repeats included.
     audio, audio_metrics = audio_loss(out.output, batch, decoder, config,
                                       validation=True)
@@ -295,13 +288,3 @@ def eval_step(state: TrainState, batch, decoder=None, *, config):
         losses.discriminator_loss(real_logits, fake_logits, weights)[1],
         g_adv=losses.bce_with_logits(fake_logits, 1.0, weights))
   return metrics
-
-
-def make_train_step(config):
-  """train_step jitted for a single device or replicated use, donating state."""
-  return jax.jit(functools.partial(train_step, config=config),
-                 donate_argnums=0)
-
-
-def make_eval_step(config):
-  return jax.jit(functools.partial(eval_step, config=config))

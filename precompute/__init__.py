@@ -1,9 +1,6 @@
-"""The PyTorch side of Jingle-JAX: EnCodec encoding and decoding.
+"""The PyTorch side of Jingle-JAX: EnCodec's encoder over a folder of songs.
 
-Set before torch loads: OpenMP's default of spinning idle threads made the
-encoder 1.7x slower whenever the CPU was shared (docs/BENCHMARKS.md).
+Run it with OMP_WAIT_POLICY=PASSIVE (run_tpu_or_gpu.sh sets it): OpenMP's
+default of spinning idle threads made the encoder 1.7x slower whenever the
+CPU was shared (docs/BENCHMARKS.md).
 """
-
-import os
-
-os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')

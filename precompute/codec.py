@@ -13,10 +13,10 @@ import collections
 import numpy as np
 import torch
 
-from jingle_jax import audio_decoder
+from jingle_jax import encodec_decoding
 from jingle_jax import latents
 
-CHUNK_FRAMES = audio_decoder.CHUNK_FRAMES  # 16 s, as the JAX decoder's
+CHUNK_FRAMES = encodec_decoding.CHUNK_FRAMES  # 16 s, as the JAX decoder's
 # The encoder's last convolution (kernel 7) pads 6 frames by reflection: a
 # chunk shorter than 7 frames reflects its own end, so zeros after it would
 # change its first frames; from 7 frames on they change nothing.
@@ -83,7 +83,7 @@ def _encode_chunks(model, samples, chunk: int, device) -> np.ndarray:
 def decode(model, clips, *, device, batch_size: int):
   """Latents [frames, 128] each -> mono 24 kHz float32 audio of
   frames * 320 samples each."""
-  pieces = audio_decoder.chunks([len(clip) for clip in clips], CHUNK_FRAMES)
+  pieces = encodec_decoding.chunks([len(clip) for clip in clips], CHUNK_FRAMES)
   chunks = [np.asarray(clips[item][start:start + CHUNK_FRAMES], np.float32).T
             for item, start in pieces]
   outputs = _run_batched(model.decoder, chunks, device=device,

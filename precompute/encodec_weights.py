@@ -27,6 +27,7 @@ from absl import logging
 from encodec import EncodecModel
 import torch
 
+from jingle_jax import cli
 from jingle_jax import latents
 
 PRETRAINED_CHECKPOINT = 'encodec_24khz-d7cc33bc.th'
@@ -141,15 +142,10 @@ def device(name: str) -> torch.device:
   return torch.device('cpu')
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['check-pretrained'].value:
+def run(f):
+  if not f['check-pretrained'].value:
     raise app.UsageError('nothing to do: pass --check-pretrained')
-  try:
-    pretrained_model()
-  except WeightsError as e:
-    sys.exit(f'precompute.encodec_weights: {e}')
+  pretrained_model()
   print('the pretrained EnCodec weights are available')
 
 
@@ -157,4 +153,4 @@ if __name__ == '__main__':
   flags.DEFINE_bool(
       'check-pretrained', False,
       'Exit 0 when the pretrained weights can be loaded, 1 otherwise.')
-  app.run(main)
+  cli.run('precompute.encodec_weights', run, errors=(WeightsError,))

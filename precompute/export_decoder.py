@@ -3,24 +3,23 @@
   python -m precompute.export_decoder --manifest L/manifest.json \
       [--encodec-checkpoint PATH | --random-encodec SEED]
 
-writes L/decoder.msgpack (jingle_jax.audio_decoder) for a latent dataset
+writes L/decoder.msgpack (jingle_jax.encodec_decoding) for a latent dataset
 encoded before precompute.encode wrote it, and records it in the manifest.
-The weights are the ones the manifest records, as precompute.decode takes
+The weights are the ones the manifest records, as precompute.torch_decode takes
 them; other weights are refused.
 """
 
 import os
-import sys
 
-from absl import app
 from absl import flags
 import torch
 
-from jingle_jax import audio_decoder
+from jingle_jax import encodec_decoding
+from jingle_jax import cli
 from jingle_jax import files
 from jingle_jax import latents
 from jingle_jax.models import encodec_decoder
-from precompute import decode
+from precompute import torch_decode
 from precompute import encodec_weights
 
 
@@ -69,24 +68,17 @@ def export(out_dir, model, encodec_weights_identity: str) -> str:
   """Writes the decoder file of `model` into out_dir; returns its name."""
   with torch.no_grad():
     params = decoder_params(model)
-  audio_decoder.write(out_dir, params, encodec_weights_identity)
-  return audio_decoder.DECODER_FILE
+  encodec_decoding.write(out_dir, params, encodec_weights_identity)
+  return encodec_decoding.DECODER_FILE
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  f = flags.FLAGS
-  try:
-    dataset = latents.LatentDataset(f.manifest)
-    model = decode.matching_weights(dataset, f['encodec-checkpoint'].value,
-                                    f['random-encodec'].value)
-    directory = os.path.dirname(dataset.manifest_path)
-    name = export(directory, model, dataset.manifest['encodec_weights'])
-    files.write_json(dataset.manifest_path,
-                     dict(dataset.manifest, decoder=name))
-  except (ValueError, OSError, encodec_weights.WeightsError) as e:
-    sys.exit(f'precompute.export_decoder: error: {e}')
+def run(f):
+  dataset = latents.LatentDataset(f.manifest)
+  model = torch_decode.matching_weights(
+      dataset, f['encodec-checkpoint'].value, f['random-encodec'].value)
+  directory = os.path.dirname(dataset.manifest_path)
+  name = export(directory, model, dataset.manifest['encodec_weights'])
+  files.write_json(dataset.manifest_path, dict(dataset.manifest, decoder=name))
   print(os.path.join(directory, name))
 
 
@@ -97,4 +89,5 @@ if __name__ == '__main__':
   flags.DEFINE_integer('random-encodec', None, 'Seed of random EnCodec '
                        'weights (default: what the manifest records).')
   flags.mark_flags_as_required(['manifest'])
-  app.run(main)
+  cli.run('precompute.export_decoder', run,
+          errors=(encodec_weights.WeightsError,))

@@ -13,26 +13,22 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
     prefix='jingle_jax_test_cache_')
 
-import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-import train_config
+from jingle_jax import run_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+import train_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.fixture(scope='session')
 def tiny_config():
   """The training-test recipe with 16 channels: compiles in seconds on CPU.
 
-  Frozen, so tests cannot change it for each other; a test that needs
-  changes takes ml_collections.ConfigDict(copy.deepcopy(tiny_config)). The
-  deep copy matters: plain ConfigDict copies of one FrozenConfigDict share
-  their nested dicts (ml_collections 1.1), so changes would leak.
+  A run_config.Config, frozen: a test that needs other values takes
+  train_config.changed(tiny_config, {...}).
   """
-  config = train_config.get_config()
-  config.num_frames = 32
-  config.per_device_batch_size = 2
-  config.model.latent_dim = 16
-  return ml_collections.FrozenConfigDict(config)
+  return train_config.changed(
+      run_config.parse(train_config.get_config()),
+      {'num_frames': 32, 'per_device_batch_size': 2, 'model.latent_dim': 16})
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import soundfile
 
+from jingle_jax import arrange
 from jingle_jax import checkpoints
 from jingle_jax import latents
+from jingle_jax import run_config
+from jingle_jax import synth
 from jingle_jax import train_step
-from precompute import arrange
 from precompute import encodec_weights
-from precompute import synth
 import html_page
 import latent_data
 import train_config
@@ -33,6 +34,7 @@ def run(tmp_path_factory):
       for song_id, split in (('a', 'train'), ('b', 'val'))})
   config = train_config.get_config()
   config.data_dir = str(data_dir)
+  config = run_config.parse(config)
   state = jax.jit(functools.partial(train_step.create_train_state, config))(
       jax.random.key(0))
   workdir = tmp_path_factory.mktemp('workdir')
@@ -98,5 +100,5 @@ def test_command_line(run, tmp_path):
        str(tmp_path / 'out.wav')],
       cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 1
-  assert 'precompute.arrange: error: --target' in result.stderr
+  assert 'jingle_jax.arrange: error: --target' in result.stderr
   assert 'nowhere.wav' in result.stderr and 'Traceback' not in result.stderr

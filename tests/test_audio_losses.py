@@ -4,15 +4,16 @@ definitions (SPEC 4.5a), on the same audio, and in the train step."""
 import functools
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 import torch
 
 from jingle_jax import audio_losses
+from jingle_jax import run_config
 from jingle_jax import train_step
 from jingle_jax.models import encodec_decoder
 import torch_audio_reference as reference
+import train_config
 
 SAMPLES = 3 * 24_000 + 17  # not a multiple of any hop or of 250
 
@@ -66,10 +67,13 @@ def test_correlation_and_outlier_match_torch(audio):
 
 
 def test_weighted_terms_match_the_torch_step(audio):
-  weights = {field: 0.5 + index for index, (field, _) in
-             enumerate(audio_losses.WEIGHTS)}
+  terms = run_config.LossConfig().audio_weights
+  weights = run_config.LossConfig(**{
+      f'{name}_weight': 0.5 + index for index, name in enumerate(terms)})
+  assert list(weights.audio_weights.values()) == [0.5 + index for index in
+                                                  range(len(terms))]
   total, terms = audio_losses.weighted_terms(*audio, weights)
-  assert sorted(terms) == sorted(name for _, name in audio_losses.WEIGHTS)
+  assert sorted(terms) == sorted(weights.audio_weights)
   check(total, reference.weighted_terms(  # on audio: decoding is identity
       lambda clips: clips, *map(torch.from_numpy, audio), weights))
 
@@ -107,9 +111,8 @@ def step_setup(tiny_config):
   """(config with GAN and two audio terms, the same without, state, batch,
   decoder): the tiny 16-channel model, whose latents the decoder (weights
   of Flax's initialisation for 16 channels) maps to raw by mean/std."""
-  config = ml_collections.ConfigDict(tiny_config.to_dict())
-  config.loss.stft_weight = 0.5
-  config.loss.spectral_outlier_weight = 0.01
+  config = train_config.changed(tiny_config, {
+      'loss.stft_weight': 0.5, 'loss.spectral_outlier_weight': 0.01})
   state = jax.jit(functools.partial(train_step.create_train_state, config))(
       jax.random.key(0))
   rng = np.random.default_rng(0)
@@ -119,8 +122,7 @@ def step_setup(tiny_config):
       jax.random.key(1), np.zeros((1, 7, 16)))['params'],
              'mean': rng.normal(size=16).astype(np.float32),
              'std': np.full(16, 2.0, np.float32)}
-  return (ml_collections.FrozenConfigDict(config), tiny_config, state, batch,
-          decoder)
+  return config, tiny_config, state, batch, decoder
 
 
 def test_the_step_adds_the_weighted_audio_terms(step_setup):
@@ -160,7 +162,7 @@ def test_the_target_waveform_replaces_the_decoded_target(step_setup):
   output = np.random.default_rng(3).normal(size=(2, 8, 16)).astype(
       np.float32)
   decode = functools.partial(jax.jit(functools.partial(
-      train_step.decode, config=config)), decoder)
+      train_step.decode_latents, model_config=config.model)), decoder)
   decoded = {name: np.asarray(decode(batch[name])) for name in batch}
   # The decoded target given as the waveform: the same terms.
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5),

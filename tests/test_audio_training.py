@@ -16,7 +16,7 @@ import pytest
 import soundfile
 from tensorboardX.proto import event_pb2
 
-from jingle_jax import audio_decoder
+from jingle_jax import encodec_decoding
 from jingle_jax import latents
 from jingle_jax import run_log
 from jingle_jax.models import encodec_decoder
@@ -67,13 +67,13 @@ def dataset(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('latents')
   decoder = encodec_decoder.EncodecDecoder().init(
       jax.random.key(0), np.zeros((1, 7, latents.LATENT_DIM)))['params']
-  audio_decoder.write(data_dir, decoder, 'random:0')
+  encodec_decoding.write(data_dir, decoder, 'random:0')
   rng = np.random.default_rng(0)
   songs = {f'song{i}': (split, rng.normal(size=(40, latents.LATENT_DIM)))
            for i, split in enumerate(['train'] * 2 + ['val'])}
   audio = {song: rng.uniform(-0.3, 0.3, 40 * 320) for song in songs}
   latent_data.write_dataset(data_dir, songs, dtype='float32',
-                            decoder=audio_decoder.DECODER_FILE, audio=audio)
+                            decoder=encodec_decoding.DECODER_FILE, audio=audio)
   return data_dir, decoder, songs
 
 
@@ -133,7 +133,7 @@ def test_validations_log_mask_pictures_and_decoded_audio(dataset, whole_run):
   picture = media['val_pair_0/masks', 4].image
   assert (picture.height, picture.width, picture.colorspace) == (800, 1000, 3)
   # The first matched pair: input frames 0-7 of the val song, target 8-15.
-  expected = audio_decoder.decode(decoder, [songs['song2'][1][:FRAMES],
+  expected = encodec_decoding.decode_clips(decoder, [songs['song2'][1][:FRAMES],
                                             songs['song2'][1][FRAMES:16]])
   for name, want in zip(('input', 'target'), expected):
     sound = media[f'val_pair_0/{name}', 4].audio

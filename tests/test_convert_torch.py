@@ -1,6 +1,5 @@
 """Importing original PyTorch checkpoints: parity with a PyTorch reference."""
 
-import copy
 import argparse
 import functools
 import os
@@ -9,7 +8,6 @@ import sys
 
 import flax.traverse_util
 import jax
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -19,12 +17,13 @@ from jingle_jax import checkpoints
 from jingle_jax import convert_torch
 from jingle_jax import inference
 from jingle_jax import losses
-from jingle_jax import run_config
 from jingle_jax import torch_checkpoint
 from jingle_jax import train_step
+from jingle_jax.models import CascadeTransformer
 from jingle_jax.models import LatentDiscriminator
 from jingle_jax.models import StyleDiscriminator
 import torch_reference as reference
+import train_config
 
 FRAMES = 24
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,9 +40,7 @@ def float32_matmuls():
 @pytest.fixture(name='config')
 def float32_config(tiny_config):
   """The tiny config computing in float32 on every backend."""
-  config = ml_collections.ConfigDict(copy.deepcopy(tiny_config))
-  config.model.compute_dtype = 'float32'
-  return ml_collections.FrozenConfigDict(config)
+  return train_config.changed(tiny_config, {'model.compute_dtype': 'float32'})
 
 
 def reference_model(config, num_stages, use_creative_agent, seed=0):
@@ -91,7 +88,7 @@ def convert_saved(tmp_path, model, config, **save_kwargs):
 
 def flax_forward(config, state, inputs, targets, *, train=False):
   """(CascadeOutput, batch_stats after the call)."""
-  model = train_step.build_model(config)
+  model = CascadeTransformer(config.model)
   apply = jax.jit(functools.partial(model.apply, train=train,
                                     mutable=['batch_stats']))
   out, updated = apply({'params': state.params,
@@ -135,7 +132,7 @@ def test_evaluation_matches_pytorch(tmp_path, config, num_stages,
     assert_close(metrics['balance'], expected['balance'])
     with torch.no_grad():
       expected_scores = model.creative_agent.discriminator(to_torch(inputs))
-    scores = StyleDiscriminator(run_config.model_config(config)).apply(
+    scores = StyleDiscriminator(config.model).apply(
         {'params': state.params['creative_agent']['discriminator']}, inputs)
     for actual, wanted in zip(scores, expected_scores):
       assert_close(actual, wanted)
@@ -143,9 +140,9 @@ def test_evaluation_matches_pytorch(tmp_path, config, num_stages,
 
 def test_training_forward_matches_pytorch_power_iteration(tmp_path,
                                                           config):
-  config = ml_collections.ConfigDict(config)
-  config.model.dropout = config.model.attention_dropout = 0.0
-  config.model.anti_cheating = 0.0
+  config = train_config.changed(config, {
+      'model.dropout': 0.0, 'model.attention_dropout': 0.0,
+      'model.anti_cheating': 0.0})
   model = reference_model(config, 2, True, seed=3)
   config, state = convert_saved(tmp_path, model, config)
   inputs, targets = latents(config, seed=4)
@@ -183,11 +180,10 @@ def step_config(config):
   """The tiny config with every random draw off (dropout, anti-cheating
   noise), so that one training step is a function of the weights and the
   batch, and with reconstruction terms too."""
-  config = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
-  m = config.model
-  m.dropout = m.attention_dropout = m.disc_dropout = m.anti_cheating = 0.0
-  config.loss.input_weight, config.loss.target_weight = 0.3, 0.2
-  return config
+  return train_config.changed(config, {
+      'model.dropout': 0.0, 'model.attention_dropout': 0.0,
+      'model.disc_dropout': 0.0, 'model.anti_cheating': 0.0,
+      'loss.input_weight': 0.3, 'loss.target_weight': 0.2})
 
 
 def test_training_step_after_import_matches_pytorch(tmp_path, config):
@@ -299,8 +295,7 @@ def test_missing_and_unknown_keys_are_listed(config):
 
 def test_shapes_must_fit_the_config(config):
   checkpoint = reference.numpy_checkpoint(reference_model(config, 2, True))
-  config = ml_collections.ConfigDict(config)
-  config.model.mask_hidden = 32
+  config = train_config.changed(config, {'model.mask_hidden': 32})
   with pytest.raises(torch_checkpoint.ConversionError,
                      match=r'mask_generator\.input_analyzer\.0\.weight: '
                      r'\(16, 16, 3\) in the checkpoint, \(32, 16, 3\)'):
@@ -310,8 +305,7 @@ def test_shapes_must_fit_the_config(config):
 def test_gan_weights_need_the_gan_on(config):
   model = reference_model(config, 2, False)
   checkpoint = reference.numpy_checkpoint(model, discriminator_state_dict={})
-  config = ml_collections.ConfigDict(config)
-  config.loss.gan_weight = 0.0
+  config = train_config.changed(config, {'loss.gan_weight': 0.0})
   with pytest.raises(torch_checkpoint.ConversionError, match='loss.gan_weight'):
     torch_checkpoint.convert(checkpoint, config)
 
@@ -346,7 +340,7 @@ def test_command_writes_a_workdir_that_training_restores(tmp_path,
   reference.save_checkpoint(path, model, epoch=7, best_val_loss=0.25,
                             distributed=True)
   m = config.model
-  sizes = [f'--config.model.{name}={m[name]}' for name in (
+  sizes = [f'--config.model.{name}={getattr(m, name)}' for name in (
       'latent_dim', 'num_layers', 'num_heads', 'mask_hidden', 'mask_heads')]
   workdir = tmp_path / 'converted'
   result = subprocess.run(
@@ -373,7 +367,7 @@ def test_command_writes_a_workdir_that_training_restores(tmp_path,
   manager = checkpoints.open_manager(workdir, config, read_only=True)
   state, _ = checkpoints.restore(manager, config)
   manager.close()
-  tx, _ = train_step.make_optimizers(config)
+  tx, _ = train_step.make_optimizers(config.optim)
   jax.tree.map(np.testing.assert_array_equal, state.opt_state,
                tx.init(state.params))  # a fresh torch AdamW's moments
 

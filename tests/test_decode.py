@@ -10,10 +10,10 @@ import pytest
 import soundfile
 import torch
 
-from jingle_jax import audio_decoder
+from jingle_jax import encodec_decoding
 from jingle_jax import decode as jax_decode
 from jingle_jax import latents
-from precompute import decode
+from precompute import torch_decode
 from precompute import encodec_weights
 from precompute import export_decoder
 import latent_data
@@ -49,11 +49,11 @@ def test_both_clis_decode_files_and_songs_to_the_same_wavs(
   export_decoder.export(tmp_path / 'latents', encodec_weights.random_model(0),
                         'random:0')
   write_dataset(tmp_path / 'latents', 'random:0',
-                decoder=audio_decoder.DECODER_FILE)
+                decoder=encodec_decoding.DECODER_FILE)
   arguments = ['--manifest', str(tmp_path / 'latents/manifest.json'),
                '--song', 'song_b'] + clip_files
   result = subprocess.run(
-      [sys.executable, '-m', 'precompute.decode', '--device', 'cpu',
+      [sys.executable, '-m', 'precompute.torch_decode', '--device', 'cpu',
        '--out-dir', str(tmp_path / 'torch')] + arguments,
       cwd=REPO, capture_output=True, text=True, check=True)
   assert 'SEEDED RANDOM (seed 0)' in result.stderr
@@ -78,10 +78,10 @@ def test_both_clis_decode_files_and_songs_to_the_same_wavs(
 
 def test_song_decodes_as_its_latents(tmp_path):
   dataset = write_dataset(tmp_path / 'latents', 'random:0')
-  model = decode.matching_weights(dataset)
+  model = torch_decode.matching_weights(dataset)
   song = dataset.songs('train')[0]
   jobs = jax_decode.clips_to_decode(dataset, [], ['song_a'])
-  path, = decode.decode_to_wavs(model, jobs, tmp_path / 'wav', device='cpu',
+  path, = torch_decode.decode_to_wavs(model, jobs, tmp_path / 'wav', device='cpu',
                                 batch_size=2)
   with torch.inference_mode():
     expected = model.decoder(torch.from_numpy(
@@ -93,7 +93,7 @@ def test_song_decodes_as_its_latents(tmp_path):
 def test_refuses_other_weights_than_the_manifests(tmp_path):
   dataset = write_dataset(tmp_path / 'random', 'random:0')
   with pytest.raises(encodec_weights.WeightsError) as error:
-    decode.matching_weights(dataset, random_seed=1)
+    torch_decode.matching_weights(dataset, random_seed=1)
   for text in (str(tmp_path / 'random/manifest.json'), 'random:0',
                'random:1', 'refusing'):
     assert text in str(error.value)
@@ -101,11 +101,11 @@ def test_refuses_other_weights_than_the_manifests(tmp_path):
   checkpoint = tmp_path / 'encodec.th'
   torch.save(encodec_weights.random_model(2).state_dict(), checkpoint)
   with pytest.raises(encodec_weights.WeightsError, match='sha256:'):
-    decode.matching_weights(dataset, checkpoint=str(checkpoint))
+    torch_decode.matching_weights(dataset, checkpoint=str(checkpoint))
   # A dataset of those weights decodes with that checkpoint.
   _, weights = encodec_weights.load(checkpoint=str(checkpoint))
   hashed = write_dataset(tmp_path / 'hashed', weights)
-  assert decode.matching_weights(hashed, checkpoint=str(checkpoint))
+  assert torch_decode.matching_weights(hashed, checkpoint=str(checkpoint))
 
 
 def test_bad_inputs_name_the_file(tmp_path):

@@ -13,13 +13,13 @@ import soundfile
 import torch
 import torchaudio
 
-from jingle_jax import audio_decoder
+from jingle_jax import encodec_decoding
 from jingle_jax import latents
 from precompute import audio
 from precompute import codec
 from precompute import encode
 from precompute import encodec_weights
-from precompute import synth
+from jingle_jax import synth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = {'val_fraction': 0.34, 'seed': 0}
@@ -116,7 +116,7 @@ def test_round_trip_at_75_frames_per_second_split_by_song(dataset_dir):
           for source in [*GOOD, 'short.wav'] for suffix in ('json', 'npy'))
   # The decoder of the weights that encoded, for decoding without torch.
   assert manifest['decoder'] == 'decoder.msgpack'
-  assert audio_decoder.read(dataset)['conv_in']['kernel'].shape == (7, 128,
+  assert encodec_decoding.read(dataset)['conv_in']['kernel'].shape == (7, 128,
                                                                     512)
 
 

@@ -72,7 +72,7 @@ def test_cascade_forward_is_the_closed_form():
   """Per layer 24 d^2 per frame of projections, 4 T d of attention; per
   stage a projection to D and the spectral norm's sigma = v K u."""
   config = ModelConfig(latent_dim=16, num_stages=3, num_layers=2,
-                       num_heads=2, use_creative_agent=False)
+                       num_heads=2, use_creative_agent=False, remat='none')
   model = CascadeTransformer(config)
   batch, frames, dim = 2, 24, 16
   x = jnp.zeros((batch, frames, dim))

@@ -1,17 +1,16 @@
 """A trained model behind another masking, and run batch by batch."""
 
-import copy
 import dataclasses
 import functools
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from jingle_jax import inference
 from jingle_jax import input_pipeline
 from jingle_jax import train_step
+import train_config
 
 IDENTITY = input_pipeline.Normaliser(np.zeros(16, np.float32),
                                      np.ones(16, np.float32))
@@ -36,8 +35,8 @@ def test_another_masking_swaps_the_masks_and_keeps_the_cascade(tiny_config):
   assert (baseline.step, baseline.updates) == (7, 6)
   with pytest.raises(ValueError, match="unknown masking 'random'"):
     model.with_masking('random')
-  no_agent = ml_collections.ConfigDict(copy.deepcopy(tiny_config))
-  no_agent.model.use_creative_agent = False
+  no_agent = train_config.changed(tiny_config,
+                                  {'model.use_creative_agent': False})
   with pytest.raises(ValueError, match='use_creative_agent'):
     dataclasses.replace(model, config=no_agent).with_masking('none')
 

@@ -3,13 +3,13 @@
 import threading
 import types
 
-import ml_collections
 import numpy as np
 import pytest
 
 from jingle_jax import input_pipeline
 from jingle_jax import latents
 from jingle_jax import parallel
+from jingle_jax import run_config
 import latent_data
 
 WINDOW = 4
@@ -140,8 +140,7 @@ def test_normalisation_uses_the_manifest_statistics(tmp_path):
       tmp_path, {f's{i}': song for i, song in enumerate(songs)},
       dtype='float32')
   dataset = latents.LatentDataset(tmp_path)
-  config = ml_collections.ConfigDict({'num_frames': 10, 'window_hop': 0,
-                                     'normalise_latents': True})
+  config = run_config.Config(num_frames=10, normalise_latents=True)
   train = input_pipeline.split_pairs(config, dataset, 'train')
   assert len(train) == 2 * 6  # starts 0, 10, ..., 50 in each song
   normalised = train.normaliser.normalise(

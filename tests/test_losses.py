@@ -2,12 +2,11 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from configs.creative import get_config
 from jingle_jax import losses
+from jingle_jax import run_config
 
 
 def _random_masks(shape=(2, 40, 8)):
@@ -51,9 +50,8 @@ def test_disjoint_constant_masks():
 
 
 def test_generator_and_validation_losses_combine_weighted_terms():
-  weights = ml_collections.ConfigDict(get_config().loss.to_dict())
-  weights.input_weight, weights.target_weight = 0.7, 0.2
-  weights.overlap_weight = 10.0  # the published code's
+  weights = run_config.LossConfig(input_weight=0.7, target_weight=0.2,
+                                  overlap_weight=10.0)  # the published code's
   output, inputs, targets = jax.random.normal(jax.random.key(1), (3, 2, 40, 8))
   input_mask, target_mask = _random_masks()
   fake_logits = jnp.array([0.3, -1.2])

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.creative import get_config
 from jingle_jax import baselines
 from jingle_jax import run_config
 from jingle_jax import train_step
@@ -34,7 +33,7 @@ def latents(seed, shape):
 
 
 TINY = dict(latent_dim=16, num_stages=2, num_layers=1, num_heads=2,
-            mask_hidden=16, mask_heads=2)
+            mask_hidden=16, mask_heads=2, remat='none')
 
 
 def tiny(**changes):
@@ -44,7 +43,7 @@ def tiny(**changes):
 
 def test_seed_architecture_has_27_449_410_parameters():
   state = jax.eval_shape(
-      functools.partial(train_step.create_train_state, get_config()),
+      functools.partial(train_step.create_train_state, run_config.Config()),
       jax.random.key(0))
   params = state.params
   assert count(params) == 27_449_410
@@ -190,7 +189,7 @@ def test_fused_attention_trains_as_the_xla_one(tiny_model):
   output_weights = latents(13, (2, 32, 16))[0]
 
   def loss(params, attention):
-    out, _ = tiny(attention=attention, remat='layers').apply(
+    out, _ = tiny(attention_impl=attention, remat='layers').apply(
         {'params': params, 'batch_stats': variables['batch_stats']}, inputs,
         targets, train=True, mutable=['batch_stats'],
         rngs={'noise': jax.random.key(5), 'dropout': jax.random.key(6)})
@@ -294,12 +293,12 @@ def test_every_stage_output_is_rescaled_before_the_next_stage():
 
 def test_bfloat16_compute_keeps_float32_parameters_and_results(tiny_model):
   variables, _ = tiny_model
-  assert run_config.compute_dtype('auto') == jnp.float32  # tests run on CPU
+  assert tiny().config.dtype == jnp.float32  # tests run on CPU
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
   inputs, targets = latents(8, (2, 32, 16))
   outputs = {}
   for dtype in (jnp.float32, jnp.bfloat16):
-    model = tiny(dtype=dtype)
+    model = tiny(compute_dtype=jnp.dtype(dtype).name)
     outputs[dtype] = jax.jit(functools.partial(model.apply, train=False))(
         variables, inputs, targets)
   low, full = outputs[jnp.bfloat16], outputs[jnp.float32]
@@ -324,7 +323,7 @@ def _equations(jaxpr):
 def test_bfloat16_matmuls_keep_softmax_and_statistics_in_float32(tiny_model,
                                                                   train):
   variables, _ = tiny_model
-  model = tiny(dtype=jnp.bfloat16)
+  model = tiny(compute_dtype='bfloat16')
   inputs, targets = latents(9, (2, 32, 16))
   apply = functools.partial(
       model.apply, train=train, mutable=['batch_stats'],

@@ -1,14 +1,16 @@
-"""Config checks in one place, and recorded configs brought up to date."""
+"""The config schema: checks naming the field, recorded configs brought up
+to date, and a field added in one place reaching every use."""
 
-import copy
+import dataclasses
+import json
 import re
 
 import jax.numpy as jnp
-import ml_collections
 import pytest
 
 from configs import creative
 from jingle_jax import run_config
+from jingle_jax.config_fields import field
 
 
 @pytest.fixture
@@ -16,57 +18,111 @@ def config():
   return creative.get_config()
 
 
-@pytest.mark.parametrize('field, value, message', [
-    ('remat', 'all', "config.model.remat is 'all', not one of"),
-    ('fixed_masking', 'random', "fixed_masking is 'random', not none or one"),
-    ('fixed_masking', 'temporal', 'needs config.model.use_creative_agent'),
-    ('compute_dtype', 'float64', 'compute_dtype must be auto, float32 or'),
-    ('num_layers', 0, 'config.model.num_layers must be at least 1'),
-])
-def test_model_fields_are_checked_naming_the_field(config, field, value,
-                                                   message):
-  config.model[field] = value
-  with pytest.raises(run_config.ConfigError, match=message):
-    run_config.model_config(config)
-
-
-def test_model_config_follows_the_config(config):
-  config.model.num_stages = 2
-  config.model.compute_dtype = 'bfloat16'
-  model = run_config.model_config(config)
-  assert (model.num_stages, model.num_layers, model.dtype) == (
-      2, 6, jnp.bfloat16)
-  assert run_config.compute_dtype('auto') == jnp.float32  # tests run on CPU
-
-
-@pytest.mark.parametrize('field, value, message', [
+@pytest.mark.parametrize('name, value, message', [
+    ('model.remat', 'all', "config.model.remat is 'all', not one of"),
+    ('model.fixed_masking', 'random', "fixed_masking is 'random', not one of"),
+    ('model.fixed_masking', 'temporal', 'needs config.model.use_creative_agent'),
+    ('model.compute_dtype', 'float64', "compute_dtype is 'float64', not one"),
+    ('model.num_layers', 0, 'config.model.num_layers must be at least 1'),
     ('num_frames', 0, 'config.num_frames must be at least 1'),
     ('eval_every_steps', 0, 'config.eval_every_steps must be -1 or'),
     ('window_hop', -1, 'config.window_hop must not be negative'),
     ('num_frames', 2001, 'num_frames (2001) exceeds config.model.max_len'),
-    ('data_dir', '', 'config.data_dir is empty'),
 ])
-def test_training_fields_are_checked_naming_the_field(config, field, value,
-                                                      message):
-  config.data_dir = '/data'
-  run_config.check_training(config, 'workdir')
-  with pytest.raises(run_config.ConfigError, match='no workdir'):
-    run_config.check_training(config, '')
-  config[field] = value
+def test_fields_are_checked_naming_the_field(config, name, value, message):
+  run_config.parse(config)
+  *parents, last = name.split('.')
+  block = config
+  for parent in parents:
+    block = block[parent]
+  block[last] = value
   with pytest.raises(run_config.ConfigError, match=re.escape(message)):
-    run_config.check_training(config, 'workdir')
+    run_config.parse(config)
 
 
-def test_configs_recorded_by_older_versions_get_the_fields_they_had(config):
-  old = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
-  for block, field in (('model', 'remat'), ('model', 'disc_dropout'),
-                       ('loss', 'overlap_weight'), ('optim', 'disc_b1')):
-    del old[block][field]
+def test_training_needs_data_and_a_workdir(config):
+  with pytest.raises(run_config.ConfigError, match='config.data_dir is empty'):
+    run_config.for_training(config, 'workdir')
+  config.data_dir = '/data'
+  with pytest.raises(run_config.ConfigError, match='no workdir'):
+    run_config.for_training(config, '')
+  assert run_config.for_training(config, 'workdir').data_dir == '/data'
+
+
+def test_the_typed_config_follows_the_config_and_is_frozen(config):
+  config.model.num_stages = 2
+  config.model.compute_dtype = 'bfloat16'
+  config.loss.gan_weight = 0  # an int where a float is declared
+  typed = run_config.parse(config)
+  assert (typed.model.num_stages, typed.model.num_layers,
+          typed.model.dtype) == (2, 6, jnp.bfloat16)
+  assert typed.loss.gan_weight == 0.0 and type(typed.loss.gan_weight) is float
+  assert run_config.parse(creative.get_config()).model.dtype == jnp.float32
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    typed.model.num_stages = 3
+  with pytest.raises(run_config.ConfigError, match='config.model.typo is not'):
+    run_config.parse({**config.to_dict(), 'model': {
+        **config.model.to_dict(), 'typo': 1}})
+  with pytest.raises(run_config.ConfigError,
+                     match="config.num_frames must be int, not '12'"):
+    run_config.parse({**config.to_dict(), 'num_frames': '12'})
+
+
+def test_configs_recorded_by_older_versions_get_the_fields_they_had(
+    config, tmp_path):
+  run_config.record(tmp_path, run_config.parse(config))
+  assert run_config.read(tmp_path) == run_config.parse(config)
+  old = json.loads((tmp_path / run_config.CONFIG_FILE).read_text())
+  for block, name in (('model', 'remat'), ('model', 'disc_dropout'),
+                      ('loss', 'overlap_weight'), ('optim', 'disc_b1')):
+    del old[block][name]
   del old['normalise_latents']
-  upgraded = run_config.upgrade(old)
+  (tmp_path / run_config.CONFIG_FILE).write_text(json.dumps(old))
+  upgraded = run_config.read(tmp_path)
   assert upgraded.normalise_latents  # they normalised
   assert upgraded.model.remat == 'none' and upgraded.model.disc_dropout == 0.3
   assert upgraded.loss.overlap_weight == 10.0  # the published code's
   assert upgraded.optim.disc_b1 == 0.9  # optax's default then
-  assert 'remat' not in old.model  # a copy
-  assert run_config.upgrade(config).to_dict() == config.to_dict()
+  del old['model']['num_layers']  # there from the first version on
+  (tmp_path / run_config.CONFIG_FILE).write_text(json.dumps(old))
+  with pytest.raises(run_config.ConfigError,
+                     match=r'config.json: config.model.num_layers is missing'):
+    run_config.read(tmp_path)
+
+
+def test_changes_that_alter_checkpoints_are_told_apart(config, tmp_path):
+  run_config.record(tmp_path, run_config.parse(config))
+  config.model.num_layers = 2
+  config.optim.learning_rate = 5e-4
+  changes = run_config.changes(tmp_path, run_config.parse(config))
+  assert changes == {'model.num_layers': (6, 2),
+                     'optim.learning_rate': (1e-4, 5e-4)}
+  assert run_config.checkpoint_changes(changes) == {'model.num_layers': (6, 2)}
+  gan = {'loss.gan_weight': (0.1, 0.2)}
+  assert not run_config.checkpoint_changes(gan)  # the GAN stays
+  gan = {'loss.gan_weight': (0.1, 0.0)}
+  assert run_config.checkpoint_changes(gan) == gan  # the GAN goes
+
+
+def test_a_field_is_added_in_one_place(monkeypatch, tmp_path):
+  """One declaration gives the default config, the override's check, the
+  value of older records and the checkpoint policy."""
+  extended = dataclasses.make_dataclass(
+      'Config', [('warmup_steps', int, field(
+          100, minimum=0, changes_checkpoints=True, recorded_before=0))],
+      bases=(run_config.Config,), frozen=True)
+  old = run_config.parse(creative.get_config())
+  run_config.record(tmp_path, old)  # written before the field existed
+  monkeypatch.setattr(run_config, 'Config', extended)
+  config = run_config.default_config()
+  assert config.warmup_steps == 100
+  config.warmup_steps = 500  # as --config.warmup_steps=500 would
+  assert run_config.parse(config).warmup_steps == 500
+  assert run_config.read(tmp_path).warmup_steps == 0  # recorded_before
+  changes = run_config.changes(tmp_path, run_config.parse(config))
+  assert changes == {'warmup_steps': (0, 500)}
+  assert run_config.checkpoint_changes(changes) == changes
+  config.warmup_steps = -1
+  with pytest.raises(run_config.ConfigError,
+                     match='config.warmup_steps must not be negative'):
+    run_config.parse(config)

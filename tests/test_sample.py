@@ -12,9 +12,10 @@ from PIL import Image
 import pytest
 import soundfile
 
-from jingle_jax import audio_decoder
+from jingle_jax import encodec_decoding
 from jingle_jax import checkpoints
 from jingle_jax import inference
+from jingle_jax import run_config
 from jingle_jax import input_pipeline
 from jingle_jax import latents
 from jingle_jax import sample
@@ -33,7 +34,7 @@ def write_dataset(path, songs: dict, seed=0) -> dict:
   {id: [frames, 128]}."""
   decoder = encodec_decoder.EncodecDecoder().init(
       jax.random.key(seed), np.zeros((1, 7, latents.LATENT_DIM)))['params']
-  audio_decoder.write(path, decoder, 'random:0')
+  encodec_decoding.write(path, decoder, 'random:0')
   rng = np.random.default_rng(seed)
   raw = {song_id: (OFFSET + SCALE * rng.normal(
       size=(frames, latents.LATENT_DIM))).astype(np.float32)
@@ -41,7 +42,7 @@ def write_dataset(path, songs: dict, seed=0) -> dict:
   latent_data.write_dataset(path, {song_id: (split, raw[song_id])
                                    for song_id, (split, _) in songs.items()},
                             dtype='float32',
-                            decoder=audio_decoder.DECODER_FILE)
+                            decoder=encodec_decoding.DECODER_FILE)
   return raw
 
 
@@ -67,6 +68,7 @@ def run(tmp_path_factory):
   config = train_config.get_config()
   config.data_dir = str(data_dir)
   config.normalise_latents = True  # the raw <-> model-space round trip
+  config = run_config.parse(config)
   state = jax.jit(functools.partial(train_step.create_train_state, config))(
       jax.random.key(0))
   workdir = tmp_path_factory.mktemp('workdir')
@@ -137,7 +139,7 @@ def test_samples_are_raw_latents_of_the_matched_pairs(run, sampled):
 
 def test_shuffled_targets_come_from_other_songs(run):
   workdir, _, normaliser = run
-  dataset = latents.LatentDataset(checkpoints.read_config(workdir).data_dir)
+  dataset = latents.LatentDataset(run_config.read(workdir).data_dir)
   pairs = input_pipeline.Pairs(dataset.songs('val'), FRAMES, FRAMES,
                                normaliser)
   songs = pairs.index[:, 0]
@@ -209,17 +211,17 @@ def test_command_line_runs_a_given_pair_like_the_dataset_pair(run, sampled,
 def test_wav_files_are_the_decoded_latents(run, tmp_path):
   workdir = run[0]
   sample.sample_dataset(workdir, tmp_path / 'out', num_samples=1, wav=True)
-  dataset = latents.LatentDataset(checkpoints.read_config(workdir).data_dir)
-  params = audio_decoder.read(dataset)
+  dataset = latents.LatentDataset(run_config.read(workdir).data_dir)
+  params = encodec_decoding.read(dataset)
   for name in ('input', 'target', 'output'):
     path = tmp_path / 'out' / 'sample_000' / name
     audio, rate = soundfile.read(f'{path}.wav', dtype='float32')
-    expected, = audio_decoder.decode(params, [np.load(f'{path}.npy')])
+    expected, = encodec_decoding.decode_clips(params, [np.load(f'{path}.npy')])
     assert rate == 24_000 and audio.shape == (FRAMES * 320,)
     np.testing.assert_allclose(audio, expected, atol=1e-5)
 
   bare = tmp_path / 'bare'  # a dataset without decoder weights
   latent_data.write_dataset(bare, {'a': ('train', np.ones((40, 128)))})
-  with pytest.raises(audio_decoder.DecoderError, match='records no decoder'):
+  with pytest.raises(encodec_decoding.DecoderError, match='records no decoder'):
     sample.sample_dataset(workdir, tmp_path / 'none', wav=True, data_dir=bare)
   assert not (tmp_path / 'none').exists()

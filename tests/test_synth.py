@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import soundfile
 
-from precompute import synth
+from jingle_jax import synth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATE = 24_000
@@ -40,7 +40,7 @@ def test_songs_hold_bass_and_cymbals():
 
 
 def test_cli_writes_identical_wavs(tmp_path):
-  command = [sys.executable, '-m', 'precompute.synth', '--num-songs', '2',
+  command = [sys.executable, '-m', 'jingle_jax.synth', '--num-songs', '2',
              '--seconds', '2.5', '--seed', '3', '--sample-rate', '44100']
   for out in ('a', 'b'):
     subprocess.run(command + ['--out-dir', str(tmp_path / out)], cwd=REPO,

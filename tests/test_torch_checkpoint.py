@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from configs.creative import get_config
 from jingle_jax import torch_checkpoint
+from jingle_jax import run_config
 from jingle_jax import train_step
 from jingle_jax.models.cascade import unstack_layers
 import torch_reference as reference
@@ -20,7 +20,7 @@ def test_seed_architecture_converts_with_spec_keys():
   torch.manual_seed(0)
   model = reference.CascadeTransformer(num_stages=3)  # SPEC sizes: 3 x 6
   assert sum(p.numel() for p in model.parameters()) == 27_449_410
-  config, state = torch_checkpoint.convert(reference.numpy_checkpoint(model), get_config())
+  config, state = torch_checkpoint.convert(reference.numpy_checkpoint(model), run_config.Config())
   assert sum(leaf.size for leaf in jax.tree.leaves(state.params)) == (
       27_449_410)
   torch_layer = model.cascade_stages[2].transformer.layers[5]
@@ -40,7 +40,7 @@ def test_initialisation_is_pytorchs():
   spectral-norm vectors of unit norm.
   """
   torch.manual_seed(0)
-  config = get_config()
+  config = run_config.Config()
   _, torch_state = torch_checkpoint.convert(
       reference.numpy_checkpoint(reference.CascadeTransformer(num_stages=3)), config)
   state = jax.jit(functools.partial(train_step.create_train_state, config))(

@@ -5,7 +5,7 @@ import sys
 
 TRAINING_PATH = """
 import sys, tempfile
-from jingle_jax import (audio_decoder, decode, evaluate, input_pipeline, latents,
+from jingle_jax import (encodec_decoding, decode, evaluate, input_pipeline, latents,
                         media_log, run_log, sample, train)
 log = run_log.RunLog(tempfile.mkdtemp(), start_step=0, total_steps=1)
 log.write(1, 'train', {'loss': 1.0})
@@ -20,3 +20,13 @@ def test_training_modules_and_tensorboard_logging_do_not_load_torch():
   result = subprocess.run([sys.executable, '-c', TRAINING_PATH],
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_decode_command_loads_no_training_stack():
+  """python -m jingle_jax.decode needs the decoder only: no Orbax, optax or
+  torch."""
+  code = ('import sys, jingle_jax.decode; print(sorted({m.split(".")[0] for m '
+          'in sys.modules} & {"orbax", "optax", "torch"}))')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                          text=True, timeout=300, check=True)
+  assert result.stdout.strip() == '[]', result.stdout

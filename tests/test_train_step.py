@@ -1,18 +1,17 @@
 """The compiled train and eval steps on a tiny configuration."""
 
-import copy
 import functools
 
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from jingle_jax import losses
 from jingle_jax import train_step
+import train_config
 
 STEP_METRICS = {
     'loss', 'recon_input', 'recon_target', 'complementarity', 'overlap',
@@ -28,6 +27,13 @@ def make_batch(config, seed=0):
            config.model.latent_dim)
   return {'input': jax.random.normal(input_rng, shape),
           'target': jax.random.normal(target_rng, shape)}
+
+
+def jitted_steps(config):
+  """(train step donating its state, eval step), jitted for one device."""
+  return (jax.jit(functools.partial(train_step.train_step, config=config),
+                  donate_argnums=0),
+          jax.jit(functools.partial(train_step.eval_step, config=config)))
 
 
 def init_state(config):
@@ -70,7 +76,7 @@ def test_generator_adversarial_gradient_goes_through_the_updated_discriminator(
   batch = make_batch(tiny_config)
   rng = jax.random.key(3)
   gen_rng, disc_rng, adversarial_rng = jax.random.split(rng, 3)
-  _, disc_tx = train_step.make_optimizers(tiny_config)
+  _, disc_tx = train_step.make_optimizers(tiny_config.optim)
 
   def forward(params):
     return train_step.generator_forward(params, state.batch_stats, batch,
@@ -123,7 +129,7 @@ def test_generator_adversarial_gradient_goes_through_the_updated_discriminator(
 
 def test_discriminator_adamw_uses_beta1_one_half(tiny_config):
   """Two steps of the GAN discriminator's optimiser match Adam(0.5, 0.999)."""
-  _, disc_tx = train_step.make_optimizers(tiny_config)
+  _, disc_tx = train_step.make_optimizers(tiny_config.optim)
   params = {'w': jnp.zeros(3)}  # zero weights: weight decay adds nothing
   g1, g2 = jnp.array([0.1, -0.2, 0.3]), jnp.array([0.3, 0.1, -0.1])
   state = disc_tx.init(params)
@@ -147,9 +153,8 @@ def compiled(tiny_config):
   test starts from a fresh init().
   """
   init = jax.jit(functools.partial(train_step.create_train_state, tiny_config))
-  return (lambda: init(jax.random.key(0)),
-          train_step.make_train_step(tiny_config),
-          train_step.make_eval_step(tiny_config), make_batch(tiny_config))
+  return (lambda: init(jax.random.key(0)), *jitted_steps(tiny_config),
+          make_batch(tiny_config))
 
 
 def test_train_step_updates_everything_and_reports_metrics(compiled):
@@ -205,9 +210,9 @@ def test_non_finite_step_is_skipped(compiled):
 
 def test_overfitting_two_pairs_learns_complementary_balanced_masks(
     tiny_config):
-  config = ml_collections.ConfigDict(copy.deepcopy(tiny_config))
-  config.loss.gan_weight = 0.0  # no discriminator: fast and steady
-  config.optim.learning_rate = 1e-3
+  config = train_config.changed(tiny_config, {
+      'loss.gan_weight': 0.0,  # no discriminator: fast and steady
+      'optim.learning_rate': 1e-3})
   state = init_state(config)
   # Start from masks that keep ~88% of both clips: low complementarity and a
   # large balance loss, both of which training has to fix.
@@ -217,8 +222,7 @@ def test_overfitting_two_pairs_learns_complementary_balanced_masks(
                      ('target_mask_generator', 'layers_2', 'bias')):
       params[name] = params[name] + 2.0
   state = state.replace(params=flax.traverse_util.unflatten_dict(params))
-  step = train_step.make_train_step(config)
-  evaluate = train_step.make_eval_step(config)
+  step, evaluate = jitted_steps(config)
   batch = make_batch(config)
   start = evaluate(state, batch)
   for i in range(200):

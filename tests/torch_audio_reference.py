@@ -66,7 +66,7 @@ def spectral_outlier(output):
 
 
 def weighted_terms(decode, output, inputs, targets, weights):
-  """The weighted sum of the terms config.loss (`weights`) weights, on the
+  """The weighted sum of the terms `weights` (a LossConfig) weights, on the
   audio decode() gives of latents: the output's with gradient, the input's
   and target's without, each decoded only when a weighted term needs it."""
   out = decode(output)
@@ -74,7 +74,7 @@ def weighted_terms(decode, output, inputs, targets, weights):
     held = {name: decode(latents) for name, latents, terms in (
         ('input', inputs, ('audio_input', 'stft', 'mel', 'correlation')),
         ('target', targets, ('audio_target', 'stft', 'mel', 'correlation')))
-            if any(weights[term + '_weight'] for term in terms)}
+            if any(getattr(weights, term + '_weight') for term in terms)}
   rms = lambda error: error.square().mean().sqrt()
   terms = {
       'audio_input': lambda: rms(out - held['input']),
@@ -87,5 +87,6 @@ def weighted_terms(decode, output, inputs, targets, weights):
                                               held['target']),
       'spectral_outlier': lambda: spectral_outlier(out),
   }
-  return sum(weights[name + '_weight'] * term()
-             for name, term in terms.items() if weights[name + '_weight'])
+  weight = lambda name: getattr(weights, name + '_weight')
+  return sum(weight(name) * term() for name, term in terms.items()
+             if weight(name))

@@ -331,8 +331,8 @@ def from_config(config):
 def main():
   # pylint: disable=import-outside-toplevel
   from configs import creative
-  from jingle_jax import audio_losses
   from jingle_jax import bench
+  from jingle_jax import run_config
   from precompute import encodec_weights
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--preset', choices=sorted(bench.PRESETS),
@@ -347,8 +347,9 @@ def main():
   for setting in args.loss:
     field, value = setting.split('=')
     config.loss[field] = float(value)
+  config = run_config.parse(config)
   decode = None
-  if audio_losses.uses_audio(config.loss):
+  if config.loss.uses_audio:
     decoder = encodec_weights.random_model(0).decoder.requires_grad_(False)
     decode = lambda latents: decoder(latents).squeeze(1)
   torch.manual_seed(config.seed)
@@ -367,8 +368,8 @@ def main():
       'preset': args.preset,
       'torch': torch.__version__,
       'threads': torch.get_num_threads(),
-      'audio_terms': [name for field, name in audio_losses.WEIGHTS
-                      if config.loss[field]],
+      'audio_terms': [name for name, weight in
+                      config.loss.audio_weights.items() if weight],
       'batch_size': shape[0],
       'num_frames': shape[2],
       'pairs_per_s': round(shape[0] / step_s, 3),

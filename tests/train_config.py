@@ -1,6 +1,11 @@
 """The seed recipe shrunk for tests (128 channels; conftest narrows it)."""
 
+import dataclasses
+
+import flax.traverse_util
+
 from configs import creative
+from jingle_jax import run_config
 
 
 def get_config():
@@ -20,3 +25,11 @@ def get_config():
   model.mask_hidden = 16
   model.mask_heads = 2
   return config
+
+
+def changed(config: run_config.Config, fields: dict) -> run_config.Config:
+  """`config` with {'model.latent_dim': 16, ...} changed, checked again."""
+  values = flax.traverse_util.flatten_dict(dataclasses.asdict(config),
+                                           sep='.')
+  return run_config.parse(flax.traverse_util.unflatten_dict(
+      {**values, **fields}, sep='.'))

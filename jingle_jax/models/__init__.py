@@ -7,7 +7,7 @@ from jingle_jax.models.discriminator import LatentDiscriminator
 from jingle_jax.models.layers import MultiheadAttention
 from jingle_jax.models.mask_generator import AttentionMaskGenerator
 from jingle_jax.models.mask_generator import CreativeAgent
-from jingle_jax.models.mask_generator import StyleDiscriminator
+from jingle_jax.models.style_discriminator import StyleDiscriminator
 
 __all__ = [
     'AttentionMaskGenerator',

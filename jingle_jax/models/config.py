@@ -1,36 +1,74 @@
-"""The model's hyperparameters, one frozen value passed to every module.
-
-jingle_jax.run_config makes it from a run's config (`config.model`).
-"""
+"""The model's part of the config (`config.model`): one frozen value passed
+to every module. Its defaults are the seed model's (DESIGN.md 3)."""
 
 import dataclasses
-from typing import Any
 
+import jax
 import jax.numpy as jnp
+
+from jingle_jax import baselines
+from jingle_jax.config_fields import field
+from jingle_jax.models import attention
 
 REMAT_CHOICES = ('none', 'attention', 'layers')
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  latent_dim: int = 128  # EnCodec latent channels D
-  num_stages: int = 3  # cascade stages (stage 0 d = 2D, later ones d = 3D)
-  num_layers: int = 6  # encoder layers per stage
-  num_heads: int = 8  # attention heads of the cascade
-  dropout: float = 0.1  # after positions, attention and feed-forward
-  attention_dropout: float = 0.1  # on attention weights
-  anti_cheating: float = 0.9  # training noise, in units of std(x)
-  use_creative_agent: bool = True  # learned masks; else fixed_masking
-  fixed_masking: str = 'none'  # none or a key of baselines.BASELINES
-  hard_masks: bool = False  # Gumbel straight-through binary masks
-  mask_hidden: int = 256  # hidden width H of the mask generator
-  mask_heads: int = 4  # heads of its cross-attention
-  max_len: int = 2000  # frames of the sinusoidal position table
-  dtype: Any = jnp.float32  # compute dtype (parameters stay float32)
-  # What the backward pass recomputes instead of storing: 'none'; the
-  # attention weights ('attention', O(T) instead of O(T^2) memory); or also
-  # all but the matmul outputs of each encoder layer ('layers').
-  remat: str = 'none'
-  # How attention is computed (models/attention.py): 'xla' materialises the
-  # weights; 'fused' runs the Pallas kernels.
-  attention: str = 'xla'
+  # Cascade stages (stage 0 d=2D, later stages d=3D).
+  num_stages: int = field(3, minimum=1, changes_checkpoints=True)
+  # Transformer encoder layers per stage.
+  num_layers: int = field(6, minimum=1, changes_checkpoints=True)
+  # Attention heads in the cascade.
+  num_heads: int = field(8, minimum=1, changes_checkpoints=True)
+  # EnCodec latent channels D.
+  latent_dim: int = field(128, minimum=1, changes_checkpoints=True)
+  # Dropout after positions, attention and feed-forward.
+  dropout: float = field(0.1, minimum=0.0)
+  # Dropout on attention weights (training).
+  attention_dropout: float = field(0.1, minimum=0.0)
+  # Training noise scale a, in units of std(x).
+  anti_cheating: float = field(0.9, minimum=0.0)
+  # Learned masks; False: fixed_masking.
+  use_creative_agent: bool = field(True, changes_checkpoints=True)
+  # Agent off: none or temporal|frequency|spectral|energy|hybrid masks.
+  fixed_masking: str = field('none', choices=('none', *baselines.BASELINES),
+                             changes_checkpoints=True)
+  # Gumbel straight-through binary masks.
+  hard_masks: bool = field(False, changes_checkpoints=True)
+  # Hidden width H of the mask generator.
+  mask_hidden: int = field(256, minimum=1, changes_checkpoints=True)
+  # Heads of the mask generator's cross-attention.
+  mask_heads: int = field(4, minimum=1, changes_checkpoints=True)
+  # Frames covered by the sinusoidal position table.
+  max_len: int = field(2000, minimum=1)
+  # auto: float32 on CPU, bfloat16 on GPU/TPU (parameters stay float32).
+  compute_dtype: str = field('auto', choices=('auto', 'float32', 'bfloat16'))
+  # Recomputed in the backward pass instead of stored: none, attention (the
+  # attention weights: O(T) instead of O(T^2) memory per layer) or layers
+  # (also all but each layer's matmul outputs).
+  remat: str = field('layers', choices=REMAT_CHOICES,
+                     recorded_before='none')
+  # Attention: xla (the weights materialised; cuDNN's fused attention where
+  # nothing is dropped), fused (Pallas kernels: the weights, dropout
+  # included, never leave the chip; interpreted, slowly, off GPU) or auto
+  # (fused on GPU, xla elsewhere).
+  attention_impl: str = field('auto',
+                              choices=('auto', *attention.IMPLEMENTATIONS),
+                              recorded_before='auto')
+  # Dropout in the GAN latent discriminator.
+  disc_dropout: float = field(0.3, minimum=0.0, recorded_before=0.3)
+
+  @property
+  def dtype(self):
+    """The compute dtype, 'auto' resolved for this backend."""
+    if self.compute_dtype == 'auto':
+      return jnp.float32 if jax.default_backend() == 'cpu' else jnp.bfloat16
+    return jnp.dtype(self.compute_dtype)
+
+  @property
+  def attention(self) -> str:
+    """The attention implementation, 'auto' resolved for this backend."""
+    if self.attention_impl == 'auto':
+      return 'fused' if jax.default_backend() == 'gpu' else 'xla'
+    return self.attention_impl

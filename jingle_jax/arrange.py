@@ -1,6 +1,6 @@
 """Arranges two songs with a trained model, from audio files to audio.
 
-  python -m precompute.arrange --workdir W --input A.mp3 --target B.wav \
+  python -m jingle_jax.arrange --workdir W --input A.mp3 --target B.wav \
       --out OUT.wav [--input-start S] [--target-start S] \
       [--checkpoint best|latest|STEP] [--data-dir LATENTS] \
       [--encodec-checkpoint PATH | --random-encodec SEED] [--device auto]
@@ -14,14 +14,13 @@ OUT.html, a page to open offline, plays the two clips (OUT.input.wav,
 OUT.target.wav) and the output beside the masks.
 A run without a latent dataset (a converted checkpoint) encodes with the
 weights given, the pretrained EnCodec by default, unchecked.
+
+EnCodec runs in PyTorch (precompute/), imported when arranging only, so that
+importing jingle_jax never loads torch.
 """
 
 import os
 
-# The model and EnCodec share the accelerator: JAX takes memory as needed.
-os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
-
-from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 import numpy as np
@@ -31,15 +30,13 @@ from jingle_jax import cli
 from jingle_jax import inference
 from jingle_jax import latents
 from jingle_jax import report
+from jingle_jax import run_config
 from jingle_jax import sample
-from precompute import audio
-from precompute import codec
-from precompute import decode
-from precompute import encodec_weights
 
 
 def read_clip(path, flag: str, start: float, seconds: float) -> np.ndarray:
   """`seconds` of mono 24 kHz audio of the file from `start` seconds."""
+  from precompute import audio  # pylint: disable=g-import-not-at-top
   try:
     clip = np.concatenate(
         [np.zeros(0, np.float32),
@@ -56,11 +53,14 @@ def read_clip(path, flag: str, start: float, seconds: float) -> np.ndarray:
 def encodec_model(dataset, checkpoint, random_seed):
   """(model, identity) of the EnCodec weights the run's latent dataset (or
   None) records."""
+  # pylint: disable=g-import-not-at-top
+  from precompute import encodec_weights
+  from precompute import torch_decode
   if dataset is None:
     logging.warning('the run records no latent dataset (config.data_dir): '
                     'the EnCodec weights given are not checked against one')
     return encodec_weights.load(checkpoint, random_seed)
-  return (decode.matching_weights(dataset, checkpoint, random_seed),
+  return (torch_decode.matching_weights(dataset, checkpoint, random_seed),
           dataset.manifest['encodec_weights'])
 
 
@@ -69,10 +69,14 @@ def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
             random_seed=None, device='auto', batch_size=4) -> int:
   """Writes out_path (.wav), its .png and .html and the two clips'
   .input.wav and .target.wav; returns the checkpoint's step."""
+  # pylint: disable=g-import-not-at-top
+  from precompute import codec
+  from precompute import encodec_weights
+  from precompute import torch_decode
   stem, suffix = os.path.splitext(out_path)
   if suffix.lower() != '.wav':
     raise ValueError(f'--out {out_path}: expected a .wav file name')
-  config = checkpoints.read_config(workdir)
+  config = run_config.read(workdir)
   seconds = config.num_frames / latents.FRAME_RATE
   clips = [read_clip(input_path, '--input', input_start, seconds),
            read_clip(target_path, '--target', target_start, seconds)]
@@ -87,7 +91,7 @@ def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
       for clip in clips)
   trained = inference.TrainedModel.load(workdir, which, dataset=dataset)
   arrays = sample.model_pair(trained, raw_input, raw_target)
-  decode.decode_to_wavs(
+  torch_decode.decode_to_wavs(
       model, [(os.path.basename(stem),
                trained.normaliser.denormalise(arrays['output']))],
       os.path.dirname(os.path.abspath(out_path)), device=torch_device,
@@ -136,11 +140,13 @@ def define_flags():
 
 
 def run(f) -> None:
+  # The model and EnCodec share the accelerator: JAX takes memory as needed.
+  os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   step = arrange(
       f.workdir, f.input, f.target, f.out,
       input_start=f['input-start'].value,
       target_start=f['target-start'].value,
-      which=checkpoints.parse_which(f.checkpoint),
+      which=cli.checkpoint_choice(f.checkpoint),
       data_dir=f['data-dir'].value,
       checkpoint=f['encodec-checkpoint'].value,
       random_seed=f['random-encodec'].value, device=f.device)
@@ -151,5 +157,6 @@ def run(f) -> None:
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['workdir', 'input', 'target', 'out'])
-  app.run(cli.main_for('precompute.arrange', run,
-                       errors=(encodec_weights.WeightsError,)))
+  from precompute import encodec_weights  # pylint: disable=g-import-not-at-top
+  cli.run('jingle_jax.arrange', run, errors=(
+      encodec_weights.WeightsError, checkpoints.CheckpointError))

@@ -1,6 +1,6 @@
 """EnCodec's decoder in JAX against EnCodec's PyTorch decoder, same run.
 
-  python -m precompute.bench_decoder [--batch-sizes 1,16] [--repeats 3] \
+  python -m benchmarks.decoder_speed [--batch-sizes 1,16] [--repeats 3] \
       [--backward] [--dtype float32|bfloat16] [--remat]
 
 Decodes batches of 16 s clips (1,200 frames) of seeded random latents with
@@ -14,14 +14,14 @@ and prints XLA's planned memory for it.
 
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
-from jingle_jax import audio_decoder
+from jingle_jax import cli
+from jingle_jax import encodec_decoding
 from jingle_jax import latents
 from jingle_jax.models import encodec_decoder
 from precompute import encodec_weights
@@ -50,8 +50,8 @@ def median_seconds(run, repeats: int) -> float:
   return float(np.median(times))
 
 
-def main(argv):
-  del argv
+def run(f):
+  del f
   model = encodec_weights.random_model(0).eval()
   encodec_weights.device('cpu')  # precompute's CPU tuning
   params = jax.device_put(export_decoder.decoder_params(model))
@@ -62,9 +62,9 @@ def main(argv):
         f'{torch.__version__} on CPU with {torch.get_num_threads()} threads')
   for batch_size in map(int, _BATCH_SIZES.value):
     clips = 4 * np.random.default_rng(0).normal(
-        size=(batch_size, audio_decoder.CHUNK_FRAMES, latents.LATENT_DIM)
+        size=(batch_size, encodec_decoding.CHUNK_FRAMES, latents.LATENT_DIM)
     ).astype(np.float32)
-    audio_seconds = batch_size * audio_decoder.CHUNK_FRAMES / latents.FRAME_RATE
+    audio_seconds = batch_size * encodec_decoding.CHUNK_FRAMES / latents.FRAME_RATE
     inputs = jax.device_put(clips)
     start = time.perf_counter()
     forward.lower({'params': params}, inputs).compile()
@@ -101,4 +101,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run('benchmarks.decoder_speed', run, logs_info=True)

@@ -1,14 +1,16 @@
 """The JAX EnCodec decoder against EnCodec's own PyTorch decoder, and its
 weights file."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from jingle_jax import audio_decoder
-from jingle_jax import audio_losses
+from jingle_jax import encodec_decoding
+from jingle_jax import run_config
 from jingle_jax import input_pipeline
 from jingle_jax import latents
 from jingle_jax.models import encodec_decoder
@@ -47,7 +49,7 @@ def test_songs_decode_as_pytorch_decodes_them(encodec):
   # 16 s and 37 frames more (padded to 16 s), and a 5-frame song (as is).
   songs = [random_latents(1, 1237, 128), random_latents(2, 5, 128)]
   expected = codec.decode(model, songs, device='cpu', batch_size=4)
-  actual = audio_decoder.decode(params, songs, batch_size=4)
+  actual = encodec_decoding.decode_clips(params, songs, batch_size=4)
   for song, got, want in zip(songs, actual, expected):
     assert got.shape == want.shape == (len(song) * 320,)
     assert_close(got, want, 1e-4)
@@ -130,39 +132,39 @@ def dataset_with_decoder(path, weights, model, identity=None):
 def test_weights_file_round_trip_and_refusals(tmp_path, encodec):
   model, params = encodec
   dataset = dataset_with_decoder(tmp_path / 'good', 'random:0', model)
-  read = audio_decoder.read(dataset)
+  read = encodec_decoding.read(dataset)
   jax.tree.map(np.testing.assert_array_equal, read, params)
 
   other = dataset_with_decoder(tmp_path / 'other', 'random:0', model,
                                identity='random:1')
-  with pytest.raises(audio_decoder.DecoderError,
+  with pytest.raises(encodec_decoding.DecoderError,
                      match='random:1.*random:0: refusing'):
-    audio_decoder.read(other)
+    encodec_decoding.read(other)
 
-  path = tmp_path / 'good' / audio_decoder.DECODER_FILE
+  path = tmp_path / 'good' / encodec_decoding.DECODER_FILE
   path.write_bytes(path.read_bytes()[:1000])
-  with pytest.raises(audio_decoder.DecoderError,
+  with pytest.raises(encodec_decoding.DecoderError,
                      match=f'{path}: unreadable decoder weights'):
-    audio_decoder.read(dataset)
+    encodec_decoding.read(dataset)
   path.unlink()
-  with pytest.raises(audio_decoder.DecoderError, match=f'{path}: .*missing'):
-    audio_decoder.read(dataset)
+  with pytest.raises(encodec_decoding.DecoderError, match=f'{path}: .*missing'):
+    encodec_decoding.read(dataset)
 
   bare = tmp_path / 'bare'
   latent_data.write_dataset(bare, {'a': ('train', np.zeros((20, 128)))},
                             weights='random:0')
-  with pytest.raises(audio_decoder.DecoderError,
+  with pytest.raises(encodec_decoding.DecoderError,
                      match='records no decoder: run python -m '
                      'precompute.export_decoder'):
-    audio_decoder.read(latents.LatentDataset(bare))
+    encodec_decoding.read(latents.LatentDataset(bare))
 
   # Training: only audio-domain weights need the decoder.
-  weights = {field: 0.0 for field, _ in audio_losses.WEIGHTS}
+  weights = run_config.LossConfig(spectral_outlier_weight=0.0)
   normaliser = input_pipeline.Normaliser.from_dataset(dataset)
   bare_dataset = latents.LatentDataset(bare)
-  assert audio_decoder.for_training(weights, bare_dataset, normaliser) is None
-  weights['mel_weight'] = 1.0
-  with pytest.raises(audio_decoder.DecoderError,
+  assert encodec_decoding.for_training(weights, bare_dataset, normaliser) is None
+  weights = dataclasses.replace(weights, mel_weight=1.0)
+  with pytest.raises(encodec_decoding.DecoderError,
                      match='config.loss weights audio-domain terms.*'
                      'records no decoder'):
-    audio_decoder.for_training(weights, bare_dataset, normaliser)
+    encodec_decoding.for_training(weights, bare_dataset, normaliser)

@@ -1,6 +1,6 @@
 """Procedural demo songs: drums, bass, chords and a melody.
 
-  python -m precompute.synth --out-dir DIR [--num-songs 8] [--seconds 48] \
+  python -m jingle_jax.synth --out-dir DIR [--num-songs 8] [--seconds 48] \
       [--seed 0] [--sample-rate 24000]
 
 Writes DIR/song_NNN.wav, mono 16-bit PCM. Song i is a pure function of
@@ -19,6 +19,7 @@ from absl import logging
 import numpy as np
 import soundfile
 
+from jingle_jax import cli
 from jingle_jax import files
 from jingle_jax import latents
 
@@ -160,10 +161,7 @@ def define_flags():
   flags.DEFINE_integer('sample-rate', latents.SAMPLE_RATE, 'Hz.')
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  f = flags.FLAGS
+def run(f):
   if f['num-songs'].value < 1:
     raise app.UsageError('--num-songs must be at least 1')
   if f.seconds <= 0:
@@ -180,4 +178,4 @@ def main(argv):
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['out-dir'])
-  app.run(main)
+  cli.run('jingle_jax.synth', run, logs_info=True)

@@ -1,6 +1,6 @@
 """EnCodec latents -> 24 kHz wav, with the weights a latent dataset records.
 
-  python -m precompute.decode --manifest L/manifest.json --out-dir W \
+  python -m precompute.torch_decode --manifest L/manifest.json --out-dir W \
       [FILE.npy ...] [--song ID ...] \
       [--encodec-checkpoint PATH | --random-encodec SEED] [--device auto]
 
@@ -12,11 +12,11 @@ or --encodec-checkpoint, and weights whose identity differs from the
 manifest's are refused. Prints the paths written.
 """
 
-import sys
 
 from absl import app
 from absl import flags
 
+from jingle_jax import cli
 from jingle_jax import decode as jax_decode
 from jingle_jax import latents
 from precompute import codec
@@ -67,20 +67,16 @@ def define_flags():
                        lower_bound=1)
 
 
-def main(argv):
-  f = flags.FLAGS
-  if len(argv) < 2 and not f.song:
+def run(f, paths):
+  if not paths and not f.song:
     raise app.UsageError('nothing to decode: pass FILE.npy or --song ID')
-  try:
-    dataset = latents.LatentDataset(f.manifest)
-    jobs = jax_decode.clips_to_decode(dataset, argv[1:], f.song)
-    model = matching_weights(dataset, f['encodec-checkpoint'].value,
-                             f['random-encodec'].value)
-    device = encodec_weights.device(f.device)
-    paths = decode_to_wavs(model.to(device), jobs, f['out-dir'].value,
-                           device=device, batch_size=f['batch-size'].value)
-  except (ValueError, OSError, encodec_weights.WeightsError) as e:
-    sys.exit(f'precompute.decode: error: {e}')
+  dataset = latents.LatentDataset(f.manifest)
+  jobs = jax_decode.clips_to_decode(dataset, paths, f.song)
+  model = matching_weights(dataset, f['encodec-checkpoint'].value,
+                           f['random-encodec'].value)
+  device = encodec_weights.device(f.device)
+  paths = decode_to_wavs(model.to(device), jobs, f['out-dir'].value,
+                         device=device, batch_size=f['batch-size'].value)
   for path in paths:
     print(path)
 
@@ -88,4 +84,5 @@ def main(argv):
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['manifest', 'out-dir'])
-  app.run(main)
+  cli.run('precompute.torch_decode', run, takes_arguments=True,
+          errors=(encodec_weights.WeightsError,))

@@ -6,7 +6,7 @@ manifest's identity of the weights, 'params': EncodecDecoder's parameters},
 and records the file name in the manifest's 'decoder' field. This side reads
 it without torch and refuses a file whose identity is not the manifest's.
 
-Songs are decoded as precompute.decode decodes them: in consecutive 16 s
+Songs are decoded as precompute.torch_decode decodes them: in consecutive 16 s
 chunks (1,200 frames), each on its own. A last chunk of at least
 PADDED_FRAMES frames is padded with zeros to 1,200 and its audio cut back
 (the decoder is causal), so every chunk compiles to one shape.
@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jingle_jax import audio_losses
 from jingle_jax import files
 from jingle_jax import latents
 from jingle_jax.models import encodec_decoder
@@ -90,7 +89,7 @@ def read(dataset: latents.LatentDataset) -> dict:
 def for_training(loss_weights, dataset, normaliser):
   """The train step's `decoder` when config.loss weights audio terms:
   {'params', 'mean', 'std'} (the model's latents -> raw ones); else None."""
-  if not audio_losses.uses_audio(loss_weights):
+  if not loss_weights.uses_audio:
     return None
   try:
     params = read(dataset)
@@ -112,7 +111,7 @@ def chunks(lengths, chunk: int = CHUNK_FRAMES):
           for start in range(0, length, chunk)]
 
 
-def decode(params, clips, batch_size: int = 4) -> list[np.ndarray]:
+def decode_clips(params, clips, batch_size: int = 4) -> list[np.ndarray]:
   """Latents [frames, 128] each -> mono 24 kHz float32 audio of
   frames x 320 samples each, 16 s chunks batch_size at a time."""
   apply = compiled_decoder()
