@@ -1,4 +1,4 @@
-"""The original's audio-domain terms (SPEC 4.5, 4.5a) as pure JAX functions.
+"""The original's audio-domain terms (DESIGN.md 4.5, 4.5a) as pure JAX functions.
 
 Audio is [B, samples] float32 at 24 kHz. Spectra follow torch.stft's
 defaults as the original called it: a periodic Hann window as long as

@@ -1,4 +1,4 @@
-"""The five fixed masking baselines of SPEC 4.6.
+"""The five fixed masking baselines of DESIGN.md 4.6.
 
 Each is a pure function (inputs, targets, key) -> (input_mask, target_mask)
 on latents [B, T, D], returning float32 masks of the latents' shape. Only

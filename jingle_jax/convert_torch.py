@@ -1,4 +1,4 @@
-"""Imports an original Jingle_D PyTorch checkpoint (SPEC section 7).
+"""Imports an original Jingle_D PyTorch checkpoint (DESIGN.md section 7).
 
   python -m jingle_jax.convert_torch CHECKPOINT.pt \
       --config configs/creative.py --out-dir W \

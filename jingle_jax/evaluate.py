@@ -4,7 +4,7 @@
       [--split val] [--batch-size 8] [--report-pairs 4] --out-dir O
 
 One row per method on every matched pair of the split: `creative_agent`,
-`none` (nothing masked) and the five baselines of SPEC 4.6. Writes
+`none` (nothing masked) and the five baselines of DESIGN.md 4.6. Writes
 O/metrics.json (method -> metric -> value), O/metrics.md (the same as a
 Markdown table), O/training_curves.png from W/metrics.jsonl, and
 O/report.html: the run, the table, the curves and, for the first

@@ -19,7 +19,7 @@ from jingle_jax import run_config
 from jingle_jax.models import CascadeTransformer
 
 # What TrainedModel.with_masking runs: the trained agent, no masks, or a
-# fixed baseline (SPEC 4.6) in front of the trained cascade.
+# fixed baseline (DESIGN.md 4.6) in front of the trained cascade.
 MASKINGS = ('creative_agent', 'none') + tuple(baselines.BASELINES)
 
 

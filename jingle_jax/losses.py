@@ -1,4 +1,4 @@
-"""Regularisers, losses and metrics (SPEC 4.1, 4.4, 4.5, 6) as pure functions.
+"""Regularisers, losses and metrics (DESIGN.md 4.1, 4.4, 4.5, 6) as pure functions.
 
 Every function returns float32 scalars; metric dicts use the names logged by
 the training loop. Means over the batch take optional example `weights`
@@ -59,9 +59,9 @@ def bce_with_logits(logits, label: float, weights=None):
 
 def validation_loss(output, inputs, targets, input_mask, target_mask,
                     weights, learned_masks: bool, example_weights=None):
-  """SPEC 4.5b: returns (loss, metrics).
+  """DESIGN.md 4.5b: returns (loss, metrics).
 
-  The weighted reconstruction terms plus mask_reg_weight x mask_reg (SPEC
+  The weighted reconstruction terms plus mask_reg_weight x mask_reg (DESIGN.md
   4.1, with learned masks only): no balance and no adversarial term.
 
   Args:
@@ -88,7 +88,7 @@ def validation_loss(output, inputs, targets, input_mask, target_mask,
 
 def generator_loss(output, inputs, targets, input_mask, target_mask,
                    fake_logits, weights, learned_masks: bool):
-  """SPEC 4.5: the validation loss, balance and adversarial terms.
+  """DESIGN.md 4.5: the validation loss, balance and adversarial terms.
 
   Arguments as validation_loss's; fake_logits: the GAN discriminator's logits
   on `output`, or None without GAN. Returns (loss, metrics).

@@ -33,7 +33,7 @@ def _gan_comes_or_goes(old, new) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  """Loss weights (DESIGN.md 4)."""
+  """Loss weights (DESIGN.md 4.5, 4.5a)."""
   input_weight: float = field(0.0)  # rms(output - input); the seed's is 0.
   target_weight: float = field(0.0)  # rms(output - target): 0 = no copying.
   mask_reg_weight: float = field(0.1)  # weight of mask_reg.

@@ -1,4 +1,4 @@
-"""The original Jingle_D PyTorch checkpoint in this project's terms (SPEC 7).
+"""The original Jingle_D PyTorch checkpoint in this project's terms (DESIGN.md 7).
 
 Key mapping (a `module.` prefix, left by DistributedDataParallel, is dropped):
 
@@ -29,7 +29,7 @@ The number of stages, layers per stage, whether the creative agent is on and
 the position table length come from the keys and override the config (the
 log says so); everything else (heads, widths the keys must then match) comes
 from the config. `discriminator_state_dict`, when present, holds the GAN's
-LatentDiscriminator (SPEC 4.4) in this layout:
+LatentDiscriminator (DESIGN.md 4.4) in this layout:
 
   conv_layers.{0,3,6,9}.{weight,bias}  Conv1d, each followed by
                                        LeakyReLU(0.2) and Dropout(0.3)

@@ -4,7 +4,7 @@ The step functions are pure and mesh-agnostic: bind the config (a
 run_config.Config) with functools.partial and jit them with whatever
 shardings the caller uses, donating the state (argument 0) of `train_step`.
 
-With audio-domain loss weights (SPEC 4.5a), the steps take `decoder`:
+With audio-domain loss weights (DESIGN.md 4.5a), the steps take `decoder`:
 {'params': EnCodec decoder parameters, 'mean', 'std': [D] that turn the
 model's latents into raw ones}; the frozen decoder then runs inside the
 step. Without them it is None and nothing of it is compiled.
@@ -72,7 +72,7 @@ def make_optimizers(o):
 def create_train_state(config, rng) -> TrainState:
   """Fresh parameters and optimiser states (jit it to place them on devices).
 
-  Initialised as the original's PyTorch modules are (SPEC 4.5c), the layers
+  Initialised as the original's PyTorch modules are (DESIGN.md 4.5c), the layers
   of a stage equal (copy_first_layers).
   """
   model = CascadeTransformer(config.model)
@@ -176,7 +176,7 @@ def audio_loss(output, batch, decoder, config, validation=False):
 
 
 def output_loss(out, fake_logits, batch, config, decoder=None):
-  """Generator loss (SPEC 4.5) of the model's outputs: (loss, metrics).
+  """Generator loss (DESIGN.md 4.5) of the model's outputs: (loss, metrics).
 
   fake_logits: the discriminator's logits on out.output, or None without GAN.
   """
@@ -195,7 +195,7 @@ def output_loss(out, fake_logits, batch, config, decoder=None):
 def gradients(state: TrainState, batch, rng, config, decoder=None):
   """(generator grads, batch_stats, updated discriminator or None, metrics).
 
-  The original's order (SPEC 4.4): the generator's forward; the GAN
+  The original's order (DESIGN.md 4.4): the generator's forward; the GAN
   discriminator's update on it (the returned (disc_params, disc_opt_state));
   then the generator's loss, whose adversarial term comes from a fresh
   training-mode forward of the updated discriminator and whose gradient
@@ -261,7 +261,7 @@ def train_step(state: TrainState, batch, rng, decoder=None, *, config):
 def eval_step(state: TrainState, batch, decoder=None, *, config):
   """Deterministic metrics: no dropout, no noise, stored spectral norms.
 
-  'loss' is the validation loss of SPEC 4.5b (no balance, no adversarial
+  'loss' is the validation loss of DESIGN.md 4.5b (no balance, no adversarial
   term), which picks the best checkpoint and drives early stopping; the
   other terms are reported as in training. batch['weight'] ([B], optional)
   leaves out the repeats that fill up a last batch.

@@ -1,5 +1,5 @@
 """The audio-domain terms against PyTorch computations of the same
-definitions (SPEC 4.5a), on the same audio, and in the train step."""
+definitions (DESIGN.md 4.5a), on the same audio, and in the train step."""
 
 import functools
 

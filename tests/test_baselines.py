@@ -1,4 +1,4 @@
-"""Each fixed masking baseline matches its SPEC 4.6 definition."""
+"""Each fixed masking baseline matches its DESIGN.md 4.6 definition."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Regularisers, losses and metrics against their SPEC formulas."""
+"""Regularisers, losses and metrics against their DESIGN.md formulas."""
 
 import jax
 import jax.numpy as jnp
@@ -72,7 +72,7 @@ def test_generator_and_validation_losses_combine_weighted_terms():
   assert float(loss) == pytest.approx(
       validation + 5.0 * m['balance'] + 0.1 * g_adv, rel=1e-5)
   assert m['loss'] == float(loss)
-  # SPEC 4.5b: no balance, no adversarial term.
+  # DESIGN.md 4.5b: no balance, no adversarial term.
   val_loss, val_metrics = losses.validation_loss(
       output, inputs, targets, input_mask, target_mask, weights,
       learned_masks=True)

@@ -377,7 +377,7 @@ def test_fixed_masking_mode_applies_the_baseline():
   np.testing.assert_array_equal(out.target_mask, expected_tgt)
   assert out.output.shape == inputs.shape
   # Fixed masks are not RMS-restored, and the output's RMS follows the masked
-  # latents the stages receive (SPEC 4.3).
+  # latents the stages receive (DESIGN.md 4.3).
   example_rms = lambda x: np.sqrt(np.mean(np.square(x), axis=(1, 2)))
   masked_rms = np.sqrt((example_rms(inputs * expected_in) ** 2 +
                         example_rms(targets * expected_tgt) ** 2) / 2)

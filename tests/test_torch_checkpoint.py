@@ -18,7 +18,7 @@ import torch_reference as reference
 
 def test_seed_architecture_converts_with_spec_keys():
   torch.manual_seed(0)
-  model = reference.CascadeTransformer(num_stages=3)  # SPEC sizes: 3 x 6
+  model = reference.CascadeTransformer(num_stages=3)  # DESIGN.md 4.3: 3 x 6
   assert sum(p.numel() for p in model.parameters()) == 27_449_410
   config, state = torch_checkpoint.convert(reference.numpy_checkpoint(model), run_config.Config())
   assert sum(leaf.size for leaf in jax.tree.leaves(state.params)) == (
@@ -32,7 +32,7 @@ def test_seed_architecture_converts_with_spec_keys():
 
 
 def test_initialisation_is_pytorchs():
-  """Every fresh variable is distributed as in the PyTorch model (SPEC 4.5c).
+  """Every fresh variable is distributed as in the PyTorch model (DESIGN.md 4.5c).
 
   Compared leaf by leaf with a default-initialised PyTorch model of the seed
   size, converted: constants equal, random draws with the same spread and

@@ -66,7 +66,7 @@ def test_every_parameter_receives_a_gradient(tiny_config):
 
 def test_generator_adversarial_gradient_goes_through_the_updated_discriminator(
     tiny_config):
-  """SPEC 4.4: D's AdamW step first, then G's loss through D' (fresh rng).
+  """DESIGN.md 4.4: D's AdamW step first, then G's loss through D' (fresh rng).
 
   The expectation is built by hand: D's loss on the real and the (constant)
   fake samples, one step of its optimiser, then the generator's loss

@@ -1,4 +1,4 @@
-"""The original's audio-domain terms (SPEC 4.5, 4.5a) in PyTorch, written as
+"""The original's audio-domain terms (DESIGN.md 4.5, 4.5a) in PyTorch, written as
 the original computed them: torch.stft and torchaudio's MelSpectrogram.
 Audio is [B, samples] float32 at 24 kHz."""
 

@@ -1,7 +1,7 @@
 """A PyTorch reference of the Jingle_D model, for parity tests and timing.
 
-Written from SPEC sections 4 and 5 in the original's layout ([B, D, T]), with
-the state-dict keys and shapes of SPEC section 7 and PyTorch's default
+Written from DESIGN.md sections 4 and 5 in the original's layout ([B, D, T]), with
+the state-dict keys and shapes of DESIGN.md section 7 and PyTorch's default
 initialisation. The parity tests use evaluation and training-mode forwards
 without anti-cheating noise (so the spectral-norm power iteration can be
 compared too), and whole training steps without dropout.
@@ -104,7 +104,7 @@ class AttentionMaskGenerator(nn.Module):
 
 
 def mask_regularisers(input_mask, target_mask, weights):
-  """(mask_reg, balance) of SPEC 4.1; weights: (overlap, coverage, temporal)."""
+  """(mask_reg, balance) of DESIGN.md 4.1; weights: (overlap, coverage, temporal)."""
   overlap = (input_mask * target_mask).mean()
   coverage = (input_mask + target_mask - 1).square().mean()
   temporal = sum(torch.relu(0.05 - mask.var(dim=2).mean())
@@ -210,7 +210,7 @@ class CascadeTransformer(nn.Module):
 
 
 class LatentDiscriminator(nn.Module):
-  """The GAN discriminator of SPEC 4.4: latents [B, D, T] -> logits [B]."""
+  """The GAN discriminator of DESIGN.md 4.4: latents [B, D, T] -> logits [B]."""
 
   def __init__(self, latent_dim=128, dropout=0.3):
     super().__init__()
@@ -270,7 +270,7 @@ def perturb_(module, seed, scale=0.05):
 def training_step(model, discriminator, optimizer, disc_optimizer, inputs,
                   targets, config, decode=None):
   """One step of the original's loop with the config's loss weights and
-  clipping (SPEC 4.5): discriminator update on (rolled targets, detached
+  clipping (DESIGN.md 4.5): discriminator update on (rolled targets, detached
   output), then the generator update with the adversarial loss, and the
   audio terms of latents decode()d to audio [B, samples] when given."""
   weights, optim = config.loss, config.optim

@@ -1,4 +1,4 @@
-"""The cascade transformer (SPEC 4.3): the generator of Jingle_D.
+"""The cascade transformer (DESIGN.md 4.3): the generator of Jingle_D.
 
 Layout is [B, T, D]. Names follow the PyTorch keys: `cascade_stages.{s}` ->
 `cascade_stages_{s}`, and `self_attn`, `linear1`, `linear2`, `norm1`,

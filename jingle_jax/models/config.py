@@ -1,5 +1,5 @@
 """The model's part of the config (`config.model`): one frozen value passed
-to every module. Its defaults are the seed model's (DESIGN.md 3)."""
+to every module. Its defaults are the seed model's (DESIGN.md 4)."""
 
 import dataclasses
 

@@ -1,4 +1,4 @@
-"""The GAN latent discriminator (SPEC 4.4), trained by its own optimiser."""
+"""The GAN latent discriminator (DESIGN.md 4.4), trained by its own optimiser."""
 
 from typing import Any
 

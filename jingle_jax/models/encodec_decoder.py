@@ -1,6 +1,6 @@
 """EnCodec's 24 kHz decoder (SEANet, causal) in Flax: latents -> audio.
 
-The layers of encodec 0.1.1's SEANetDecoder for encodec_model_24khz (SPEC
+The layers of encodec 0.1.1's SEANetDecoder for encodec_model_24khz (DESIGN.md
 section 2), channels last: a causal conv 128 -> 512 (kernel 7), a 2-layer
 LSTM with a skip, four upsampling stages (ELU, transposed conv, residual
 block with a 1x1 conv shortcut) and a causal conv 32 -> 1 (kernel 7).

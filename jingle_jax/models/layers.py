@@ -11,7 +11,7 @@ from jingle_jax.models import attention
 from jingle_jax.models.dropout import dropout_seed
 
 
-# torch.nn.Linear and Conv1d weights (SPEC 4.5c): kaiming_uniform with
+# torch.nn.Linear and Conv1d weights (DESIGN.md 4.5c): kaiming_uniform with
 # a = sqrt(5) is U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in x kernel.
 torch_kernel_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
 

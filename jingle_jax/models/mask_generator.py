@@ -1,4 +1,4 @@
-"""The creative agent: learned complementary masks (SPEC 4.1, 4.2).
+"""The creative agent: learned complementary masks (DESIGN.md 4.1, 4.2).
 
 Layout is [B, T, D]. Submodule names follow the PyTorch checkpoint keys
 (`input_analyzer.0` -> `input_analyzer/layers_0`, and so on).

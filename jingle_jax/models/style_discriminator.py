@@ -1,6 +1,6 @@
 """The creative agent's style discriminator.
 
-No loss of the recipe uses it (DESIGN.md 3.2): it is kept because its
+No loss of the recipe uses it (DESIGN.md 4.2): it is kept because its
 weights belong to the model, so that the original's checkpoints load
 (jingle_jax.torch_checkpoint) and the parameter count is the original's.
 """
