@@ -65,10 +65,10 @@ def find_audio(audio_dir) -> list[str]:
   """Audio file paths below `audio_dir`, relative to it, sorted."""
   suffixes = audio.audio_suffixes()
   found = []
-  for root, dirs, files in os.walk(audio_dir):
+  for root, dirs, names in os.walk(audio_dir):
     dirs.sort()
     found += [os.path.relpath(os.path.join(root, name), audio_dir)
-              for name in files
+              for name in names
               if os.path.splitext(name)[1].lower() in suffixes]
   return sorted(path.replace(os.sep, '/') for path in found)
 

@@ -199,9 +199,8 @@ def test_values_are_checked_as_they_are_read(tmp_path, songs):
       f"{path}: song 'b': frame 5, channel 3 is 65504, ")
   assert 'standard deviations from the training latents\' mean' in str(
       error.value)
-  with pytest.raises(latents.LatentDataError,
-                     match=f"{path}: song 'b': frame 30, channel 1 is inf, not "
-                     'finite'):
+  with pytest.raises(latents.LatentDataError, match=(
+      f"{path}: song 'b': frame 30, channel 1 is inf, not finite")):
     song.read(20, 40)
   with pytest.raises(latents.LatentDataError, match='frame 5, channel 3'):
     song.verify()
