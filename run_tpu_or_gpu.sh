@@ -4,7 +4,8 @@
 #   setup          create or refresh .venv with the jax build for this machine
 #   test           setup, then the test suite (extra ARGS go to pytest)
 #   synth          python -m jingle_jax.synth ARGS (the demo's songs)
-#   precompute     python -m precompute.encode ARGS
+#   precompute     python -m precompute.encode ARGS (README: SLURM arrays)
+#   verify         python -m jingle_jax.verify ARGS (every value of a dataset)
 #   export-decoder python -m precompute.export_decoder ARGS
 #   decode         python -m precompute.torch_decode ARGS (EnCodec in PyTorch)
 #   decode-jax     python -m jingle_jax.decode ARGS (the JAX decoder)
@@ -112,7 +113,11 @@ case $verb in
   setup) setup ;;
   test) setup; exec "$PY" -m pytest "$@" ;;
   synth) setup; exec "$PY" -m jingle_jax.synth "$@" ;;
-  precompute) setup; exec "$PY" -m precompute.encode "$@" ;;
+  # Under srun or a SLURM array every task runs this line: set up once
+  # beforehand, not racing.
+  precompute) [[ -n ${SLURM_PROCID:-} && -x $PY ]] || setup
+              exec "$PY" -m precompute.encode "$@" ;;
+  verify) setup; exec "$PY" -m jingle_jax.verify "$@" ;;
   export-decoder) setup; exec "$PY" -m precompute.export_decoder "$@" ;;
   decode) setup; exec "$PY" -m precompute.torch_decode "$@" ;;
   decode-jax) setup; exec "$PY" -m jingle_jax.decode "$@" ;;

@@ -60,7 +60,7 @@ def clips_to_decode(dataset, paths, song_ids):
     if song_id not in songs:
       raise ValueError(f'--song {song_id}: no such song in '
                        f'{dataset.manifest_path}')
-    jobs.append((song_id, songs[song_id].latents))
+    jobs.append((song_id, songs[song_id].read()))
   names = [name for name, _ in jobs]
   if len(set(names)) != len(names):
     raise ValueError(f'two outputs would have the same name: {names}')

@@ -67,43 +67,50 @@ class Pairs:
 
   def __init__(self, songs, window: int, hop: int, normaliser: Normaliser,
                target_audio: bool = False):
-    """target_audio: read() also gives the target windows' audio."""
+    """songs: latents.Song-like (frames, read, and audio when target_audio);
+    target_audio: read() also gives the target windows' audio."""
     if window < 1 or hop < 1:
       raise ValueError(f'window ({window}) and hop ({hop}) must be positive')
     self.songs = list(songs)
     self.target_audio = target_audio
     for song in self.songs if target_audio else ():
-      if song.audio is None:
+      if not song.has_audio:
         raise ValueError(f'song {song.id!r} has no audio in the dataset '
                          '(precompute.encode --keep-audio keeps it)')
     self.window = window
     self.normaliser = normaliser
     index = [(i, start) for i, song in enumerate(self.songs)
-             for start in pair_starts(len(song.latents), window, hop)]
+             for start in pair_starts(song.frames, window, hop)]
     # Row p: (song number, first frame of its input window).
     self.index = np.asarray(index, np.int64).reshape(-1, 2)
 
   def __len__(self) -> int:
     return len(self.index)
 
-  def _windows(self, pairs, offset: int, field='latents') -> np.ndarray:
-    return np.stack([
-        getattr(self.songs[song], field)[
-            start + offset:start + offset + self.window]
-        for song, start in self.index[pairs]])
+  def _windows(self, pairs, offset: int, audio=False) -> np.ndarray:
+    """The windows of `pairs`, `offset` frames after their first frame:
+    latents (their values checked as they are read) or audio."""
+    windows = []
+    for song, start in self.index[pairs]:
+      song, start = self.songs[song], start + offset
+      windows.append(song.audio[start:start + self.window] if audio
+                     else song.read(start, start + self.window))
+    return np.stack(windows)
 
   def read(self, inputs, targets) -> dict[str, np.ndarray]:
     """{'input', 'target'}: normalised float32 clips [n, W, D].
 
     The input windows of pairs `inputs` and the target windows of pairs
     `targets` (the same pairs for matched clips); with target_audio also
-    'target_audio': float16 [n, W x 320], the target windows' audio.
+    'target_audio': float16 [n, W x 320], the target windows' audio. A
+    latent that is not finite or far out of the dataset's range is a
+    LatentDataError naming its shard, song and frame.
     """
     batch = {'input': self.normaliser.normalise(self._windows(inputs, 0)),
              'target': self.normaliser.normalise(
                  self._windows(targets, self.window))}
     if self.target_audio:
-      audio = self._windows(targets, self.window, 'audio')
+      audio = self._windows(targets, self.window, audio=True)
       batch['target_audio'] = audio.reshape(len(audio), -1)
     return batch
 

@@ -87,27 +87,49 @@ class DatasetWriter:
     """A context in which to write one song's latents, block by block."""
     return SongWriter(self, song_id, source, fingerprint)
 
-  def _train_statistics(self, songs):
-    """Per-channel mean and std over every training frame (float64)."""
+  def _blocks(self, song):
+    """(first frame, frames) of a written song's latents, CHECK_FRAMES at
+    a time."""
+    shard = np.load(self._path(song['id'], '.npy'), mmap_mode='r')
+    for start in range(0, len(shard), latents.CHECK_FRAMES):
+      yield start, shard[start:start + latents.CHECK_FRAMES]
+
+  def _statistics(self, songs):
+    """Per-channel mean and std of every training frame, as the manifest
+    stores them (float32), in one pass over all songs that also refuses
+    latents OUTLIER_STDS from that mean: the second look, at the songs
+    only, happens when a value is out of bounds, to name it."""
     total = np.zeros(latents.LATENT_DIM)
     total_squares = np.zeros(latents.LATENT_DIM)
     count = 0
+    low = np.full(latents.LATENT_DIM, np.inf, np.float32)
+    high = -low
     for song in songs:
-      if song['split'] != 'train':
-        continue
-      shard = np.load(self._path(song['id'], '.npy'), mmap_mode='r')
-      for start in range(0, len(shard), latents.CHECK_FRAMES):
-        frames = shard[start:start + latents.CHECK_FRAMES].astype(
-            np.float64)
-        total += frames.sum(0)
-        total_squares += np.square(frames).sum(0)
-      count += len(shard)
+      for _, frames in self._blocks(song):
+        low = np.minimum(low, frames.min(0))
+        high = np.maximum(high, frames.max(0))
+        if song['split'] == 'train':
+          frames = frames.astype(np.float64)
+          total += frames.sum(0)
+          total_squares += np.square(frames).sum(0)
+          count += len(frames)
     if not count:
       raise ValueError(f'{self.out_dir}: no training songs to compute the '
                        'latent statistics from')
     mean = total / count
     std = np.sqrt(np.maximum(total_squares / count - np.square(mean), 0))
-    return mean, np.maximum(std, latents.MIN_STD)
+    mean, std = (x.astype(np.float32)
+                 for x in (mean, np.maximum(std, latents.MIN_STD)))
+    # The deviation grows with |value - mean|: the extremes bound it.
+    scale = latents.outlier_scale(std)
+    if np.any(np.maximum(high - mean, mean - low) / scale >
+              latents.OUTLIER_STDS):
+      for song in songs:
+        for start, frames in self._blocks(song):
+          latents.check_values(
+              frames, mean, scale,
+              f'{self._path(song["id"], ".npy")}: song {song["id"]!r}', start)
+    return mean, std
 
   def finish(self, songs: list[dict], skipped: list[dict],
              min_seconds=None, decoder=None) -> dict:
@@ -120,7 +142,7 @@ class DatasetWriter:
     ids = [song['id'] for song in songs]
     if len(set(ids)) != len(ids):
       raise ValueError(f'{self.out_dir}: song ids are not unique')
-    mean, std = self._train_statistics(songs)
+    mean, std = self._statistics(songs)
     manifest = {
         'format_version': latents.FORMAT_VERSION,
         'encodec_weights': self.settings['encodec_weights'],
@@ -138,8 +160,8 @@ class DatasetWriter:
                    'offset': 0,
                    **({'audio': song['audio']} if 'audio' in song else {})}
                   for song in songs],
-        'mean': [float(x) for x in mean.astype(np.float32)],
-        'std': [float(x) for x in std.astype(np.float32)],
+        'mean': [float(x) for x in mean],
+        'std': [float(x) for x in std],
         'skipped': list(skipped),
     }
     files.write_json(os.path.join(self.out_dir, latents.MANIFEST), manifest)
@@ -152,13 +174,12 @@ class _Rows:
   The header, written last, is the same size for any row count.
   """
 
-  _HEADER_BYTES = 128  # numpy pads a 2-D shape's header to 128 bytes
 
   def __init__(self, stack, path, width: int, dtype, what: str):
     self.width, self.dtype, self.what = width, dtype, what
     self.rows = 0
     self._file = stack.enter_context(files.atomic_write(path))
-    self._file.seek(self._HEADER_BYTES)
+    self._file.seek(latents.NPY_HEADER_BYTES)
 
   def append(self, values) -> None:
     values = np.asarray(values)
@@ -177,7 +198,7 @@ class _Rows:
     np.lib.format.write_array_header_1_0(header, {
         'descr': np.lib.format.dtype_to_descr(self.dtype),
         'fortran_order': False, 'shape': (self.rows, self.width)})
-    if header.tell() != self._HEADER_BYTES:
+    if header.tell() != latents.NPY_HEADER_BYTES:
       raise RuntimeError(f'.npy header of {header.tell()} bytes')
     self._file.seek(0)
     self._file.write(header.getvalue())

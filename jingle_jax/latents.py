@@ -1,7 +1,7 @@
 """The latent dataset on disk: EnCodec latents of whole songs in .npy shards.
 
 precompute.encode writes it with jingle_jax.latent_writer; training reads it
-with LatentDataset. numpy only. A dataset directory holds
+with LatentDataset (numpy and the standard library). A dataset directory holds
 
   song-<id>.npy     [frames, 128]: the latents of one song (a shard)
   song-<id>.audio.npy  [frames, 320] float16, optional: the song's 24 kHz
@@ -25,13 +25,22 @@ with LatentDataset. numpy only. A dataset directory holds
 
 The reader takes any shard layout the songs' shard and offset describe (a
 shard may hold several songs one after another, as older datasets do).
+
+Values are checked when written (latent_writer refuses non-finite latents
+and those OUTLIER_STDS from the training mean) and when read (Song.read, so
+every batch), never all at once: opening a dataset reads the manifest and
+the files' sizes only, and its memory maps are opened as songs are read,
+at most OPEN_MAPS at a time. `python -m jingle_jax.verify` reads every
+value on demand.
 """
 
 import dataclasses
-import json
+import functools
 import os
 
 import numpy as np
+
+from jingle_jax import files
 
 FORMAT_VERSION = 1
 SAMPLE_RATE = 24_000
@@ -45,15 +54,21 @@ SPLITS = ('train', 'val')
 DTYPES = ('float16', 'float32')
 # encodec_weights of seeded random weights: this prefix, then the seed.
 RANDOM_WEIGHTS = 'random:'
-# Frames checked for finiteness at a time, to bound memory on large shards.
+# Frames checked at a time, to bound memory on large shards.
 CHECK_FRAMES = 1 << 16
 # Floor of the per-channel std, so that normalising never divides by zero.
 MIN_STD = 1e-6
-# Latents further than this many standard deviations from the manifest's
-# mean are refused at load (e.g. float16 overflow written as 65504); each
+# Latents further than this many standard deviations from the training
+# latents' mean are refused (e.g. float16 overflow written as 65504); each
 # channel's std counts as at least 1% of the channels' mean std, so that a
 # channel constant in training does not make every deviation extreme.
 OUTLIER_STDS = 1000.0
+# The header np.save and latent_writer write before [rows, width] values.
+NPY_HEADER_BYTES = 128
+# Memory maps a dataset keeps open, each with its open file: any number of
+# songs stays far below the open-file limit (often 1024) and Linux's 65,530
+# maps per process.
+OPEN_MAPS = 128
 _SONG_FIELDS = {'id': str, 'source': str, 'split': str,
                 'duration': (int, float), 'frames': int, 'shard': str,
                 'offset': int}
@@ -63,15 +78,101 @@ class LatentDataError(ValueError):
   """A dataset that cannot be used; the message names the file at fault."""
 
 
-@dataclasses.dataclass(frozen=True)
+def outlier_scale(std) -> np.ndarray:
+  """The per-channel unit of OUTLIER_STDS for a dataset's std."""
+  std = np.asarray(std, np.float32)
+  return np.maximum(std, np.float32(0.01) * np.mean(std))
+
+
+def check_values(values, mean, scale, where, first_frame=0) -> None:
+  """Refuses latents [frames, D] that are not finite or lie OUTLIER_STDS
+  (in units of `scale`) from `mean`; the message names `where` and the
+  first bad frame, counted from `first_frame`."""
+  values = np.asarray(values, np.float32)
+  with np.errstate(invalid='ignore'):  # inf - inf: nan, refused below
+    deviation = np.abs(values - mean) / scale
+  bad = ~(deviation <= OUTLIER_STDS)
+  if not np.any(bad):
+    return
+  frame, channel = np.argwhere(bad)[0]
+  value = values[frame, channel]
+  where = f'{where}: frame {first_frame + frame}, channel {channel} is '
+  if not np.isfinite(value):
+    raise LatentDataError(f'{where}{value}, not finite')
+  raise LatentDataError(
+      f'{where}{value:.6g}, {deviation[frame, channel]:.3g} standard '
+      f'deviations from the training latents\' mean (the bound is '
+      f'{OUTLIER_STDS:g})')
+
+
+@dataclasses.dataclass(frozen=True, eq=False, slots=True)
 class Song:
+  """One song of a dataset; its files are opened when it is read."""
   id: str  # stable id derived from the source path
   source: str  # source audio path relative to the audio dir
   split: str  # 'train' or 'val'
   duration: float  # seconds of audio
-  latents: np.ndarray  # [frames, 128] read-only memory map, manifest dtype
-  # [frames, HOP] float16 read-only memory map of its 24 kHz audio, or None.
-  audio: np.ndarray | None = None
+  frames: int  # latent frames
+  shard: str  # path of the shard that holds its latents
+  offset: int  # its first frame in the shard
+  audio_path: str | None  # path of its audio file (--keep-audio), or None
+  dataset: 'LatentDataset' = dataclasses.field(repr=False)
+
+  @property
+  def has_audio(self) -> bool:
+    return self.audio_path is not None
+
+  @property
+  def latents(self) -> np.ndarray:
+    """[frames, 128] read-only memory map in the manifest's dtype, values
+    unchecked (read() checks them); holding it holds its file open."""
+    shard = self.dataset.open_map(self.shard, self.dataset.manifest['dtype'],
+                                  LATENT_DIM, 'shard')
+    end = self.offset + self.frames
+    if end > len(shard):
+      raise LatentDataError(
+          f'{self.shard}: {len(shard)} frames, song {self.id!r} of '
+          f'{self.dataset.manifest_path} ends at {end}')
+    return shard[self.offset:end]
+
+  @property
+  def audio(self) -> np.ndarray | None:
+    """[frames, HOP] float16 read-only memory map of its 24 kHz audio, or
+    None. Its values are not checked: the writer refused non-finite ones,
+    and a step whose loss is not finite is skipped."""
+    if self.audio_path is None:
+      return None
+    audio = self.dataset.open_map(self.audio_path, AUDIO_DTYPE, HOP,
+                                  'audio file')
+    if len(audio) != self.frames:
+      raise LatentDataError(f'{self.audio_path}: {len(audio)} frames of '
+                            f'audio, song {self.id!r} has {self.frames}')
+    return audio
+
+  def read(self, start=0, stop=None) -> np.ndarray:
+    """Latent frames [start, stop) as float32, checked (check_values): a
+    bad value is a LatentDataError naming the shard, song and frame."""
+    values = np.asarray(self.latents[start:stop], np.float32)
+    self.dataset.check_values(values, f'{self.shard}: song {self.id!r}',
+                              start)
+    return values
+
+  def check_files(self) -> None:
+    """Opens its files: LatentDataError names one that is missing,
+    truncated, or of another dtype, shape or length than the manifest's."""
+    _ = self.latents, self.audio
+
+  def verify(self) -> None:
+    """Reads all its values, latents and audio, in bounded memory;
+    LatentDataError names the first bad one."""
+    for start in range(0, self.frames, CHECK_FRAMES):
+      self.read(start, start + CHECK_FRAMES)
+      if self.audio is not None:
+        finite = np.isfinite(self.audio[start:start + CHECK_FRAMES]).all(1)
+        if not np.all(finite):
+          raise LatentDataError(
+              f'{self.audio_path}: song {self.id!r}: frame '
+              f'{start + np.flatnonzero(~finite)[0]} holds non-finite audio')
 
 
 def _field(manifest, key, kind, where):
@@ -120,14 +221,8 @@ def _check_song(song, index, where) -> None:
 
 
 def _read_manifest(path) -> dict:
-  try:
-    with open(path) as f:
-      manifest = json.load(f)
-  except FileNotFoundError:
-    raise LatentDataError(f'{path}: no such manifest (an unfinished '
-                          'precompute run? run it again)') from None
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise LatentDataError(f'{path}: unreadable manifest: {e}') from None
+  manifest = files.read_json(path, LatentDataError, 'manifest', ' (an '
+                             'unfinished precompute run? run it again)')
   version = _field(manifest, 'format_version', int, path)
   if version != FORMAT_VERSION:
     raise LatentDataError(f'{path}: format_version {version}, this code reads '
@@ -159,9 +254,11 @@ def _open_shard(path, dtype, width=LATENT_DIM, what='shard') -> np.ndarray:
     shard = np.load(path, mmap_mode='r', allow_pickle=False)
   except FileNotFoundError:
     raise LatentDataError(f'{path}: {what} is missing') from None
-  except (OSError, ValueError) as e:
+  except ValueError as e:
     raise LatentDataError(f'{path}: unreadable or truncated {what}: {e}'
                           ) from None
+  except OSError as e:  # e.g. the open-file limit: not the file's fault
+    raise LatentDataError(f'{path}: cannot open the {what}: {e}') from None
   if shard.ndim != 2 or shard.shape[1] != width:
     raise LatentDataError(f'{path}: shape {shard.shape}, expected '
                           f'[frames, {width}]')
@@ -170,41 +267,21 @@ def _open_shard(path, dtype, width=LATENT_DIM, what='shard') -> np.ndarray:
   return shard
 
 
-def _open_audio(directory, song) -> np.ndarray | None:
-  """The song's audio [frames, HOP] (shape and dtype checked), or None.
-
-  Its values are not scanned: the writer refused non-finite ones, and a
-  step whose loss is not finite is skipped.
-  """
-  if 'audio' not in song:
-    return None
-  path = os.path.join(directory, song['audio'])
-  audio = _open_shard(path, AUDIO_DTYPE, HOP, 'audio file')
-  if len(audio) != song['frames']:
-    raise LatentDataError(f'{path}: {len(audio)} frames of audio, song '
-                          f'{song["id"]!r} has {song["frames"]}')
-  return audio
-
-
-def _check_values(latents, mean, std, where) -> None:
-  """Refuses non-finite latents and those OUTLIER_STDS from the mean."""
-  scale = np.maximum(std, 0.01 * np.mean(std))
-  for start in range(0, len(latents), CHECK_FRAMES):
-    chunk = np.asarray(latents[start:start + CHECK_FRAMES], np.float32)
-    if not np.all(np.isfinite(chunk)):
-      raise LatentDataError(f'{where}: holds non-finite values')
-    deviation = np.abs(chunk - mean) / scale
-    if np.any(deviation > OUTLIER_STDS):
-      frame, channel = np.unravel_index(np.argmax(deviation), chunk.shape)
-      raise LatentDataError(
-          f'{where}: frame {start + frame}, channel {channel} is '
-          f'{chunk[frame, channel]:.6g}, {deviation[frame, channel]:.3g} '
-          f'standard deviations from the manifest\'s mean (the bound is '
-          f'{OUTLIER_STDS:g})')
+def _size_fits(path, dtype, width, rows: int, what: str) -> bool:
+  """Whether the file has the size of the .npy of `rows` rows (np.save's
+  and latent_writer's header); LatentDataError when it is missing."""
+  try:
+    size = os.stat(path).st_size
+  except FileNotFoundError:
+    raise LatentDataError(f'{path}: {what} is missing') from None
+  except OSError as e:
+    raise LatentDataError(f'{path}: cannot read the {what}: {e}') from None
+  return size == NPY_HEADER_BYTES + rows * width * np.dtype(dtype).itemsize
 
 
 class LatentDataset:
-  """A finished dataset, validated: the manifest and every shard.
+  """A finished dataset: the manifest checked, its files there and of the
+  sizes it implies; values are checked as songs are read.
 
   `path` is the dataset directory or its manifest.json.
   """
@@ -219,31 +296,44 @@ class LatentDataset:
     if np.any(self.std <= 0):
       raise LatentDataError(f'{self.manifest_path}: field \'std\' holds '
                             'values <= 0')
+    self._scale = outlier_scale(self.std)
+    # Each dataset its own maps: a file rewritten since another dataset
+    # object read it is read anew.
+    self.open_map = functools.lru_cache(maxsize=OPEN_MAPS)(_open_shard)
     directory = os.path.dirname(self.manifest_path)
-    shards = {}
-    self._songs = []
-    for song in self.manifest['songs']:
-      name = song['shard']
-      if name not in shards:
-        shards[name] = _open_shard(os.path.join(directory, name),
-                                   self.manifest['dtype'])
-      end = song['offset'] + song['frames']
-      if end > len(shards[name]):
-        raise LatentDataError(
-            f'{os.path.join(directory, name)}: {len(shards[name])} frames, '
-            f'song {song["id"]!r} of {self.manifest_path} ends at {end}')
-      values = shards[name][song['offset']:end]
-      _check_values(values, self.mean, self.std,
-                    f'{os.path.join(directory, name)}: song {song["id"]!r}')
-      self._songs.append(Song(
-          id=song['id'], source=song['source'], split=song['split'],
-          duration=float(song['duration']), latents=values,
-          audio=_open_audio(directory, song)))
+    self._songs = [Song(
+        id=song['id'], source=song['source'], split=song['split'],
+        duration=float(song['duration']), frames=song['frames'],
+        shard=os.path.join(directory, song['shard']), offset=song['offset'],
+        audio_path=(os.path.join(directory, song['audio'])
+                    if 'audio' in song else None),
+        dataset=self) for song in self.manifest['songs']]
+    # A file of another size than expected is opened: its header tells
+    # whether it is damaged or only laid out otherwise (another header,
+    # several songs).
+    last = {}  # shard -> the song that ends last in it
+    for song in self._songs:
+      kept = last.get(song.shard)
+      if kept is None or song.offset + song.frames > kept.offset + kept.frames:
+        last[song.shard] = song
+    dtype = self.manifest['dtype']
+    for song in last.values():
+      if not _size_fits(song.shard, dtype, LATENT_DIM,
+                        song.offset + song.frames, 'shard'):
+        song.check_files()
+    for song in self._songs:
+      if song.has_audio and not _size_fits(song.audio_path, AUDIO_DTYPE, HOP,
+                                           song.frames, 'audio file'):
+        song.check_files()
+
+  def check_values(self, values, where, first_frame=0) -> None:
+    """check_values against this dataset's statistics."""
+    check_values(values, self.mean, self._scale, where, first_frame)
 
   @property
   def has_audio(self) -> bool:
     """Whether every song has its audio (precompute.encode --keep-audio)."""
-    return all(song.audio is not None for song in self._songs)
+    return all(song.has_audio for song in self._songs)
 
   def songs(self, split: str) -> list[Song]:
     """The songs of `split`, in manifest order."""

@@ -4,7 +4,7 @@
       [--encodec-checkpoint PATH | --random-encodec SEED] \
       [--device auto|cpu|cuda] [--val-fraction 0.1] [--seed 42] \
       [--min-seconds 32] [--dtype float16|float32] [--batch-size N] \
-      [--keep-audio]
+      [--keep-audio] [--num-workers K --worker-index I]
 
 Finds the audio files below A: every format the installed libsndfile reads
 (wav, flac, ogg, opus, mp3, aiff, ...), and other common audio suffixes,
@@ -26,19 +26,29 @@ Every song is a shard of its own and the unit of work that a rerun keeps:
 the rerun reuses the songs whose source files have the size and
 modification time they had, encodes the others, and ends with the same
 manifest and shards as an uninterrupted run.
+
+K processes (--num-workers K, --worker-index 0 to K - 1: one per GPU, or a
+SLURM array) encode disjoint shares of the songs side by side; each writes
+worker-I-of-K.json when done (the files it could not use), and the last to
+finish writes the manifest, the same as one process would. A run without
+--num-workers after them reuses their songs and finishes the dataset too.
 """
 
+import contextlib
+import functools
+import hashlib
+import json
 import os
 import re
-import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
 import tqdm
 
+from jingle_jax import cli
+from jingle_jax import files
 from jingle_jax import latent_writer
 from jingle_jax import latents
 from precompute import audio
@@ -54,10 +64,10 @@ def find_audio(audio_dir) -> list[str]:
   """Audio file paths below `audio_dir`, relative to it, sorted."""
   suffixes = audio.audio_suffixes()
   found = []
-  for root, dirs, files in os.walk(audio_dir):
+  for root, dirs, names in os.walk(audio_dir):
     dirs.sort()
     found += [os.path.relpath(os.path.join(root, name), audio_dir)
-              for name in files
+              for name in names
               if os.path.splitext(name)[1].lower() in suffixes]
   return sorted(path.replace(os.sep, '/') for path in found)
 
@@ -92,7 +102,7 @@ def _reported(blocks):
                          ) from e
 
 
-def encode_song(writer, path, source, identifier, status, model, *, device,
+def encode_song(writer, path, source, identifier, status, *, model, device,
                 batch_size: int) -> dict:
   """Streams one file (its fingerprint `status`) into the dataset; returns
   its record {id, source, duration, frames}. BadAudio when the file cannot
@@ -124,25 +134,22 @@ def assign_splits(records, val_fraction: float, seed: int) -> None:
     record['split'] = 'val' if index in val else 'train'
 
 
-def encode_dataset(audio_dir, out_dir, model, weights: str, *, device,
-                   val_fraction=0.1, seed=42, dtype='float16',
-                   min_seconds=MIN_SECONDS, batch_size=1,
-                   keep_audio=False) -> dict:
-  """Encodes the songs of `audio_dir` into the dataset `out_dir`; returns
-  its manifest."""
-  if not os.path.isdir(audio_dir):
-    raise ValueError(f'--audio-dir {audio_dir}: not a directory')
-  if not 0 <= val_fraction < 1:
-    raise ValueError(f'--val-fraction {val_fraction}: expected [0, 1)')
-  if not min_seconds > 0:
-    raise ValueError(f'--min-seconds {min_seconds}: expected > 0')
-  started = time.perf_counter()
-  writer = latent_writer.DatasetWriter(out_dir, encodec_weights=weights,
-                                       dtype=dtype, keep_audio=keep_audio)
-  songs, skipped, ids = [], [], {}
+def shares(sources, num_workers: int) -> list[int]:
+  """The worker of each source: song ids in turn (a song id's files stay
+  together, so that the first usable one keeps the id as in one run)."""
+  ids = {}
+  for source in sources:
+    ids.setdefault(song_id(source), len(ids) % num_workers)
+  return [ids[song_id(source)] for source in sources]
+
+
+def _encode_songs(writer, audio_dir, sources, encode, failures, min_seconds):
+  """(records, skipped, new failures, seconds encoded) of `sources`, in
+  order: each reused, or known to fail ({source: [fingerprint, reason]}),
+  or encoded now."""
+  songs, skipped, new_failures, ids = [], [], {}, {}
   encoded_seconds = 0.0
-  with tqdm.tqdm(find_audio(audio_dir), unit='song',
-                 dynamic_ncols=True) as bar:
+  with tqdm.tqdm(sources, unit='song', dynamic_ncols=True) as bar:
     for source in bar:
       path = os.path.join(audio_dir, source)
       identifier = song_id(source)
@@ -156,8 +163,14 @@ def encode_dataset(audio_dir, out_dir, model, weights: str, *, device,
           raise audio.BadAudio(f'unreadable: {e}') from None
         record = writer.cached(identifier, source, status)
         if record is None:
-          record = encode_song(writer, path, source, identifier, status,
-                               model, device=device, batch_size=batch_size)
+          known, reason = failures.get(source, (None, None))
+          if known == status:
+            raise audio.BadAudio(reason)
+          try:
+            record = encode(writer, path, source, identifier, status)
+          except audio.BadAudio as e:
+            new_failures[source] = [status, str(e)]
+            raise
           encoded_seconds += record['duration']
         if record['duration'] < min_seconds:
           raise audio.BadAudio(f'{record["duration"]:.2f} s is shorter than '
@@ -170,6 +183,100 @@ def encode_dataset(audio_dir, out_dir, model, weights: str, *, device,
       songs.append(record)
       bar.set_postfix_str(f'{len(songs)} kept, {encoded_seconds:.0f} '
                           'audio-s encoded')
+  return songs, skipped, new_failures, encoded_seconds
+
+
+class _Parts:
+  """What the workers of one run hand over: worker-I-of-K.json, the files
+  each found it could not encode, marked with the run (settings, worker
+  count, every source's fingerprint), so that parts of another run are
+  not merged."""
+
+  def __init__(self, out_dir, num_workers, writer, audio_dir, sources):
+    self.out_dir, self.num_workers = out_dir, num_workers
+    statuses = []
+    for source in sources:
+      try:
+        statuses.append(fingerprint(os.path.join(audio_dir, source)))
+      except OSError:
+        statuses.append(None)
+    self.run = hashlib.sha256(json.dumps(
+        [writer.settings, num_workers, sources, statuses]).encode()
+                              ).hexdigest()
+
+  def _path(self, index):
+    return os.path.join(self.out_dir,
+                        f'worker-{index}-of-{self.num_workers}.json')
+
+  def write(self, index, failures) -> None:
+    files.write_json(self._path(index), {'run': self.run,
+                                         'failures': failures})
+
+  def remove(self, index) -> None:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(self._path(index))
+
+  def failures(self):
+    """Every worker's failures, or None while a worker of this run has not
+    finished."""
+    failures = {}
+    for index in range(self.num_workers):
+      try:
+        with open(self._path(index)) as f:
+          part = json.load(f)
+      except (OSError, ValueError):
+        return None
+      if not isinstance(part, dict) or part.get('run') != self.run:
+        return None
+      failures.update(part['failures'])
+    return failures
+
+
+def encode_dataset(audio_dir, out_dir, model, weights: str, *, device,
+                   val_fraction=0.1, seed=42, dtype='float16',
+                   min_seconds=MIN_SECONDS, batch_size=1,
+                   keep_audio=False, num_workers=1, worker_index=0):
+  """Encodes the songs of `audio_dir` into the dataset `out_dir`; returns
+  its manifest.
+
+  With num_workers K > 1, encodes the share of worker `worker_index` (of
+  K side by side); the worker that finishes last writes the manifest and
+  returns it, the others None.
+  """
+  if not os.path.isdir(audio_dir):
+    raise ValueError(f'--audio-dir {audio_dir}: not a directory')
+  if not 0 <= val_fraction < 1:
+    raise ValueError(f'--val-fraction {val_fraction}: expected [0, 1)')
+  if not min_seconds > 0:
+    raise ValueError(f'--min-seconds {min_seconds}: expected > 0')
+  if not 0 <= worker_index < num_workers:
+    raise ValueError(f'--worker-index {worker_index}: expected 0 to '
+                     f'--num-workers {num_workers} - 1')
+  started = time.perf_counter()
+  writer = latent_writer.DatasetWriter(out_dir, encodec_weights=weights,
+                                       dtype=dtype, keep_audio=keep_audio)
+  sources = find_audio(audio_dir)
+  encode = functools.partial(encode_song, model=model, device=device,
+                             batch_size=batch_size)
+  failures, encoded_seconds = {}, 0.0
+  if num_workers > 1:
+    parts = _Parts(out_dir, num_workers, writer, audio_dir, sources)
+    parts.remove(worker_index)  # unfinished again
+    share = [source for source, worker in zip(sources, shares(
+        sources, num_workers)) if worker == worker_index]
+    _, _, failures, encoded_seconds = _encode_songs(
+        writer, audio_dir, share, encode, {}, min_seconds)
+    parts.write(worker_index, failures)
+    failures = parts.failures()
+    if failures is None:
+      logging.info('worker %d of %d done (%.1f s of audio encoded); the '
+                   'last worker to finish writes the manifest', worker_index,
+                   num_workers, encoded_seconds)
+      return None
+  # Every song is reused here but where a worker left one to do.
+  songs, skipped, _, more_seconds = _encode_songs(
+      writer, audio_dir, sources, encode, failures, min_seconds)
+  encoded_seconds += more_seconds
   if not songs:
     raise ValueError(f'--audio-dir {audio_dir}: no usable audio files')
   assign_splits(songs, val_fraction, seed)
@@ -207,28 +314,31 @@ def define_flags():
   flags.DEFINE_bool('keep-audio', False, 'Also keep each song\'s 24 kHz mono '
                     'audio (float16, 173 MB per hour) for audio-domain loss '
                     'terms against the real target waveform.')
+  flags.DEFINE_integer('num-workers', 1, 'Processes that encode side by side '
+                       '(one per GPU, or a SLURM array), each given its '
+                       '--worker-index; the last to finish writes the '
+                       'manifest.', lower_bound=1)
+  flags.DEFINE_integer('worker-index', 0, 'This process\'s share of the '
+                       'songs, 0 to --num-workers - 1.', lower_bound=0)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  f = flags.FLAGS
-  try:
-    model, weights = encodec_weights.load(f['encodec-checkpoint'].value,
-                                          f['random-encodec'].value)
-    device = encodec_weights.device(f.device)
-    encode_dataset(f['audio-dir'].value, f['out-dir'].value,
-                   model.to(device), weights, device=device,
-                   val_fraction=f['val-fraction'].value, seed=f.seed,
-                   dtype=f.dtype, min_seconds=f['min-seconds'].value,
-                   batch_size=f['batch-size'].value or (
-                       4 if device.type == 'cuda' else 1),
-                   keep_audio=f['keep-audio'].value)
-  except (ValueError, OSError, encodec_weights.WeightsError) as e:
-    sys.exit(f'precompute.encode: error: {e}')
+def run(f):
+  model, weights = encodec_weights.load(f['encodec-checkpoint'].value,
+                                        f['random-encodec'].value)
+  device = encodec_weights.device(f.device)
+  encode_dataset(f['audio-dir'].value, f['out-dir'].value, model.to(device),
+                 weights, device=device, val_fraction=f['val-fraction'].value,
+                 seed=f.seed, dtype=f.dtype,
+                 min_seconds=f['min-seconds'].value,
+                 batch_size=f['batch-size'].value or (
+                     4 if device.type == 'cuda' else 1),
+                 keep_audio=f['keep-audio'].value,
+                 num_workers=f['num-workers'].value,
+                 worker_index=f['worker-index'].value)
 
 
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['audio-dir', 'out-dir'])
-  app.run(main)
+  cli.run('precompute.encode', run, logs_info=True,
+          errors=(encodec_weights.WeightsError,))

@@ -285,6 +285,42 @@ def test_interrupted_run_resumes_to_identical_output(audio_dir, tmp_path,
             == (tmp_path / 'whole' / name).read_bytes()), name
 
 
+def test_workers_side_by_side_give_the_one_worker_dataset(
+    audio_dir, tmp_path, monkeypatch):
+  """Two workers share the songs; the last to finish writes what one
+  worker writes, byte for byte, beside their worker-I-of-2.json."""
+  calls = []
+
+  def counted(model, stream, **kwargs):
+    calls.append(stream.path)
+    return fake_encode(model, stream, **kwargs)
+
+  monkeypatch.setattr(codec, 'encode', counted)
+  one = run(audio_dir, tmp_path / 'one')
+  assert len(calls) == 5  # the good songs, the short and the silent one
+  calls.clear()
+  assert run(audio_dir, tmp_path / 'two', num_workers=2,
+             worker_index=1) is None
+  assert not (tmp_path / 'two' / 'manifest.json').exists()
+  shares = [sorted(calls)]
+  calls.clear()
+  assert run(audio_dir, tmp_path / 'two', num_workers=2,
+             worker_index=0) == one
+  shares.append(sorted(calls))
+  # Disjoint shares; the last worker reuses the songs and the failures.
+  assert len(shares[0] + shares[1]) == len(set(shares[0] + shares[1])) == 5
+  assert all(shares)
+  names = sorted(os.listdir(tmp_path / 'one'))
+  assert sorted(os.listdir(tmp_path / 'two')) == sorted(
+      names + ['worker-0-of-2.json', 'worker-1-of-2.json'])
+  for name in names:
+    assert ((tmp_path / 'one' / name).read_bytes()
+            == (tmp_path / 'two' / name).read_bytes()), name
+  with pytest.raises(ValueError, match='--worker-index 2: expected 0 to '
+                     '--num-workers 2 - 1'):
+    run(audio_dir, tmp_path / 'two', num_workers=2, worker_index=2)
+
+
 def test_kept_audio_is_the_encoded_waveform(audio_dir, tmp_path,
                                             monkeypatch):
   calls = []

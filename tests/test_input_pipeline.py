@@ -18,9 +18,13 @@ IDENTITY = input_pipeline.Normaliser(np.zeros(2, np.float32),
 
 
 def labelled_song(number, frames):
-  """Channel 0 names the song and channel 1 the frame of every latent."""
-  return types.SimpleNamespace(latents=np.stack(
-      [np.full(frames, number), np.arange(frames)], axis=1).astype(np.float16))
+  """Channel 0 names the song and channel 1 the frame of every latent; read
+  as latents.Song reads."""
+  values = np.stack([np.full(frames, number), np.arange(frames)],
+                    axis=1).astype(np.float16)
+  return types.SimpleNamespace(
+      id=f'song{number}', frames=frames, has_audio=False,
+      read=lambda start, stop: values[start:stop].astype(np.float32))
 
 
 def labels(clips):
@@ -58,7 +62,7 @@ def test_target_audio_is_the_target_windows_samples():
     song = labelled_song(number, frames)
     song.audio = (1000 * number + np.arange(frames)[:, None] +
                   np.arange(latents.HOP) / 1000)
-    song.id = f'song{number}'
+    song.has_audio = True
     songs.append(song)
   pairs = input_pipeline.Pairs(songs, WINDOW, WINDOW, IDENTITY,
                                target_audio=True)
@@ -71,7 +75,7 @@ def test_target_audio_is_the_target_windows_samples():
                                    / 1000).reshape(-1))
   assert 'target_audio' not in input_pipeline.Pairs(
       songs, WINDOW, WINDOW, IDENTITY).read([0], [0])
-  songs[1].audio = None
+  songs[1].has_audio = False
   with pytest.raises(ValueError, match="song 'song1' has no audio"):
     input_pipeline.Pairs(songs, WINDOW, WINDOW, IDENTITY, target_audio=True)
 

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from jingle_jax import latents
 import latent_data
 
 D = latents.LATENT_DIM
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 SKIPPED = [{'source': 'bad.wav', 'reason': 'empty'}]
@@ -126,12 +129,6 @@ def corrupt_truncate(path):
     f.truncate(os.path.getsize(path / SHARD) - 100)
 
 
-def corrupt_nonfinite(path):
-  shard = np.load(path / SHARD, mmap_mode='r+')
-  shard[3, 7] = np.nan
-  shard.flush()
-
-
 def corrupt_dtype(path):
   shard = np.load(path / SHARD)
   np.save(path / SHARD, shard.astype(np.float32))
@@ -150,7 +147,6 @@ def corrupt_short(path):
 @pytest.mark.parametrize('corrupt, message', [
     (lambda p: os.remove(p / SHARD), 'missing'),
     (corrupt_truncate, 'truncated'),
-    (corrupt_nonfinite, 'non-finite'),
     (corrupt_dtype, 'dtype float32'),
     (corrupt_shape, 'shape'),
     (corrupt_short, 'ends at 75'),
@@ -164,20 +160,93 @@ def test_bad_shard_names_the_file(tmp_path, songs, corrupt, message):
   assert message in str(error.value)
 
 
-def test_latents_far_from_the_statistics_name_file_song_and_frame(tmp_path,
-                                                                 songs):
+def test_a_header_damaged_in_place_is_refused_when_first_read(tmp_path,
+                                                              songs):
+  """A file of the expected size is trusted when opened: what its header
+  says is checked when the song is first read."""
   write(tmp_path, songs)
-  shard = np.load(tmp_path / 'song-b.npy', mmap_mode='r+')
-  shard[5, 3] = 200.0  # about 100 standard deviations: kept
+  values = np.load(tmp_path / SHARD)
+  np.save(tmp_path / SHARD, values.view(np.float32))  # [75, 64], same size
+  song = latents.LatentDataset(tmp_path).songs('train')[1]
+  with pytest.raises(latents.LatentDataError,
+                     match=rf'{SHARD}: shape \(75, 64\), expected'):
+    song.read(0, 10)
+
+
+def set_value(path, frame, channel, value):
+  shard = np.load(path, mmap_mode='r+')
+  shard[frame, channel] = value
   shard.flush()
-  latents.LatentDataset(tmp_path)
-  shard[5, 3] = 65504.0  # float16's largest, e.g. an overflow
-  shard.flush()
+
+
+def test_values_are_checked_as_they_are_read(tmp_path, songs):
+  """Opening reads no value; reading refuses a non-finite one or one far
+  from the statistics, naming the file, song and frame."""
+  write(tmp_path, songs)
+  path = tmp_path / 'song-b.npy'
+  set_value(path, 5, 3, 200.0)  # about 100 standard deviations: kept
+  song = latents.LatentDataset(tmp_path).songs('val')[0]
+  assert song.read(0, 10)[5, 3] == 200.0
+  song.verify()
+  set_value(path, 5, 3, 65504.0)  # float16's largest, e.g. an overflow
+  set_value(path, 30, 1, np.inf)
+  song = latents.LatentDataset(tmp_path).songs('val')[0]
+  np.testing.assert_array_equal(song.read(0, 5), songs['b'][1][:5].astype(
+      np.float16))
   with pytest.raises(latents.LatentDataError) as error:
-    latents.LatentDataset(tmp_path)
+    song.read(2, 10)
   assert str(error.value).startswith(
-      f"{tmp_path / 'song-b.npy'}: song 'b': frame 5, channel 3 is 65504, ")
-  assert 'standard deviations from the manifest\'s mean' in str(error.value)
+      f"{path}: song 'b': frame 5, channel 3 is 65504, ")
+  assert 'standard deviations from the training latents\' mean' in str(
+      error.value)
+  with pytest.raises(latents.LatentDataError, match=(
+      f"{path}: song 'b': frame 30, channel 1 is inf, not finite")):
+    song.read(20, 40)
+  with pytest.raises(latents.LatentDataError, match='frame 5, channel 3'):
+    song.verify()
+
+
+def test_the_writer_refuses_latents_far_from_the_statistics(tmp_path, songs):
+  """Checked against the statistics of the finished dataset, so a val song
+  too."""
+  values = songs['b'][1].copy()
+  values[7, 9] = 60000.0
+  with pytest.raises(latents.LatentDataError) as error:
+    write(tmp_path, dict(songs, b=('val', values)))
+  assert str(error.value).startswith(
+      f"{tmp_path / 'song-b.npy'}: song 'b': frame 7, channel 9 is 60000, ")
+  assert not (tmp_path / 'manifest.json').exists()
+
+
+MANY_SONGS = """
+import resource, sys
+import numpy as np
+from jingle_jax import input_pipeline, latents
+resource.setrlimit(resource.RLIMIT_NOFILE,
+                   (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+dataset = latents.LatentDataset(sys.argv[1])
+pairs = input_pipeline.Pairs(dataset.songs('train'), 4, 4,
+                             input_pipeline.Normaliser.from_dataset(dataset),
+                             target_audio=True)
+order = np.random.default_rng(0).permutation(len(pairs))
+for start in range(0, len(pairs), 100):
+  batch = pairs.read(order[start:start + 100], order[start:start + 100])
+print(len(pairs), len(batch['target_audio']))
+"""
+
+
+def test_any_number_of_songs_under_a_low_open_file_limit(tmp_path):
+  """1,000 songs with their audio, each read in random order, with 256 open
+  files allowed: the dataset keeps at most OPEN_MAPS maps open."""
+  rng = np.random.default_rng(0)
+  songs = {f's{i:04d}': ('train', rng.normal(size=(8, D)))
+           for i in range(1000)}
+  latent_data.write_dataset(tmp_path, songs, audio={
+      song_id: rng.uniform(-1, 1, 8 * latents.HOP) for song_id in songs})
+  result = subprocess.run([sys.executable, '-c', MANY_SONGS, str(tmp_path)],
+                          capture_output=True, text=True, cwd=REPO)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split() == ['1000', '100']
 
 
 @pytest.mark.parametrize('edit, message', [
@@ -205,7 +274,7 @@ def test_bad_manifest_names_file_and_field(tmp_path, songs, edit, message):
 
 
 def test_missing_or_broken_manifest(tmp_path, songs):
-  with pytest.raises(latents.LatentDataError, match='no such manifest'):
+  with pytest.raises(latents.LatentDataError, match='no manifest'):
     latents.LatentDataset(tmp_path)
   write(tmp_path, songs)
   with open(tmp_path / 'manifest.json', 'a') as f:
@@ -324,8 +393,9 @@ def test_bad_audio_names_the_file(tmp_path, songs, corrupt, message):
   latent_data.write_dataset(tmp_path, songs, audio=audio_of(songs))
   path = tmp_path / 'song-c.audio.npy'
   np.save(path, corrupt(np.load(path)))
+  # When opened, or (the same size: the flat one) when first read.
   with pytest.raises(latents.LatentDataError, match=message):
-    latents.LatentDataset(tmp_path)
+    latents.LatentDataset(tmp_path).songs('train')[1].check_files()
   os.remove(path)
   with pytest.raises(latents.LatentDataError, match='audio file is missing'):
     latents.LatentDataset(tmp_path)

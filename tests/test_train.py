@@ -295,6 +295,25 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path, env, data_dir):
   assert checkpoint_steps(tmp_path / 'many') == [2, 4]  # 4: the last good
 
 
+def test_a_bad_latent_stops_training_before_a_step_uses_it(tmp_path,
+                                                          data_dir):
+  """Opening checks no value; the first batch that reads one stops the run,
+  naming the file, song and frame."""
+  bad = tmp_path / 'latents'
+  shutil.copytree(data_dir, bad)
+  for song in range(4):  # every train frame, so that the first batch does
+    shard = np.load(bad / f'song-song{song}.npy', mmap_mode='r+')
+    shard[:, 3] = np.inf
+    shard.flush()
+  config = train_config.get_config()
+  config.data_dir = str(bad)
+  with pytest.raises(latents.LatentDataError, match=(
+      r"song-song\d.npy: song 'song\d': frame \d+, channel 3 is inf, not "
+      'finite')):
+    train.train_and_evaluate(config, str(tmp_path / 'work'))
+  assert not records(tmp_path / 'work')
+
+
 @pytest.mark.parametrize('flag, message', [
     ('--config.no_such_field=1', "the config has no field 'no_such_field'"),
     ('--config.data_dir=/nowhere', '/nowhere'),
