@@ -142,8 +142,9 @@ def activation_bytes(config, state, rng, decoder=None):
     return jax.vjp(forward, params)[1]
 
   def decoder_residuals(output):
-    return jax.vjp(lambda out: train_step.decode_latents(decoder, out, config.model),
-                   output)[1]
+    return jax.vjp(
+        lambda out: train_step.decode_latents(decoder, out, config.model),
+        output)[1]
 
   kept = [jax.eval_shape(residuals, state.params, batch)]
   if decoder is not None:

@@ -18,8 +18,8 @@ from absl import flags
 import numpy as np
 import soundfile
 
-from jingle_jax import encodec_decoding
 from jingle_jax import cli
+from jingle_jax import encodec_decoding
 from jingle_jax import files
 from jingle_jax import latents
 
@@ -102,7 +102,7 @@ def run(f, paths) -> None:
     raise app.UsageError('nothing to decode: pass FILE.npy or --song ID')
   params = encodec_decoding.read(dataset)
   audio = encodec_decoding.decode_clips(params, [clip for _, clip in jobs],
-                               f['batch-size'].value)
+                                        f['batch-size'].value)
   names = [name for name, _ in jobs]
   for path in write_wavs(zip(names, audio), f['out-dir'].value):
     print(path)

@@ -45,9 +45,9 @@ from absl import flags
 import jax
 import numpy as np
 
-from jingle_jax import encodec_decoding
 from jingle_jax import checkpoints
 from jingle_jax import cli
+from jingle_jax import encodec_decoding
 from jingle_jax import files
 from jingle_jax import inference
 from jingle_jax import input_pipeline
@@ -217,9 +217,9 @@ def _listening_section(out_dir, model, dataset, pairs, examples) -> str:
     parts.append(report.picture(f'{folder}/masks.png',
                                 'masks of the creative agent'))
   if clips:
-    for path, audio in zip(clips, encodec_decoding.decode_clips(decoder,
-                                                        list(clips.values()))):
-      report.write_audio(os.path.join(out_dir, path), audio)
+    audio = encodec_decoding.decode_clips(decoder, list(clips.values()))
+    for path, samples in zip(clips, audio):
+      report.write_audio(os.path.join(out_dir, path), samples)
   return ''.join(parts)
 
 

@@ -165,10 +165,11 @@ class Song:
   def verify(self) -> None:
     """Reads all its values, latents and audio, in bounded memory;
     LatentDataError names the first bad one."""
+    audio = self.audio
     for start in range(0, self.frames, CHECK_FRAMES):
       self.read(start, start + CHECK_FRAMES)
-      if self.audio is not None:
-        finite = np.isfinite(self.audio[start:start + CHECK_FRAMES]).all(1)
+      if audio is not None:
+        finite = np.isfinite(audio[start:start + CHECK_FRAMES]).all(1)
         if not np.all(finite):
           raise LatentDataError(
               f'{self.audio_path}: song {self.id!r}: frame '

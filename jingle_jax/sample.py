@@ -6,8 +6,8 @@
       --out-dir O
 
 The model runs in evaluation mode (no dropout, no noise). Files hold raw
-EnCodec latents [frames, 128] float32, ready for precompute.torch_decode; the model
-sees them raw (the seed recipe) or, with config.normalise_latents, normalised
+EnCodec latents [frames, 128] float32, ready for precompute.torch_decode; the
+model sees them raw (the seed recipe) or, with config.normalise_latents, normalised
 with the dataset's training statistics (config.data_dir of the run, or
 --data-dir). Masks are [frames, 128] in [0, 1].
 
@@ -34,10 +34,10 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from jingle_jax import encodec_decoding
 from jingle_jax import checkpoints
 from jingle_jax import cli
 from jingle_jax import decode
+from jingle_jax import encodec_decoding
 from jingle_jax import files
 from jingle_jax import inference
 from jingle_jax import input_pipeline

@@ -26,11 +26,11 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 import numpy as np
 
-from jingle_jax import encodec_decoding
 from jingle_jax import audio_losses
 from jingle_jax import checkpoints
 from jingle_jax import cli
 from jingle_jax import compile_cache
+from jingle_jax import encodec_decoding
 from jingle_jax import input_pipeline
 from jingle_jax import media_log
 from jingle_jax import parallel

@@ -14,13 +14,13 @@ import os
 from absl import flags
 import torch
 
-from jingle_jax import encodec_decoding
 from jingle_jax import cli
+from jingle_jax import encodec_decoding
 from jingle_jax import files
 from jingle_jax import latents
 from jingle_jax.models import encodec_decoder
-from precompute import torch_decode
 from precompute import encodec_weights
+from precompute import torch_decode
 
 
 def _folded(conv, transposed=False) -> dict:

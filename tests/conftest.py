@@ -13,10 +13,11 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
     prefix='jingle_jax_test_cache_')
 
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest
 
-from jingle_jax import run_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-import train_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jingle_jax import run_config
+import train_config
 
 
 @pytest.fixture(scope='session')

@@ -166,7 +166,8 @@ def test_nothing_to_restore(tmp_path, config):
   with pytest.raises(run_config.ConfigError, match='config.json'):
     inference.TrainedModel.load(tmp_path / 'elsewhere')
   (tmp_path / 'config.json').write_text('{"seed": ')
-  with pytest.raises(run_config.ConfigError, match='unreadable recorded config'):
+  with pytest.raises(run_config.ConfigError,
+                     match='unreadable recorded config'):
     inference.TrainedModel.load(tmp_path)
   for text, which in (('best', 'best'), ('latest', 'latest'), ('120', 120)):
     assert cli.checkpoint_choice(text) == which

@@ -13,9 +13,9 @@ import torch
 from jingle_jax import encodec_decoding
 from jingle_jax import decode as jax_decode
 from jingle_jax import latents
-from precompute import torch_decode
 from precompute import encodec_weights
 from precompute import export_decoder
+from precompute import torch_decode
 import latent_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,8 +81,8 @@ def test_song_decodes_as_its_latents(tmp_path):
   model = torch_decode.matching_weights(dataset)
   song = dataset.songs('train')[0]
   jobs = jax_decode.clips_to_decode(dataset, [], ['song_a'])
-  path, = torch_decode.decode_to_wavs(model, jobs, tmp_path / 'wav', device='cpu',
-                                batch_size=2)
+  path, = torch_decode.decode_to_wavs(model, jobs, tmp_path / 'wav',
+                                      device='cpu', batch_size=2)
   with torch.inference_mode():
     expected = model.decoder(torch.from_numpy(
         song.latents.astype(np.float32).T)[None])[0, 0].numpy()

@@ -15,11 +15,11 @@ import torchaudio
 
 from jingle_jax import encodec_decoding
 from jingle_jax import latents
+from jingle_jax import synth
 from precompute import audio
 from precompute import codec
 from precompute import encode
 from precompute import encodec_weights
-from jingle_jax import synth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = {'val_fraction': 0.34, 'seed': 0}

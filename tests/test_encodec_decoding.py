@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from jingle_jax import encodec_decoding
-from jingle_jax import run_config
 from jingle_jax import input_pipeline
 from jingle_jax import latents
+from jingle_jax import run_config
 from jingle_jax.models import encodec_decoder
 from precompute import codec
 from precompute import encodec_weights
@@ -162,7 +162,8 @@ def test_weights_file_round_trip_and_refusals(tmp_path, encodec):
   weights = run_config.LossConfig(spectral_outlier_weight=0.0)
   normaliser = input_pipeline.Normaliser.from_dataset(dataset)
   bare_dataset = latents.LatentDataset(bare)
-  assert encodec_decoding.for_training(weights, bare_dataset, normaliser) is None
+  assert encodec_decoding.for_training(weights, bare_dataset,
+                                       normaliser) is None
   weights = dataclasses.replace(weights, mel_weight=1.0)
   with pytest.raises(encodec_decoding.DecoderError,
                      match='config.loss weights audio-domain terms.*'

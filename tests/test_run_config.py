@@ -21,7 +21,8 @@ def config():
 @pytest.mark.parametrize('name, value, message', [
     ('model.remat', 'all', "config.model.remat is 'all', not one of"),
     ('model.fixed_masking', 'random', "fixed_masking is 'random', not one of"),
-    ('model.fixed_masking', 'temporal', 'needs config.model.use_creative_agent'),
+    ('model.fixed_masking', 'temporal',
+     'needs config.model.use_creative_agent'),
     ('model.compute_dtype', 'float64', "compute_dtype is 'float64', not one"),
     ('model.num_layers', 0, 'config.model.num_layers must be at least 1'),
     ('num_frames', 0, 'config.num_frames must be at least 1'),

@@ -12,12 +12,12 @@ from PIL import Image
 import pytest
 import soundfile
 
-from jingle_jax import encodec_decoding
 from jingle_jax import checkpoints
+from jingle_jax import encodec_decoding
 from jingle_jax import inference
-from jingle_jax import run_config
 from jingle_jax import input_pipeline
 from jingle_jax import latents
+from jingle_jax import run_config
 from jingle_jax import sample
 from jingle_jax import train_step
 from jingle_jax.models import encodec_decoder

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from jingle_jax import torch_checkpoint
 from jingle_jax import run_config
+from jingle_jax import torch_checkpoint
 from jingle_jax import train_step
 from jingle_jax.models.cascade import unstack_layers
 import torch_reference as reference
@@ -20,7 +20,8 @@ def test_seed_architecture_converts_with_spec_keys():
   torch.manual_seed(0)
   model = reference.CascadeTransformer(num_stages=3)  # DESIGN.md 4.3: 3 x 6
   assert sum(p.numel() for p in model.parameters()) == 27_449_410
-  config, state = torch_checkpoint.convert(reference.numpy_checkpoint(model), run_config.Config())
+  config, state = torch_checkpoint.convert(reference.numpy_checkpoint(model),
+                                           run_config.Config())
   assert sum(leaf.size for leaf in jax.tree.leaves(state.params)) == (
       27_449_410)
   torch_layer = model.cascade_stages[2].transformer.layers[5]
@@ -42,7 +43,8 @@ def test_initialisation_is_pytorchs():
   torch.manual_seed(0)
   config = run_config.Config()
   _, torch_state = torch_checkpoint.convert(
-      reference.numpy_checkpoint(reference.CascadeTransformer(num_stages=3)), config)
+      reference.numpy_checkpoint(reference.CascadeTransformer(num_stages=3)),
+      config)
   state = jax.jit(functools.partial(train_step.create_train_state, config))(
       jax.random.key(0))
   # Layer by layer, in PyTorch's layout.

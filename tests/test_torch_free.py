@@ -5,8 +5,8 @@ import sys
 
 TRAINING_PATH = """
 import sys, tempfile
-from jingle_jax import (encodec_decoding, decode, evaluate, input_pipeline, latents,
-                        media_log, run_log, sample, train)
+from jingle_jax import (decode, encodec_decoding, evaluate, input_pipeline,
+                        latents, media_log, run_log, sample, train)
 log = run_log.RunLog(tempfile.mkdtemp(), start_step=0, total_steps=1)
 log.write(1, 'train', {'loss': 1.0})
 assert 'tensorboardX' in sys.modules

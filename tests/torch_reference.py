@@ -1,8 +1,8 @@
 """A PyTorch reference of the Jingle_D model, for parity tests and timing.
 
-Written from DESIGN.md sections 4 and 5 in the original's layout ([B, D, T]), with
-the state-dict keys and shapes of DESIGN.md section 7 and PyTorch's default
-initialisation. The parity tests use evaluation and training-mode forwards
+Written from DESIGN.md sections 4 and 5 in the original's layout ([B, D, T]),
+with the state-dict keys and shapes of DESIGN.md section 7 and PyTorch's
+default initialisation. The parity tests use evaluation and training-mode forwards
 without anti-cheating noise (so the spectral-norm power iteration can be
 compared too), and whole training steps without dropout.
 
