@@ -132,18 +132,38 @@ def lines(name):
   return [json.loads(line) for line in open(path)] if os.path.exists(
       path) else []
 rows = ['| run | attention | remat | batch | pairs/s | step ms | compile s '
-        '| TFLOP/step | MFU | peak GB |', '|' + '---|' * 10]
+        '| TFLOP/step | MFU | peak GB | fusions |', '|' + '---|' * 11]
+bench = {}
 for r in lines('bench.jsonl'):
+  bench[r['run']] = r
   peak = r.get('peak_memory_bytes')
   rows.append(f"| {r['run']} | {r['attention']} | {r['remat']} | "
               f"{r['batch_size']} | {r['pairs_per_s']} | "
               f"{r['median_step_ms']} | {r['compile_s']} | "
               f"{r['flops_per_step'] / 1e12:.3f} | {r['mfu']} | "
-              f"{peak / 1e9 if peak else None} |")
-train = [r['pairs_per_second'] for r in lines('train.jsonl')]
+              f"{peak / 1e9 if peak else None} | {r.get('fusions')} |")
+top = os.path.join(out, 'top_ops.txt')
+if os.path.exists(top):  # its first line: the kernels and time per step
+  rows += ['', 'profile: ' + open(top).readline().strip()]
+train = lines('train.jsonl')
 rows.append('')
-rows.append(f'train pairs/s per 50 steps: {train}' if train else
-            'train: no record')
+if train:
+  later = train[1:] or train  # the first window holds the compilation
+  pairs = sum(r['pairs_per_second'] for r in later) / len(later)
+  fused = bench.get('fused', {}).get('pairs_per_s')
+  rows.append(f"train pairs/s per 50 steps: "
+              f"{[round(r['pairs_per_second'], 1) for r in train]}")
+  rows.append(f"train after its first window: {pairs:.1f} pairs/s"
+              + (f", {pairs / fused:.0%} of the fused bench" if fused
+                 else ''))
+  rows.append('waiting for data: ' + ', '.join(
+      f"{r.get('data_wait_fraction', 0):.1%}" for r in later)
+              + '; host ms/step: ' + ', '.join(
+      f"{r.get('host_ms_per_step', 0):.1f}" for r in later)
+              + '; device ms/step: ' + ', '.join(
+      f"{r.get('device_ms_per_step', 0):.1f}" for r in later))
+else:
+  rows.append('train: no record')
 with open(os.path.join(out, 'summary.md'), 'w') as f:
   f.write('\n'.join(rows) + '\n')
 print('\n'.join(rows))

@@ -93,7 +93,7 @@ def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
   arrays = sample.model_pair(trained, raw_input, raw_target)
   torch_decode.decode_to_wavs(
       model, [(os.path.basename(stem),
-               trained.normaliser.denormalise(arrays['output']))],
+               np.asarray(trained.space.denormalise(arrays['output'])))],
       os.path.dirname(os.path.abspath(out_path)), device=torch_device,
       batch_size=batch_size)
   title = f'{os.path.basename(input_path)} + {os.path.basename(target_path)}'

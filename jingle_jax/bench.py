@@ -29,6 +29,7 @@ from jingle_jax import cli
 from jingle_jax import compile_cache
 from jingle_jax import files
 from jingle_jax import flops
+from jingle_jax import latent_space
 from jingle_jax import latents
 from jingle_jax import parallel
 from jingle_jax import profiling
@@ -102,10 +103,11 @@ def peak_flops(device, dtype):
 
 
 def random_batch(rng, batch_size, num_frames, latent_dim, target_audio=False):
+  """Latents as precompute stores them (float16), as the step takes them."""
   input_rng, target_rng, audio_rng = jax.random.split(rng, 3)
   shape = (batch_size, num_frames, latent_dim)
-  batch = {'input': jax.random.normal(input_rng, shape),
-           'target': jax.random.normal(target_rng, shape)}
+  batch = {'input': jax.random.normal(input_rng, shape, jnp.float16),
+           'target': jax.random.normal(target_rng, shape, jnp.float16)}
   if target_audio:
     batch['target_audio'] = jax.random.uniform(
         audio_rng, (batch_size, num_frames * latents.HOP), jnp.float16,
@@ -204,14 +206,16 @@ def run(f):
   step_rngs = jax.random.split(jax.random.fold_in(rng, 2), _STEPS.value + 1)
   decoder = jax.jit(functools.partial(random_decoder, config),
                     out_shardings=replicated)(jax.random.fold_in(rng, 3))
+  space = jax.device_put(latent_space.identity(config.model.latent_dim),
+                         replicated)
 
   step = jax.jit(
       parallel.on_mesh(functools.partial(train_step.train_step,
                                          config=config), mesh),
-      in_shardings=(replicated, split, replicated, replicated),
+      in_shardings=(replicated, split, replicated, replicated, replicated),
       out_shardings=(replicated, replicated), donate_argnums=0)
   start = time.perf_counter()
-  traced = step.trace(state, batch, step_rngs[0], decoder)
+  traced = step.trace(state, batch, step_rngs[0], space, decoder)
   compiled = traced.lower().compile()
   compile_s = time.perf_counter() - start
   step_flops = flops.count(traced.jaxpr)
@@ -221,7 +225,8 @@ def run(f):
   plan = compiled.memory_analysis()
 
   times, cpu_times = time_steps(
-      lambda state, batch, rng: compiled(state, batch, rng, decoder), state,
+      lambda state, batch, rng: compiled(state, batch, rng, space, decoder),
+      state,
       batch, step_rngs, _PROFILE.value)
   if _PROFILE.value and times:
     files.write_text(os.path.join(_PROFILE.value, 'top_ops.txt'),
@@ -258,6 +263,7 @@ def run(f):
       # recomputation included (jingle_jax.flops), and XLA's own count,
       # which counts a loop body once and a custom kernel not at all.
       'flops_per_step': step_flops,
+      'fusions': profiling.count_fusions(compiled),
       'xla_flops_per_step': (xla_flops_per_device * len(devices)
                              if xla_flops_per_device else None),
       'mfu': (round(step_flops / step_s / (peak * len(devices)), 4)

@@ -38,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from jingle_jax import optimizers
 from jingle_jax import orbax_quiet
 from jingle_jax import parallel
 from jingle_jax import run_config
@@ -124,16 +125,24 @@ def save(manager, state, *, data_position: int, rng, val_loss=None,
                               extras=ocp.args.JsonSave(extras)))
 
 
-def abstract_state(config, sharding=None, *, stacked_layers=True):
+def abstract_state(config, sharding=None, *, stacked_layers=True,
+                   flat_optimizers=True):
   """TrainState shapes and dtypes placed like `sharding` (default: device 0).
 
-  stacked_layers=False: the layout of checkpoints written before each
-  stage's layers ran as one scan (cascade.unstack_layers).
+  The layouts of older checkpoints: stacked_layers=False, written before
+  each stage's layers ran as one scan (cascade.unstack_layers);
+  flat_optimizers=False, before AdamW ran over flat arrays
+  (optimizers.per_leaf_state).
   """
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
   shapes = jax.eval_shape(
       functools.partial(train_step.create_train_state, config),
       jax.random.key(0))
+  if not flat_optimizers:
+    shapes = shapes.replace(**jax.eval_shape(lambda state: {
+        'opt_state': optimizers.per_leaf_state(state.params),
+        'disc_opt_state': optimizers.per_leaf_state(state.disc_params)},
+                                             shapes))
   if not stacked_layers:
     shapes = jax.eval_shape(unstack_layers, shapes)
   return jax.tree.map(
@@ -170,11 +179,27 @@ def _stored_shapes(directory, step):
     return None
 
 
-def _unscanned_layers(stored) -> bool:
-  """Whether a checkpoint holds each layer apart (layers_0, ...): written
-  before the stages' layers ran as one scan."""
-  return any(re.search(r'/cascade_stages_\d+/layers_\d+/', path)
-             for path in stored)
+def _layout(stored) -> dict:
+  """abstract_state's layout arguments of a checkpoint of `stored` shapes:
+  each layer apart (layers_0, ...), written before the stages' layers ran
+  as one scan; AdamW's moments per leaf, before it ran flat."""
+  return {'stacked_layers': not any(
+      re.search(r'/cascade_stages_\d+/layers_\d+/', path) for path in stored),
+          'flat_optimizers': not any(path.startswith('opt_state/1/0/')
+                                     for path in stored)}
+
+
+def _current_layout(state, config, layout):
+  """A state restored in an older `layout`, in today's."""
+  if not layout['stacked_layers']:
+    state = stack_layers(state)
+  if not layout['flat_optimizers']:
+    tx, disc_tx = optimizers.make_optimizers(config.optim)
+    state = state.replace(
+        opt_state=optimizers.from_per_leaf(tx, state.params, state.opt_state),
+        disc_opt_state=optimizers.from_per_leaf(
+            disc_tx, state.disc_params, state.disc_opt_state))
+  return state
 
 
 def _shape_mismatch(stored, abstract):
@@ -236,20 +261,24 @@ def restore(manager, config, which='latest', *, sharding=None,
     raise CheckpointError(f'{manager.directory}: no checkpoint {which!r}; '
                           f'steps: {sorted(steps)}')
   abstract = abstract_state(config, sharding)
-  unscanned_layout = functools.cache(functools.partial(
-      abstract_state, config, sharding, stacked_layers=False))
+  older = functools.cache(lambda stacked_layers, flat_optimizers:
+                          abstract_state(config, sharding,
+                                         stacked_layers=stacked_layers,
+                                         flat_optimizers=flat_optimizers))
   failures, moved = [], False
   try:
     for step in candidates:
       stored = _stored_shapes(manager.directory, step)
-      unscanned = stored is not None and _unscanned_layers(stored)
-      layout = unscanned_layout() if unscanned else abstract
-      mismatch = _shape_mismatch(stored, layout)
+      layout = _layout(stored or {})
+      current = all(layout.values())
+      mismatch = _shape_mismatch(stored, abstract if current else
+                                 older(**layout))
       if mismatch:
         raise CheckpointError(f'{manager.directory}/{step}: {mismatch}')
       try:
         with orbax_quiet.failed_reads_held():
-          state, extras = _restore_step(manager, step, layout)
+          state, extras = _restore_step(
+              manager, step, abstract if current else older(**layout))
       except Exception as e:  # pylint: disable=broad-except
         # TensorStore errors run to pages; their start says enough.
         reason = str(e).splitlines()[0].split(' See full TensorStore')[0]
@@ -263,12 +292,11 @@ def restore(manager, config, which='latest', *, sharding=None,
                         manager.directory, step, reason, aside)
         logging.debug('the error (--verbosity=1 shows this):', exc_info=True)
         continue
-      if unscanned:
-        logging.info('%s/%d holds each layer apart (written before the '
-                     'layers were scanned): stacked on restore',
-                     manager.directory, step)
+      if not current:
+        logging.info('%s/%d has an older layout (%s): converted on restore',
+                     manager.directory, step, layout)
         state = jax.tree.map(lambda x, like: jax.device_put(x, like.sharding),
-                             stack_layers(state), abstract)
+                             _current_layout(state, config, layout), abstract)
       return state, extras
     raise CheckpointError(f'{manager.directory}: no readable checkpoint'
                           f'{" (moved aside)" if moved else ""}:\n  ' +

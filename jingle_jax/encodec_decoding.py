@@ -86,9 +86,10 @@ def read(dataset: latents.LatentDataset) -> dict:
   return tree['params']
 
 
-def for_training(loss_weights, dataset, normaliser):
+def for_training(loss_weights, dataset, space):
   """The train step's `decoder` when config.loss weights audio terms:
-  {'params', 'mean', 'std'} (the model's latents -> raw ones); else None."""
+  {'params', 'mean', 'std'} (the model's latents -> raw ones, of the
+  latent_space.LatentSpace `space`); else None."""
   if not loss_weights.uses_audio:
     return None
   try:
@@ -96,7 +97,7 @@ def for_training(loss_weights, dataset, normaliser):
   except DecoderError as e:
     raise DecoderError(f'config.loss weights audio-domain terms, which need '
                        f'the dataset\'s decoder weights: {e}') from None
-  return {'params': params, 'mean': normaliser.mean, 'std': normaliser.std}
+  return {'params': params, 'mean': space.mean, 'std': space.std}
 
 
 @functools.cache

@@ -38,6 +38,7 @@ share).
 """
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -103,20 +104,22 @@ def evaluate_methods(model: inference.TrainedModel, pairs, batch_size: int,
   examples: the first `kept` pairs' 'input' and 'target' and, per method,
   its {'output', 'input_mask', 'target_mask'}, each [kept, T, D].
   """
-  batch = pairs.read(np.arange(len(pairs)), np.arange(len(pairs)))
-  inputs, targets = batch['input'], batch['target']
+  every_pair = np.arange(len(pairs))
+  batch = pairs.read(every_pair, every_pair)
+  fault_error = functools.partial(pairs.fault_error, inputs=every_pair,
+                                  targets=every_pair)
   pair_metrics = jax.jit(metrics.batch_metrics)
-  results = {}
-  examples = {'input': inputs[:kept], 'target': targets[:kept]}
+  results, examples = {}, {}
   for method in METHODS:
-    output, input_mask, target_mask = model.with_masking(method).run(
-        inputs, targets, batch_size)
+    run = model.with_masking(method).run(batch['input'], batch['target'],
+                                         batch_size, fault_error)
     results[method] = metrics.mean_over_pairs(jax.tree.map(
-        np.asarray, pair_metrics(output, inputs, targets, input_mask,
-                                 target_mask)))
-    examples[method] = {'output': output[:kept],
-                        'input_mask': input_mask[:kept],
-                        'target_mask': target_mask[:kept]}
+        np.asarray, pair_metrics(run['output'], run['input'], run['target'],
+                                 run['input_mask'], run['target_mask'])))
+    examples.setdefault('input', run['input'][:kept])
+    examples.setdefault('target', run['target'][:kept])
+    examples[method] = {name: run[name][:kept] for name in
+                        ('output', 'input_mask', 'target_mask')}
   return results, examples
 
 
@@ -211,7 +214,8 @@ def _listening_section(out_dir, model, dataset, pairs, examples) -> str:
       for _, name in PLAYERS:
         latent = (examples[name][i] if name in ('input', 'target')
                   else examples[name]['output'][i])
-        clips[f'{folder}/{name}.wav'] = model.normaliser.denormalise(latent)
+        clips[f'{folder}/{name}.wav'] = np.asarray(
+            model.space.denormalise(latent))
       parts.append(report.players([(caption, f'{folder}/{name}.wav')
                                    for caption, name in PLAYERS]))
     parts.append(report.picture(f'{folder}/masks.png',

@@ -14,6 +14,7 @@ from jingle_jax import baselines
 from jingle_jax import checkpoints
 from jingle_jax import compile_cache
 from jingle_jax import input_pipeline
+from jingle_jax import latent_space
 from jingle_jax import latents
 from jingle_jax import run_config
 from jingle_jax.models import CascadeTransformer
@@ -29,14 +30,15 @@ class TrainedModel:
   variables: dict  # {'params', 'batch_stats'}
   step: int  # the checkpoint's step: its name, the logs' step
   updates: int  # updates applied by then (skipped steps do not count)
-  normaliser: input_pipeline.Normaliser  # raw latents <-> the model's
+  space: latent_space.LatentSpace  # raw latents <-> the model's, checked
 
   @classmethod
   def load(cls, workdir, which='best', *, dataset=None) -> 'TrainedModel':
     """The checkpoint `which` (best, latest or a step) of a workdir.
 
-    `dataset` (a LatentDataset; by default the run's, read only when needed)
-    gives the latent statistics when the run normalises latents.
+    `dataset` (a LatentDataset; by default the run's, read only when the
+    run normalises latents) gives the latent statistics, and the bounds
+    latents read from it are checked against.
     """
     config = run_config.read(workdir)
     compile_cache.use(config.compilation_cache)
@@ -50,7 +52,8 @@ class TrainedModel:
     return cls(config, {'params': state.params,
                         'batch_stats': state.batch_stats},
                extras['data_position'], extras['step'],
-               input_pipeline.Normaliser.for_config(config, dataset))
+               latent_space.LatentSpace.of(config.normalise_latents, dataset,
+                                           config.model.latent_dim))
 
   def with_masking(self, masking: str) -> 'TrainedModel':
     """The trained cascade behind another masking (one of MASKINGS).
@@ -72,19 +75,44 @@ class TrainedModel:
     return dataclasses.replace(self, config=config,
                                variables=dict(self.variables, params=params))
 
-  def run(self, inputs, targets, batch_size: int = 8):
-    """The model in evaluation mode on pairs [N, T, D] in its space.
+  def run(self, inputs, targets, batch_size: int = 8,
+          fault_error=None) -> dict[str, np.ndarray]:
+    """The model in evaluation mode on raw latent pairs [N, T, D], in the
+    dtype they are stored in.
 
-    Returns numpy (output, input_mask, target_mask), each [N, T, D].
+    Returns {'input', 'target'} (in the model's space), 'output',
+    'input_mask' and 'target_mask', each numpy [N, T, D]. A fault in the
+    latents (latent_space: window w < N the input of pair w, N + w its
+    target) raises fault_error(fault), by default a LatentDataError that
+    names the pair.
     """
-    apply = compiled_apply(self.config.model)
-    parts = []
-    for indices, count in input_pipeline.padded_batches(
-        len(inputs), min(batch_size, len(inputs))):
-      out = apply(self.variables, inputs[indices], targets[indices])
-      parts.append([np.asarray(x)[:count] for x in
-                    (out.output, out.input_mask, out.target_mask)])
-    return [np.concatenate(arrays) for arrays in zip(*parts)]
+    apply = compiled_run(self.config.model)
+    parts, count = [], len(inputs)
+    for indices, used in input_pipeline.padded_batches(
+        count, min(batch_size, count)):
+      out, fault = apply(self.variables, self.space, inputs[indices],
+                         targets[indices])
+      window, element = (int(x) for x in fault)
+      if window >= 0:
+        size = len(indices)
+        window = (indices[window] if window < size else
+                  count + indices[window - size])
+        raise (fault_error or functools.partial(
+            _fault_error, count=count, dim=inputs.shape[-1]))(
+            np.array([window, element]))
+      parts.append({name: np.asarray(x)[:used] for name, x in out.items()})
+    return {name: np.concatenate([part[name] for part in parts])
+            for name in parts[0]}
+
+
+def _fault_error(fault, count: int, dim: int) -> latents.LatentDataError:
+  """A fault of TrainedModel.run's `count` pairs, named by pair and clip."""
+  window, element = (int(x) for x in fault)
+  frame, channel = divmod(element, dim)
+  clip = 'input' if window < count else 'target'
+  return latents.LatentDataError(
+      f'pair {window % count}, {clip} clip: frame {frame}, channel {channel} '
+      'is not finite or out of the dataset\'s bounds')
 
 
 def run_dataset(workdir, data_dir=None) -> latents.LatentDataset:
@@ -94,7 +122,17 @@ def run_dataset(workdir, data_dir=None) -> latents.LatentDataset:
 
 
 @functools.cache
-def compiled_apply(model_config):
-  """The model's jitted evaluation apply, one per model config."""
-  return jax.jit(functools.partial(CascadeTransformer(model_config).apply,
-                                   train=False))
+def compiled_run(model_config):
+  """jit(variables, space, raw inputs, raw targets) -> ({'input', 'target'
+  (normalised), 'output', 'input_mask', 'target_mask'}, fault), one per
+  model config."""
+  model = CascadeTransformer(model_config)
+
+  def run(variables, space, inputs, targets):
+    batch, fault = space.prepare({'input': inputs, 'target': targets})
+    out = model.apply(variables, batch['input'], batch['target'], train=False)
+    return {'input': batch['input'], 'target': batch['target'],
+            'output': out.output, 'input_mask': out.input_mask,
+            'target_mask': out.target_mask}, fault
+
+  return jax.jit(run)

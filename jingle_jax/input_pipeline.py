@@ -5,10 +5,15 @@ and [s + W, s + 2W) the target, for s = 0, hop, 2 hop, ... (hop = W gives the
 original's consecutive non-overlapping segments). Training pairs every input
 with the target of a random training pair when targets are shuffled and
 leaves out an epoch's last partial batch; evaluation takes every matched
-pair once. Latents are normalised per channel with the
-training statistics of the manifest. When asked, a batch also holds the
-target clips' 24 kHz audio, stored with the dataset (float16, the samples
-of the target window's frames).
+pair once. When asked, a batch also holds the target clips' 24 kHz audio,
+stored with the dataset (float16, the samples of the target window's
+frames).
+
+Batches hold the latents as stored (float16 as precompute writes them):
+threads copy each window with one pread into a batch buffer that is used
+again for the next batch, and the compiled steps convert, check and
+normalise them (jingle_jax.latent_space). A fault the step reports is
+named here (Pairs.fault_error).
 
 The batch of step k is a pure function of (seed, k): step k lies in epoch
 k // steps_per_epoch, whose order is drawn by a numpy Generator seeded with
@@ -17,7 +22,8 @@ only its rows of the global batch, and a background thread puts batches on
 the devices ahead of the step.
 """
 
-import dataclasses
+import concurrent.futures
+import functools
 import queue
 import threading
 
@@ -29,32 +35,24 @@ from jingle_jax import latents
 from jingle_jax import parallel
 from jingle_jax import run_config
 
+# Threads that copy a batch's windows: reads from a cold page cache or a
+# network disk overlap (docs/BENCHMARKS.md: 4 to 32 read alike here).
+READ_THREADS = 16
 
-@dataclasses.dataclass(frozen=True)
-class Normaliser:
-  """Per-channel standardisation, (x - mean) / std, and its inverse."""
-  mean: np.ndarray  # [D] float32
-  std: np.ndarray  # [D] float32
 
-  @classmethod
-  def from_dataset(cls, dataset) -> 'Normaliser':
-    return cls(np.asarray(dataset.mean, np.float32),
-               np.asarray(dataset.std, np.float32))
+@functools.cache
+def _readers() -> concurrent.futures.ThreadPoolExecutor:
+  return concurrent.futures.ThreadPoolExecutor(
+      READ_THREADS, thread_name_prefix='latent-reader')
 
-  @classmethod
-  def for_config(cls, config, dataset=None) -> 'Normaliser':
-    """The dataset's statistics, or the identity (raw latents) when
-    config.normalise_latents is off."""
-    if config.normalise_latents:
-      return cls.from_dataset(dataset)
-    dim = config.model.latent_dim
-    return cls(np.zeros(dim, np.float32), np.ones(dim, np.float32))
 
-  def normalise(self, latents) -> np.ndarray:
-    return (np.asarray(latents, np.float32) - self.mean) / self.std
-
-  def denormalise(self, latents) -> np.ndarray:
-    return np.asarray(latents, np.float32) * self.std + self.mean
+def _run_all(jobs) -> None:
+  """Runs the callables `jobs`, spread over the reader threads; the first
+  error is raised."""
+  shares = [jobs[i::READ_THREADS] for i in range(min(READ_THREADS,
+                                                     len(jobs)))]
+  for _ in _readers().map(lambda share: [job() for job in share], shares):
+    pass
 
 
 def pair_starts(num_frames: int, window: int, hop: int) -> np.ndarray:
@@ -65,10 +63,10 @@ def pair_starts(num_frames: int, window: int, hop: int) -> np.ndarray:
 class Pairs:
   """The pairs of a list of songs (in song order) and their reading."""
 
-  def __init__(self, songs, window: int, hop: int, normaliser: Normaliser,
-               target_audio: bool = False):
-    """songs: latents.Song-like (frames, read, and audio when target_audio);
-    target_audio: read() also gives the target windows' audio."""
+  def __init__(self, songs, window: int, hop: int, target_audio=False):
+    """songs: latents.Song-like (id, frames, dtype, read, read_into, and
+    has_audio and read_audio_into when target_audio); target_audio: read()
+    also gives the target windows' audio."""
     if window < 1 or hop < 1:
       raise ValueError(f'window ({window}) and hop ({hop}) must be positive')
     self.songs = list(songs)
@@ -78,7 +76,6 @@ class Pairs:
         raise ValueError(f'song {song.id!r} has no audio in the dataset '
                          '(precompute.encode --keep-audio keeps it)')
     self.window = window
-    self.normaliser = normaliser
     index = [(i, start) for i, song in enumerate(self.songs)
              for start in pair_starts(song.frames, window, hop)]
     # Row p: (song number, first frame of its input window).
@@ -87,39 +84,68 @@ class Pairs:
   def __len__(self) -> int:
     return len(self.index)
 
-  def _windows(self, pairs, offset: int, audio=False) -> np.ndarray:
-    """The windows of `pairs`, `offset` frames after their first frame:
-    latents (their values checked as they are read) or audio."""
-    windows = []
-    for song, start in self.index[pairs]:
-      song, start = self.songs[song], start + offset
-      windows.append(song.audio[start:start + self.window] if audio
-                     else song.read(start, start + self.window))
-    return np.stack(windows)
+  def empty_batch(self, size: int) -> dict[str, np.ndarray]:
+    """Buffers for a batch of `size` pairs, in the stored dtypes."""
+    dtype = self.songs[0].dtype if self.songs else np.float32
+    shape = (size, self.window, latents.LATENT_DIM)
+    batch = {'input': np.empty(shape, dtype), 'target': np.empty(shape, dtype)}
+    if self.target_audio:
+      batch['target_audio'] = np.empty((size, self.window * latents.HOP),
+                                       latents.AUDIO_DTYPE)
+    return batch
 
-  def read(self, inputs, targets) -> dict[str, np.ndarray]:
-    """{'input', 'target'}: normalised float32 clips [n, W, D].
+  def read(self, inputs, targets, out=None) -> dict[str, np.ndarray]:
+    """{'input', 'target'}: clips [n, W, D] as stored, unchecked.
 
     The input windows of pairs `inputs` and the target windows of pairs
     `targets` (the same pairs for matched clips); with target_audio also
-    'target_audio': float16 [n, W x 320], the target windows' audio. A
-    latent that is not finite or far out of the dataset's range is a
-    LatentDataError naming its shard, song and frame.
+    'target_audio': float16 [n, W x 320], the target windows' audio. Written
+    into `out` (empty_batch(n)) when given.
     """
-    batch = {'input': self.normaliser.normalise(self._windows(inputs, 0)),
-             'target': self.normaliser.normalise(
-                 self._windows(targets, self.window))}
-    if self.target_audio:
-      audio = self._windows(targets, self.window, audio=True)
-      batch['target_audio'] = audio.reshape(len(audio), -1)
+    batch = self.empty_batch(len(inputs)) if out is None else out
+    jobs = []
+    for row, (pair, target_pair) in enumerate(zip(inputs, targets)):
+      jobs.append(functools.partial(self._read_window, pair, 0,
+                                    batch['input'][row]))
+      jobs.append(functools.partial(self._read_window, target_pair,
+                                    self.window, batch['target'][row]))
+      if self.target_audio:
+        audio = batch['target_audio'][row].reshape(self.window, latents.HOP)
+        jobs.append(functools.partial(self._read_window, target_pair,
+                                      self.window, audio, audio=True))
+    _run_all(jobs)
     return batch
+
+  def _read_window(self, pair, offset, out, audio=False) -> None:
+    song, start = self.index[pair]
+    song = self.songs[song]
+    read = song.read_audio_into if audio else song.read_into
+    read(int(start) + offset, out)
+
+  def fault_error(self, fault, inputs, targets) -> latents.LatentDataError:
+    """The error naming the shard, song, frame and channel of a step's
+    `fault` (latent_space) in the batch of pairs `inputs`, `targets`."""
+    window, element = (int(x) for x in fault)
+    pair, offset = ((inputs[window], 0) if window < len(inputs) else
+                    (targets[window - len(inputs)], self.window))
+    song, start = self.index[pair]
+    song = self.songs[song]
+    frame, channel = divmod(element, latents.LATENT_DIM)
+    frame += int(start) + offset
+    try:  # reads it again on the host, which names it as it always has
+      song.read(frame, frame + 1)
+    except latents.LatentDataError as e:
+      return e
+    return latents.LatentDataError(
+        f'{getattr(song, "shard", song.id)}: song {song.id!r}: frame {frame}, '
+        f'channel {channel} was out of bounds when read, and is not now '
+        '(was the file changed?)')
 
 
 def split_pairs(config, dataset, split: str, target_audio=False) -> Pairs:
   """The pairs of a dataset split as the config cuts them."""
   return Pairs(dataset.songs(split), config.num_frames,
-               config.window_hop or config.num_frames,
-               Normaliser.for_config(config, dataset), target_audio)
+               config.window_hop or config.num_frames, target_audio)
 
 
 def dataset_pairs(config, dataset, split: str) -> Pairs:
@@ -169,23 +195,37 @@ def epoch_order(seed: int, epoch: int, num_pairs: int, shuffle_targets: bool):
   return inputs, rng.permutation(num_pairs) if shuffle_targets else inputs
 
 
+def step_pairs(step: int, *, num_pairs: int, seed: int,
+               global_batch_size: int, shuffle_targets: bool):
+  """(input pairs, target pairs) of the global batch of step `step`."""
+  epoch, position = divmod(step, steps_per_epoch(num_pairs,
+                                                 global_batch_size))
+  chunk = slice(position * global_batch_size,
+                (position + 1) * global_batch_size)
+  return tuple(order[chunk] for order in epoch_order(
+      seed, epoch, num_pairs, shuffle_targets))
+
+
 def train_batches(pairs: Pairs, *, seed: int, global_batch_size: int,
                   rows: slice, start_step: int, shuffle_targets: bool):
   """This process's `rows` of the training batches from step `start_step` on.
 
-  Endless; epochs follow each other.
+  Endless; epochs follow each other. Every batch is written into the same
+  buffers: it holds until the next one is asked for (prefetch_to_devices
+  copies it to the devices first).
   """
   per_epoch = steps_per_epoch(len(pairs), global_batch_size)
   if not per_epoch:
     raise ValueError(f'{len(pairs)} pairs, fewer than one batch of '
                      f'{global_batch_size}')
+  buffers = pairs.empty_batch(rows.stop - rows.start)
   epoch, position = divmod(start_step, per_epoch)
   while True:
     inputs, targets = epoch_order(seed, epoch, len(pairs), shuffle_targets)
     for position in range(position, per_epoch):
       chunk = slice(position * global_batch_size + rows.start,
                     position * global_batch_size + rows.stop)
-      yield pairs.read(inputs[chunk], targets[chunk])
+      yield pairs.read(inputs[chunk], targets[chunk], buffers)
     epoch, position = epoch + 1, 0
 
 
@@ -205,10 +245,11 @@ def eval_batches(pairs: Pairs, *, global_batch_size: int, rows: slice):
   """This process's `rows` of every matched pair, in order (padded_batches).
 
   batch['weight'] is 1 for a pair and 0 for a repeat, so that every pair
-  counts once.
+  counts once. Batches reuse their buffers, as train_batches's do.
   """
+  buffers = pairs.empty_batch(rows.stop - rows.start)
   for indices, count in padded_batches(len(pairs), global_batch_size):
-    batch = pairs.read(indices[rows], indices[rows])
+    batch = pairs.read(indices[rows], indices[rows], buffers)
     batch['weight'] = (np.arange(global_batch_size)[rows] < count).astype(
         np.float32)
     yield batch
@@ -227,7 +268,9 @@ def prefetch_to_devices(batches, *, size: int, sharding,
                         global_batch_size: int):
   """Yields `batches` as global device arrays, `size` of them made ahead.
 
-  A background thread reads and transfers; its errors reach the consumer.
+  A background thread reads and transfers, each batch copied to the devices
+  before the next is read (which may reuse its buffers); its errors reach
+  the consumer.
   Closing the generator (or leaving a for loop) stops the thread and waits
   for it: a thread still inside a transfer when the interpreter exits
   aborts the process.

@@ -27,9 +27,11 @@ The reader takes any shard layout the songs' shard and offset describe (a
 shard may hold several songs one after another, as older datasets do).
 
 Values are checked when written (latent_writer refuses non-finite latents
-and those OUTLIER_STDS from the training mean) and when read (Song.read, so
-every batch), never all at once: opening a dataset reads the manifest and
-the files' sizes only, and its memory maps are opened as songs are read,
+and those OUTLIER_STDS from the training mean) and when read, never all at
+once: opening a dataset reads the manifest and the files' sizes only.
+Training copies windows as stored (Song.read_into: one pread each, no file
+kept open) and checks them in its compiled steps (jingle_jax.latent_space);
+Song.read checks on the host, through memory maps opened as songs are read,
 at most OPEN_MAPS at a time. `python -m jingle_jax.verify` reads every
 value on demand.
 """
@@ -41,6 +43,7 @@ import os
 import numpy as np
 
 from jingle_jax import files
+from jingle_jax import npy_rows
 
 FORMAT_VERSION = 1
 SAMPLE_RATE = 24_000
@@ -149,6 +152,31 @@ class Song:
                             f'audio, song {self.id!r} has {self.frames}')
     return audio
 
+  @property
+  def dtype(self) -> np.dtype:
+    """The stored dtype of its latents."""
+    return np.dtype(self.dataset.manifest['dtype'])
+
+  def read_into(self, start: int, out: np.ndarray) -> None:
+    """Copies latent frames [start, start + len(out)) as stored (unchecked)
+    into `out`, a C-contiguous [n, 128] array of the stored dtype."""
+    self._read_rows(self.shard, self.dtype, LATENT_DIM, 'shard',
+                    self.offset + start, out)
+
+  def read_audio_into(self, start: int, out: np.ndarray) -> None:
+    """Copies the audio of frames [start, start + len(out)) into `out`, a
+    C-contiguous float16 [n, HOP] array."""
+    self._read_rows(self.audio_path, np.dtype(AUDIO_DTYPE), HOP,
+                    'audio file', start, out)
+
+  def _read_rows(self, path, dtype, width, what, first_row, out) -> None:
+    rows = self.dataset.rows.layout(path, dtype, width, what)[1]
+    if first_row + len(out) > rows:
+      raise LatentDataError(f'{path}: {rows} frames, song {self.id!r} of '
+                            f'{self.dataset.manifest_path} reads up to '
+                            f'{first_row + len(out)}')
+    self.dataset.rows.read(path, dtype, width, what, first_row, out)
+
   def read(self, start=0, stop=None) -> np.ndarray:
     """Latent frames [start, stop) as float32, checked (check_values): a
     bad value is a LatentDataError naming the shard, song and frame."""
@@ -251,32 +279,18 @@ def _read_manifest(path) -> dict:
 def _open_shard(path, dtype, width=LATENT_DIM, what='shard') -> np.ndarray:
   """The [frames, width] array as a read-only memory map, its shape and
   dtype checked."""
-  try:
+  with npy_rows.named_errors(path, what, LatentDataError):
     shard = np.load(path, mmap_mode='r', allow_pickle=False)
-  except FileNotFoundError:
-    raise LatentDataError(f'{path}: {what} is missing') from None
-  except ValueError as e:
-    raise LatentDataError(f'{path}: unreadable or truncated {what}: {e}'
-                          ) from None
-  except OSError as e:  # e.g. the open-file limit: not the file's fault
-    raise LatentDataError(f'{path}: cannot open the {what}: {e}') from None
-  if shard.ndim != 2 or shard.shape[1] != width:
-    raise LatentDataError(f'{path}: shape {shard.shape}, expected '
-                          f'[frames, {width}]')
-  if shard.dtype != np.dtype(dtype):
-    raise LatentDataError(f'{path}: dtype {shard.dtype}, expected {dtype}')
+  npy_rows.check_layout(path, shard.shape, not shard.flags.c_contiguous,
+                        shard.dtype, width, dtype, what, LatentDataError)
   return shard
 
 
 def _size_fits(path, dtype, width, rows: int, what: str) -> bool:
   """Whether the file has the size of the .npy of `rows` rows (np.save's
   and latent_writer's header); LatentDataError when it is missing."""
-  try:
+  with npy_rows.named_errors(path, what, LatentDataError):
     size = os.stat(path).st_size
-  except FileNotFoundError:
-    raise LatentDataError(f'{path}: {what} is missing') from None
-  except OSError as e:
-    raise LatentDataError(f'{path}: cannot read the {what}: {e}') from None
   return size == NPY_HEADER_BYTES + rows * width * np.dtype(dtype).itemsize
 
 
@@ -301,6 +315,7 @@ class LatentDataset:
     # Each dataset its own maps: a file rewritten since another dataset
     # object read it is read anew.
     self.open_map = functools.lru_cache(maxsize=OPEN_MAPS)(_open_shard)
+    self.rows = npy_rows.Reader(LatentDataError)
     directory = os.path.dirname(self.manifest_path)
     self._songs = [Song(
         id=song['id'], source=song['source'], split=song['split'],

@@ -22,15 +22,17 @@ class ValidationMedia:
   """Mask pictures and audio of the first validation pairs, for RunLog."""
 
   def __init__(self, config, val_pairs, dataset: latents.LatentDataset,
-               step_decoder=None):
-    """step_decoder: the train step's decoder (encodec_decoding.for_training),
-    whose parameters are used instead of reading them again."""
+               space, step_decoder=None):
+    """space: the run's latent_space.LatentSpace; step_decoder: the train
+    step's decoder (encodec_decoding.for_training), whose parameters are
+    used instead of reading them again."""
     self.every = config.media_every_evals
     count = min(config.media_pairs, len(val_pairs))
-    indices = np.arange(count)
-    self.batch = val_pairs.read(indices, indices) if count else None
-    self.normaliser = val_pairs.normaliser
-    self.apply = inference.compiled_apply(config.model)
+    self.indices = np.arange(count)
+    self.pairs = val_pairs
+    self.batch = val_pairs.read(self.indices, self.indices) if count else None
+    self.space = space
+    self.run = inference.compiled_run(config.model)
     self.decoder_params = (None if step_decoder is None
                            else step_decoder['params'])
     if count and jax.process_index() == 0 and self.decoder_params is None:
@@ -46,15 +48,14 @@ class ValidationMedia:
   def write(self, log, step: int, state) -> None:
     """Runs the model on the pairs and logs what it gives at `step`."""
     from jingle_jax import plots  # pylint: disable=g-import-not-at-top
-    out = self.apply({'params': state.params,
-                      'batch_stats': state.batch_stats},
-                     self.batch['input'], self.batch['target'])
+    out, fault = self.run({'params': state.params,
+                           'batch_stats': state.batch_stats}, self.space,
+                          self.batch['input'], self.batch['target'])
+    if fault[0] >= 0:
+      raise self.pairs.fault_error(fault, self.indices, self.indices)
     if jax.process_index() != 0:
       return
-    arrays = {'input': self.batch['input'], 'target': self.batch['target'],
-              'output': np.asarray(out.output),
-              'input_mask': np.asarray(out.input_mask),
-              'target_mask': np.asarray(out.target_mask)}
+    arrays = {name: np.asarray(value) for name, value in out.items()}
     count = len(arrays['input'])
     for pair in range(count):
       log.image(step, f'val_pair_{pair}/masks', plots.mask_figure_array(
@@ -63,7 +64,7 @@ class ValidationMedia:
     if self.decoder_params is None:
       return
     # All clips of all pairs in one call, at the clips' own length.
-    raw = np.concatenate([self.normaliser.denormalise(arrays[name])
+    raw = np.concatenate([self.space.denormalise(arrays[name])
                           for name in CLIPS])
     audio = np.asarray(encodec_decoding.compiled_decoder()(
         {'params': self.decoder_params}, raw))

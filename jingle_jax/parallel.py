@@ -87,12 +87,31 @@ def local_rows(sharding, global_batch_size: int) -> slice:
 
 
 def host_batch_to_global(batch, sharding, global_batch_size: int):
-  """This process's rows (numpy) -> global arrays split along `data`."""
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(
-          sharding, x, (global_batch_size,) + x.shape[1:]), batch)
+  """This process's rows (numpy) -> global arrays split along `data`.
+
+  Copied: once this returns, the transfers are done and the host arrays may
+  be written again. A CPU device may keep a 64-byte aligned host array as
+  its own memory, whatever may_alias says (jax 0.10.2), so it gets a copy.
+  """
+  rows = local_rows(sharding, global_batch_size)
+
+  def put(x):
+    shape = (global_batch_size,) + x.shape[1:]
+    devices, shards = [], []
+    for device, index in sharding.addressable_devices_indices_map(
+        shape).items():
+      start, stop, _ = index[0].indices(global_batch_size)
+      shard = x[start - rows.start:stop - rows.start]
+      devices.append(device)
+      shards.append(np.array(shard) if device.platform == 'cpu' else shard)
+    return jax.make_array_from_single_device_arrays(
+        shape, sharding, jax.device_put(shards, devices, may_alias=False))
+
+  return jax.block_until_ready(jax.tree.map(put, batch))
 
 
 def host_values(tree):
-  """Replicated arrays -> numpy, also where other processes hold copies."""
-  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+  """Replicated arrays -> numpy, also where other processes hold copies
+  (numpy values pass as they are)."""
+  return jax.tree.map(lambda x: np.asarray(
+      x.addressable_data(0) if isinstance(x, jax.Array) else x), tree)

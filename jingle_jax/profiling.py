@@ -1,10 +1,12 @@
-"""The device ops of a jax.profiler trace, by time: what a step spends on."""
+"""What a step spends on: the device ops of a jax.profiler trace, by time,
+and the kernels of a compiled step."""
 
 import collections
 import glob
 import gzip
 import json
 import os
+import re
 
 
 def _device_ops(path):
@@ -45,3 +47,9 @@ def top_ops(trace_dir: str, steps: int, count: int = 40) -> str:
     lines.append(f'{micros / 1e3 / steps:10.3f} {100 * micros / total:5.1f}% '
                  f'{calls[name] / steps:11.1f}  {name[:150]}')
   return '\n'.join(lines) + '\n'
+
+
+def count_fusions(compiled) -> int:
+  """Fused computations in a compiled program's HLO: on a GPU, each is a
+  kernel of its own (the rest being library calls such as matmuls)."""
+  return len(re.findall(r'^%?fused_computation', compiled.as_text(), re.M))

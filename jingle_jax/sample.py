@@ -27,6 +27,7 @@ One given pair: O/output.npy, O/input_mask.npy, O/target_mask.npy, masks.png.
 --data-dir's): no torch.
 """
 
+import functools
 import json
 import os
 
@@ -86,18 +87,20 @@ def save_mask_picture(arrays: dict, path, title='') -> None:
       arrays['input_mask'], arrays['target_mask'], title), path)
 
 
-def write_pair(directory, normaliser, arrays: dict, saved, title='') -> dict:
+def write_pair(directory, space, arrays: dict, saved, title='') -> dict:
   """Saves the `saved` arrays of one pair and draws its mask picture.
 
   arrays: input, target and output in the model's space, and the two masks,
-  each [T, D]; latents are saved raw (denormalised), masks as they are.
-  Returns {path without suffix: raw latents} of the latents saved.
+  each [T, D]; latents are saved raw (denormalised with the
+  latent_space.LatentSpace `space`), masks as they are. Returns {path
+  without suffix: raw latents} of the latents saved.
   """
   os.makedirs(directory, exist_ok=True)
   written = {}
   for name in saved:
     array = arrays[name]
-    raw = array if name.endswith('_mask') else normaliser.denormalise(array)
+    raw = (array if name.endswith('_mask') else
+           np.asarray(space.denormalise(array)))
     path = os.path.join(directory, name)
     save_npy(path + '.npy', raw)
     if not name.endswith('_mask'):
@@ -126,21 +129,21 @@ def sample_dataset(workdir, out_dir, *, which='best', num_samples=4,
   inputs, targets = choose_pairs(pairs, num_samples, shuffle_targets,
                                  model.config.seed)
   batch = pairs.read(inputs, targets)
-  output, input_mask, target_mask = model.run(batch['input'], batch['target'],
-                                              batch_size)
+  run = model.run(batch['input'], batch['target'], batch_size,
+                  functools.partial(pairs.fault_error, inputs=inputs,
+                                    targets=targets))
   samples, clips = [], {}
   for i, (input_pair, target_pair) in enumerate(zip(inputs, targets)):
     name = f'sample_{i:03d}'
-    arrays = {'input': batch['input'][i], 'target': batch['target'][i],
-              'output': output[i], 'input_mask': input_mask[i],
-              'target_mask': target_mask[i]}
+    arrays = {key: values[i] for key, values in run.items()}
     record = {'name': name,
               'input': window_record(pairs, input_pair, 0),
               'target': window_record(pairs, target_pair, pairs.window)}
     title = f'{record["input"]["song"]} + {record["target"]["song"]}'
-    clips.update(write_pair(os.path.join(out_dir, name), model.normaliser,
+    clips.update(write_pair(os.path.join(out_dir, name), model.space,
                             arrays, saved=arrays, title=title))
-    statistics = losses.mask_metrics(input_mask[i][None], target_mask[i][None])
+    statistics = losses.mask_metrics(arrays['input_mask'][None],
+                                     arrays['target_mask'][None])
     record.update({k: float(statistics[k]) for k in MASK_STATISTICS})
     samples.append(record)
   save_wavs(decoder_params, clips)
@@ -190,7 +193,7 @@ def sample_pair(workdir, input_path, target_path, out_dir, *, which='best',
   decoder_params = encodec_decoding.read(dataset) if wav else None
   model = inference.TrainedModel.load(workdir, which, dataset=dataset)
   save_wavs(decoder_params, write_pair(
-      out_dir, model.normaliser, model_pair(model, raw_input, raw_target),
+      out_dir, model.space, model_pair(model, raw_input, raw_target),
       saved=('output', 'input_mask', 'target_mask')))
   return model.step
 
@@ -198,11 +201,8 @@ def sample_pair(workdir, input_path, target_path, out_dir, *, which='best',
 def model_pair(model: inference.TrainedModel, raw_input, raw_target) -> dict:
   """The model on one pair of raw latent clips [frames, D]: input, target,
   output (in the model's space) and the masks, as write_pair takes them."""
-  inputs = model.normaliser.normalise(raw_input)[None]
-  targets = model.normaliser.normalise(raw_target)[None]
-  output, input_mask, target_mask = model.run(inputs, targets)
-  return {'input': inputs[0], 'target': targets[0], 'output': output[0],
-          'input_mask': input_mask[0], 'target_mask': target_mask[0]}
+  run = model.run(raw_input[None], raw_target[None])
+  return {name: values[0] for name, values in run.items()}
 
 
 def define_flags():

@@ -49,10 +49,9 @@ import re
 from absl import logging
 import flax.traverse_util
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
+from jingle_jax import optimizers
 from jingle_jax import train_step
 from jingle_jax.models.cascade import sinusoidal_positions
 from jingle_jax.models.cascade import stack_layers
@@ -225,43 +224,52 @@ def convert(checkpoint, config, source='checkpoint', *, rng=None):
   variables = _fill({'params': state.params, 'batch_stats': state.batch_stats},
                     state_dict, _torch_module, model_source, positions)
   _check_positions(state_dict, config, model_source)
-  tx, disc_tx = train_step.make_optimizers(config.optim)
   o = config.optim
-  state = state.replace(
-      params=variables['params'], batch_stats=variables['batch_stats'],
-      opt_state=_optimizer_state(
-          checkpoint, 'optimizer_state_dict', state_dict, _torch_module, tx,
-          variables['params'], (o.learning_rate, (0.9, 0.999),
-                                o.weight_decay), source))
+  moments = _moments(checkpoint, 'optimizer_state_dict', state_dict,
+                     _torch_module, variables['params'],
+                     (o.learning_rate, (0.9, 0.999), o.weight_decay), source)
+  state = state.replace(params=variables['params'],
+                        batch_stats=variables['batch_stats'])
+  disc_moments = None
   if has_gan:
     disc_state_dict = strip_ddp_prefix(checkpoint['discriminator_state_dict'])
     disc_module = lambda path: _LATENT_DISCRIMINATOR_MODULES[path[0]]
     disc_params = _fill(
         {'params': state.disc_params}, disc_state_dict, disc_module,
         f'{source} discriminator_state_dict')['params']
-    state = state.replace(
-        disc_params=disc_params, disc_opt_state=_optimizer_state(
-            checkpoint, 'disc_optimizer_state_dict', disc_state_dict,
-            disc_module, disc_tx, disc_params,
-            (o.disc_learning_rate, (o.disc_b1, o.disc_b2),
-             o.disc_weight_decay), source))
+    state = state.replace(disc_params=disc_params)
+    disc_moments = _moments(
+        checkpoint, 'disc_optimizer_state_dict', disc_state_dict, disc_module,
+        disc_params, (o.disc_learning_rate, (o.disc_b1, o.disc_b2),
+                      o.disc_weight_decay), source)
   else:
     logging.info('%s: no discriminator_state_dict; the GAN discriminator '
                  'starts fresh', source)
-  return config, jax.device_put(stack_layers(state))
+  # The optimisers' flat arrays follow the stacked parameters' order.
+  state = stack_layers(state)
+  tx, disc_tx = optimizers.make_optimizers(o)
+  for name, tx, params, found in (
+      ('opt_state', tx, state.params, moments),
+      ('disc_opt_state', disc_tx, state.disc_params, disc_moments)):
+    if found is not None:
+      count, mu, nu = found
+      state = state.replace(**{name: optimizers.with_moments(
+          tx, params, count, *stack_layers((mu, nu)))})
+  return config, jax.device_put(state)
 
 
-def _optimizer_state(checkpoint, name, state_dict, module_name, tx, params,
-                     hyperparameters, source):
-  """tx's state for `params` from the checkpoint's torch AdamW state `name`.
+def _moments(checkpoint, name, state_dict, module_name, params,
+             hyperparameters, source):
+  """(step count, exp_avg, exp_avg_sq) of the checkpoint's torch AdamW state
+  `name`, the moments as trees shaped like `params`; None when it has none
+  (that state starts fresh).
 
-  Fresh when the checkpoint has none. The config's (learning rate, betas,
-  weight decay) `hyperparameters` apply from here on; the log says where the
-  checkpoint's differ.
+  The config's (learning rate, betas, weight decay) `hyperparameters` apply
+  from here on; the log says where the checkpoint's differ.
   """
   if name not in checkpoint:
     logging.info('%s: no %s; that AdamW state starts fresh', source, name)
-    return tx.init(params)
+    return None
   source = f'{source} {name}'
   optimizer = checkpoint[name]
   groups = optimizer.get('param_groups', [])
@@ -298,8 +306,7 @@ def _optimizer_state(checkpoint, name, state_dict, module_name, tx, params,
   mu, nu = (_fill({'params': params}, moment, module_name,
                   f'{source} {moment_name}')['params']
             for moment_name, moment in moments.items())
-  count = jnp.asarray(max(steps.values(), default=0), jnp.int32)
-  return optax.tree.set(tx.init(params), count=count, mu=mu, nu=nu)
+  return max(steps.values(), default=0), mu, nu
 
 
 def _parameter_keys(params, module_name, state_dict):

@@ -32,10 +32,12 @@ from jingle_jax import cli
 from jingle_jax import compile_cache
 from jingle_jax import encodec_decoding
 from jingle_jax import input_pipeline
+from jingle_jax import latent_space
 from jingle_jax import media_log
 from jingle_jax import parallel
 from jingle_jax import run_config
 from jingle_jax import run_log
+from jingle_jax import step_timing
 from jingle_jax import train_step
 
 config_flags.DEFINE_config_file('config', None, 'Config file.')
@@ -73,46 +75,59 @@ class Schedule:
                      config.checkpoint_every_epochs))
 
 
-def compile_steps(config, mesh, rng, decoder=None):
+def compile_steps(config, mesh, rng, space, decoder=None):
   """(train, evaluate), jitted over the mesh; train donates its state.
 
-  Both take (state, batch, ...); `decoder` (encodec_decoding.for_training)
-  is bound.
+  Both take (state, batch, ...) with batches as the dataset stores them;
+  `space` (latent_space.LatentSpace) and `decoder`
+  (encodec_decoding.for_training) are bound.
   """
   replicated = parallel.replicated(mesh)
   split = parallel.data_sharding(mesh)
   rng_data = np.asarray(jax.random.key_data(rng))
-  decoder = jax.device_put(decoder, replicated)
+  space, decoder = jax.device_put((space, decoder), replicated)
 
-  def step(state, batch, position, decoder):
+  def step(state, batch, position, space, decoder):
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(rng_data),
                                   position)
-    return train_step.train_step(state, batch, step_rng, decoder,
+    return train_step.train_step(state, batch, step_rng, space, decoder,
                                  config=config)
 
   train = jax.jit(parallel.on_mesh(step, mesh),
-                  in_shardings=(replicated, split, replicated, replicated),
+                  in_shardings=(replicated, split, replicated, replicated,
+                                replicated),
                   out_shardings=(replicated, replicated), donate_argnums=0)
   evaluate = jax.jit(
       parallel.on_mesh(functools.partial(train_step.eval_step, config=config),
                        mesh),
-      in_shardings=(replicated, split, replicated), out_shardings=replicated)
+      in_shardings=(replicated, split, replicated, replicated),
+      out_shardings=replicated)
   return (lambda state, batch, position: train(state, batch, position,
-                                               decoder),
-          lambda state, batch: evaluate(state, batch, decoder))
+                                               space, decoder),
+          lambda state, batch: evaluate(state, batch, space, decoder))
 
 
 def mean_train_metrics(step_metrics):
   """Means over the steps that were not skipped; `skipped` is a count."""
   kept = [m for m in step_metrics if m['skipped'] == 0] or step_metrics
-  means = {name: float(np.mean([m[name] for m in kept])) for name in kept[0]}
+  means = {name: float(np.mean([m[name] for m in kept])) for name in kept[0]
+           if name != 'data_fault'}
   means['skipped'] = float(sum(m['skipped'] for m in step_metrics))
   return means
 
 
+def first_fault(faults):
+  """(index, fault) of the first of the steps' data faults, or None."""
+  for index, fault in enumerate(parallel.host_values(faults)):
+    if fault[0] >= 0:
+      return index, fault
+  return None
+
+
 def validate(evaluate, state, pairs, config, mesh, batch_size):
   """Eval-mode metrics over every matched pair: each batch's means (its
-  repeats left out), weighted by the pairs it holds."""
+  repeats left out), weighted by the pairs it holds. A fault in the latents
+  is a LatentDataError naming them."""
   split = parallel.data_sharding(mesh)
   batches = input_pipeline.prefetch_to_devices(
       input_pipeline.eval_batches(
@@ -120,13 +135,19 @@ def validate(evaluate, state, pairs, config, mesh, batch_size):
           rows=parallel.local_rows(split, batch_size)),
       size=config.prefetch_batches, sharding=split,
       global_batch_size=batch_size)
-  totals = None
+  totals, faults = None, []
   for index, batch in enumerate(batches):
     count = min(batch_size, len(pairs) - index * batch_size)
-    metrics = jax.tree.map(functools.partial(jnp.multiply, count),
-                           evaluate(state, batch))
+    metrics = evaluate(state, batch)
+    faults.append(metrics.pop('data_fault'))
+    metrics = jax.tree.map(functools.partial(jnp.multiply, count), metrics)
     totals = metrics if totals is None else jax.tree.map(
         jnp.add, totals, metrics)
+  if (found := first_fault(faults)) is not None:
+    index, fault = found
+    indices = list(input_pipeline.padded_batches(len(pairs),
+                                                 batch_size))[index][0]
+    raise pairs.fault_error(fault, indices, indices)
   return {name: float(value) / len(pairs)
           for name, value in parallel.host_values(totals).items()}
 
@@ -239,10 +260,12 @@ def train_and_evaluate(config, workdir):
   checkpoints.refuse_checkpoint_changes(workdir, changes)  # before writing
   manager = checkpoints.open_manager(workdir, config)
   state, position, rng, stopping = init_or_restore(config, mesh, manager)
-  decoder = encodec_decoding.for_training(config.loss, dataset,
-                                       val_pairs.normaliser)
-  train, evaluate = compile_steps(config, mesh, rng, decoder)
-  media = media_log.ValidationMedia(config, val_pairs, dataset, decoder)
+  space = latent_space.LatentSpace.of(config.normalise_latents, dataset,
+                                      config.model.latent_dim)
+  decoder = encodec_decoding.for_training(config.loss, dataset, space)
+  train, evaluate = compile_steps(config, mesh, rng, space, decoder)
+  media = media_log.ValidationMedia(config, val_pairs, dataset, space,
+                                    decoder)
   batches = input_pipeline.prefetch_to_devices(
       input_pipeline.train_batches(
           train_pairs, seed=config.seed, global_batch_size=batch_size,
@@ -263,10 +286,21 @@ def train_and_evaluate(config, workdir):
         f'{name} {old!r} -> {new!r}' for name, (old, new) in changes.items()))
   last_saved, step_metrics, consecutive_skips = position, [], 0
   train_metrics = val_metrics = None
-  window_start = time.perf_counter()
+  timer = step_timing.StepTimer()
+
+  def check_data():
+    """The first data fault of the steps since the last log step, named."""
+    found = first_fault([m['data_fault'] for m in step_metrics])
+    if found is not None:
+      index, fault = found
+      raise train_pairs.fault_error(fault, *input_pipeline.step_pairs(
+          position - len(step_metrics) + index, num_pairs=len(train_pairs),
+          seed=config.seed, global_batch_size=batch_size,
+          shuffle_targets=config.shuffle_targets))
 
   def save(val_loss=None):
     nonlocal last_saved
+    check_data()  # no checkpoint follows a batch with a fault
     checkpoints.save(manager, state, data_position=position, rng=rng,
                      val_loss=val_loss, **_early_stopping_extras(stopping))
     last_saved = position
@@ -274,18 +308,22 @@ def train_and_evaluate(config, workdir):
   try:
     with StopSignal() as stop:
       while position < schedule.num_train_steps and not stopping.should_stop:
-        state, metrics = train(state, next(batches), np.int32(position))
+        with timer.waiting_for_data():
+          batch = next(batches)
+        started = time.perf_counter()
+        state, metrics = train(state, batch, np.int32(position))
+        timer.dispatched(started, metrics)
         position += 1
         step_metrics.append(metrics)
         log.advance()
         is_log_step = (position % config.log_every_steps == 0 or
                        position == schedule.num_train_steps)
         if is_log_step:
-          step_metrics = parallel.host_values(step_metrics)
+          with timer.waiting_for_device():
+            step_metrics = parallel.host_values(step_metrics)
+          check_data()
           train_metrics = mean_train_metrics(step_metrics)
-          train_metrics['pairs_per_second'] = (
-              len(step_metrics) * batch_size /
-              (time.perf_counter() - window_start))
+          train_metrics.update(timer.window(batch_size))
           log.write(position, 'train', train_metrics)
           try:
             consecutive_skips = count_skips(
@@ -313,7 +351,7 @@ def train_and_evaluate(config, workdir):
           log.summary(_epoch_line(position, schedule, train_metrics,
                                   val_metrics))
         if is_log_step or val_loss is not None:
-          window_start = time.perf_counter()
+          timer.restart()
         if (is_log_step or jax.process_count() == 1) and stop.requested():
           logging.warning('stopping at step %d on %s', position,
                           stop.received or "another process's signal")
@@ -339,7 +377,8 @@ def _epoch_line(position, schedule, train_metrics, val_metrics) -> str:
   if train_metrics:
     line += (f' | train loss {train_metrics["loss"]:.4f} complementarity '
              f'{train_metrics["complementarity"]:.1%} '
-             f'{train_metrics["pairs_per_second"]:.1f} pairs/s')
+             f'{train_metrics["pairs_per_second"]:.1f} pairs/s, '
+             f'{train_metrics["data_wait_fraction"]:.0%} waiting for data')
   if val_metrics:
     line += (f' | val loss {val_metrics["loss"]:.4f} complementarity '
              f'{val_metrics["complementarity"]:.1%} masks '

@@ -13,15 +13,16 @@ step. Without them it is None and nothing of it is compiled.
 from typing import Any
 
 import flax.struct
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import optax
 
 from jingle_jax import audio_losses
 from jingle_jax import losses
+from jingle_jax import optimizers
 from jingle_jax.models import CascadeTransformer
 from jingle_jax.models import encodec_decoder
+from jingle_jax.models import hashed_random
 from jingle_jax.models import LatentDiscriminator
 from jingle_jax.models.cascade import copy_first_layers
 
@@ -45,30 +46,6 @@ def build_discriminator(config) -> LatentDiscriminator | None:
                              dtype=config.model.dtype)
 
 
-def _decayed(params):
-  """Weight decay everywhere but the creative agent's style discriminator.
-
-  No loss uses that discriminator, so its gradient is zero; PyTorch's AdamW
-  skips such parameters entirely, and this keeps them unchanged likewise.
-  """
-  return flax.traverse_util.path_aware_map(
-      lambda path, _: 'discriminator' not in path, params)
-
-
-def make_optimizers(o):
-  """(generator, discriminator) optax transformations, clipping included, of
-  an OptimConfig."""
-  tx = optax.chain(
-      optax.clip_by_global_norm(o.grad_clip_norm),
-      optax.adamw(o.learning_rate, weight_decay=o.weight_decay,
-                  mask=_decayed))
-  disc_tx = optax.chain(
-      optax.clip_by_global_norm(o.disc_grad_clip_norm),
-      optax.adamw(o.disc_learning_rate, b1=o.disc_b1, b2=o.disc_b2,
-                  weight_decay=o.disc_weight_decay))
-  return tx, disc_tx
-
-
 def create_train_state(config, rng) -> TrainState:
   """Fresh parameters and optimiser states (jit it to place them on devices).
 
@@ -83,7 +60,7 @@ def create_train_state(config, rng) -> TrainState:
   params = copy_first_layers(variables['params'])
   disc_params = ({} if disc is None else
                  disc.init(disc_rng, dummy, train=False)['params'])
-  tx, disc_tx = make_optimizers(config.optim)
+  tx, disc_tx = optimizers.make_optimizers(config.optim)
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
       batch_stats=variables['batch_stats'], opt_state=tx.init(params),
@@ -134,8 +111,9 @@ def discriminator_update(state: TrainState, batch, output, rng, config):
 
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.disc_params)
-  metrics['disc_grad_norm'] = optax.tree.norm(grads)  # before clipping
-  _, disc_tx = make_optimizers(config.optim)
+  # Before clipping.
+  metrics['disc_grad_norm'] = optimizers.flat_norm(grads, state.disc_params)
+  _, disc_tx = optimizers.make_optimizers(config.optim)
   updates, disc_opt_state = disc_tx.update(grads, state.disc_opt_state,
                                            state.disc_params)
   return (optax.apply_updates(state.disc_params, updates), disc_opt_state,
@@ -224,20 +202,27 @@ def gradients(state: TrainState, batch, rng, config, decoder=None):
   return grads, batch_stats, disc, {**metrics, **generator_metrics}
 
 
-def train_step(state: TrainState, batch, rng, decoder=None, *, config):
+def train_step(state: TrainState, batch, rng, space, decoder=None, *,
+               config):
   """One discriminator and one generator AdamW update, in that order.
 
-  batch: {'input', 'target'}: float32 latents [B, T, D], and maybe
-  'target_audio' (audio_loss). A step whose loss or
-  gradients are not finite changes nothing (the step counter included) and
-  reports skipped = 1.
+  batch: {'input', 'target'}: raw latents [B, T, D] as the dataset stores
+  them, which `space` (a latent_space.LatentSpace) checks and normalises,
+  and maybe 'target_audio' (audio_loss). A step whose latents hold a fault,
+  or whose loss or gradients are not finite, changes nothing (the step
+  counter included) and reports skipped = 1; metrics['data_fault'] is the
+  batch's first fault (latent_space).
   """
-  tx, _ = make_optimizers(config.optim)
-  grads, batch_stats, disc, metrics = gradients(state, batch, rng, config,
-                                                decoder)
-  metrics['grad_norm'] = optax.tree.norm(grads)  # before clipping
+  tx, _ = optimizers.make_optimizers(config.optim)
+  batch, fault = space.prepare(batch)
+  # Dropout and noise draw from the cheap PRNG: a key costs no kernel.
+  grads, batch_stats, disc, metrics = gradients(
+      state, batch, hashed_random.key_from(rng), config, decoder)
+  # Before clipping.
+  metrics['grad_norm'] = optimizers.flat_norm(grads, state.params)
   metrics['learning_rate'] = jnp.float32(config.optim.learning_rate)
-  finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+  finite = (jnp.isfinite(metrics['loss']) &
+            jnp.isfinite(metrics['grad_norm']) & (fault[0] < 0))
   if disc is not None:
     finite &= (jnp.isfinite(metrics['d_loss']) &
                jnp.isfinite(metrics['disc_grad_norm']))
@@ -255,17 +240,20 @@ def train_step(state: TrainState, batch, rng, decoder=None, *, config):
   # place on the donated buffers, and a skipped step passes them through.
   new_state = jax.lax.cond(finite, update, lambda state: state, state)
   metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
+  metrics['data_fault'] = fault
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch, decoder=None, *, config):
+def eval_step(state: TrainState, batch, space, decoder=None, *, config):
   """Deterministic metrics: no dropout, no noise, stored spectral norms.
 
   'loss' is the validation loss of DESIGN.md 4.5b (no balance, no adversarial
   term), which picks the best checkpoint and drives early stopping; the
-  other terms are reported as in training. batch['weight'] ([B], optional)
-  leaves out the repeats that fill up a last batch.
+  other terms are reported as in training. The batch is raw, as train_step
+  takes it; 'data_fault' is its first fault. batch['weight'] ([B],
+  optional) leaves out the repeats that fill up a last batch.
   """
+  batch, fault = space.prepare(batch)
   out, _ = generator_forward(state.params, state.batch_stats, batch, None,
                              config, train=False)
   weights = batch.get('weight')
@@ -287,4 +275,5 @@ def eval_step(state: TrainState, batch, decoder=None, *, config):
     metrics.update(
         losses.discriminator_loss(real_logits, fake_logits, weights)[1],
         g_adv=losses.bce_with_logits(fake_logits, 1.0, weights))
+  metrics['data_fault'] = fault
   return metrics

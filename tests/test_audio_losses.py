@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from jingle_jax import audio_losses
+from jingle_jax import latent_space
 from jingle_jax import run_config
 from jingle_jax import train_step
 from jingle_jax.models import encodec_decoder
@@ -127,8 +128,9 @@ def step_setup(tiny_config):
 
 def test_the_step_adds_the_weighted_audio_terms(step_setup):
   config, _, state, batch, decoder = step_setup
+  space = latent_space.identity(16)
   metrics = jax.jit(functools.partial(train_step.train_step, config=config))(
-      state, batch, jax.random.key(2), decoder)[1]
+      state, batch, jax.random.key(2), space, decoder)[1]
   expected = (0.1 * metrics['mask_reg'] + metrics['balance_weighted']
               + 0.1 * metrics['g_adv'] + 0.5 * metrics['stft']
               + 0.01 * metrics['spectral_outlier'])
@@ -136,7 +138,7 @@ def test_the_step_adds_the_weighted_audio_terms(step_setup):
   assert float(metrics['stft']) > 0 and float(metrics['skipped']) == 0
   # Validation: the reconstruction terms only; the outlier penalty reported.
   evaluated = jax.jit(functools.partial(train_step.eval_step, config=config))(
-      state, batch, decoder)
+      state, batch, space, decoder)
   np.testing.assert_allclose(
       evaluated['loss'], 0.1 * evaluated['mask_reg'] + 0.5 * evaluated['stft'],
       rtol=1e-5)
@@ -148,7 +150,8 @@ def test_the_decoder_is_compiled_only_with_audio_weights(step_setup):
 
   def flops(config, decoder):
     lowered = jax.jit(functools.partial(train_step.train_step, config=config)
-                      ).lower(state, batch, jax.random.key(2), decoder)
+                      ).lower(state, batch, jax.random.key(2),
+                              latent_space.identity(16), decoder)
     return lowered.cost_analysis()['flops']
 
   assert flops(plain, decoder) == flops(plain, None)

@@ -35,6 +35,7 @@ def test_step_benchmark_over_four_devices(tmp_path):
   assert timed['timed_steps'] == 2
   assert timed['pairs_per_s'] > 0 and timed['median_step_ms'] > 0
   assert timed['flops_per_step'] > 0 and timed['xla_flops_per_step'] > 0
+  assert timed['fusions'] > 0
   assert timed['mfu'] is None  # no known peak for a CPU
   assert (timed['attention'], timed['remat']) == ('xla', 'layers')
   top_ops = (tmp_path / 'top_ops.txt').read_text().splitlines()

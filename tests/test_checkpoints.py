@@ -3,6 +3,7 @@
 import gc
 import os
 
+import flax.traverse_util
 import jax
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from jingle_jax import checkpoints
 from jingle_jax import cli
 from jingle_jax import inference
 from jingle_jax import run_config
-from jingle_jax.models.cascade import unstack_layers
+from jingle_jax import optimizers
+from jingle_jax.models.cascade import stack_layers
 from damage import damage
 import train_config
 
@@ -85,21 +87,41 @@ def test_a_trained_model_loads_with_its_recorded_config(tmp_path, config):
   assert model.step == 9
 
 
-def test_checkpoints_of_layers_kept_apart_restore_stacked(tmp_path, config):
-  """Workdirs written before each stage's layers ran as one scan hold
-  layers_0, layers_1, ... (params and AdamW moments): they restore."""
+@pytest.mark.parametrize('stacked_layers', [True, False])
+def test_checkpoints_of_older_layouts_restore(tmp_path, config,
+                                              stacked_layers):
+  """Workdirs written before AdamW ran flat hold its moments per leaf, and
+  those written before each stage's layers ran as one scan also hold
+  layers_0, layers_1, ... (params and moments): they restore."""
   config = train_config.changed(config, {'model.num_layers': 2})
-  state = random_state(config, 3)
+  rng = np.random.default_rng(3)
+  older = jax.tree.map(
+      lambda s: jax.device_put(rng.normal(size=s.shape).astype(s.dtype)),
+      checkpoints.abstract_state(config, stacked_layers=stacked_layers,
+                                 flat_optimizers=False))
   manager = checkpoints.open_manager(tmp_path, config)
-  checkpoints.save(manager, unstack_layers(state), data_position=3,
-                   rng=jax.random.key(3))
+  checkpoints.save(manager, older, data_position=3, rng=jax.random.key(3))
   manager.wait_until_finished()
   metadata = tmp_path / 'checkpoints' / '3' / 'state' / '_METADATA'
-  assert 'layers_1' in metadata.read_text()
+  assert ('layers_1' in metadata.read_text()) != stacked_layers
   restored, extras = checkpoints.restore(manager, config)
   manager.close()
-  assert_same(restored, state)
   assert extras['data_position'] == 3
+  if not stacked_layers:
+    older = stack_layers(older)
+  for name in ('step', 'params', 'batch_stats', 'disc_params'):
+    assert_same(getattr(restored, name), getattr(older, name))
+  for params, opt_state, per_leaf in (
+      (older.params, restored.opt_state, older.opt_state),
+      (older.disc_params, restored.disc_opt_state, older.disc_opt_state)):
+    count, mu, nu = optimizers.moments(opt_state, params)
+    adam = per_leaf[1][0]
+    assert int(count) == int(adam.count)
+    frozen = flax.traverse_util.path_aware_map(
+        lambda path, _: 'discriminator' in path, params)
+    for moment, wanted in ((mu, adam.mu), (nu, adam.nu)):
+      jax.tree.map(lambda m, w, f: np.testing.assert_array_equal(
+          m, np.zeros_like(w) if f else w), moment, wanted, frozen)
 
 
 @pytest.mark.parametrize('how', ['truncate', 'zeros'])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from jingle_jax import encodec_decoding
-from jingle_jax import input_pipeline
+from jingle_jax import latent_space
 from jingle_jax import latents
 from jingle_jax import run_config
 from jingle_jax.models import encodec_decoder
@@ -160,12 +160,12 @@ def test_weights_file_round_trip_and_refusals(tmp_path, encodec):
 
   # Training: only audio-domain weights need the decoder.
   weights = run_config.LossConfig(spectral_outlier_weight=0.0)
-  normaliser = input_pipeline.Normaliser.from_dataset(dataset)
+  space = latent_space.LatentSpace.of(True, dataset)
   bare_dataset = latents.LatentDataset(bare)
   assert encodec_decoding.for_training(weights, bare_dataset,
-                                       normaliser) is None
+                                       space) is None
   weights = dataclasses.replace(weights, mel_weight=1.0)
   with pytest.raises(encodec_decoding.DecoderError,
                      match='config.loss weights audio-domain terms.*'
                      'records no decoder'):
-    encodec_decoding.for_training(weights, bare_dataset, normaliser)
+    encodec_decoding.for_training(weights, bare_dataset, space)

@@ -8,17 +8,15 @@ import numpy as np
 import pytest
 
 from jingle_jax import inference
-from jingle_jax import input_pipeline
+from jingle_jax import latent_space
+from jingle_jax import latents
 from jingle_jax import train_step
 import train_config
 
-IDENTITY = input_pipeline.Normaliser(np.zeros(16, np.float32),
-                                     np.ones(16, np.float32))
 
-
-def trained_model(config, variables):
+def trained_model(config, variables, space=None):
   return inference.TrainedModel(config, variables, step=7, updates=6,
-                                normaliser=IDENTITY)
+                                space=space or latent_space.identity(16))
 
 
 def test_another_masking_swaps_the_masks_and_keeps_the_cascade(tiny_config):
@@ -47,10 +45,46 @@ def test_run_covers_every_pair_in_batches_of_one_shape(tiny_config):
   model = trained_model(tiny_config, {'params': state.params,
                                       'batch_stats': state.batch_stats})
   rng = np.random.default_rng(0)
-  inputs, targets = rng.normal(size=(2, 5, 32, 16)).astype(np.float32)
-  output, input_mask, target_mask = model.run(inputs, targets, batch_size=2)
-  assert output.shape == input_mask.shape == target_mask.shape == (5, 32, 16)
+  inputs, targets = rng.normal(size=(2, 5, 32, 16)).astype(np.float16)
+  run = model.run(inputs, targets, batch_size=2)
+  for name in ('output', 'input_mask', 'target_mask', 'input', 'target'):
+    assert run[name].shape == (5, 32, 16) and run[name].dtype == np.float32
+  np.testing.assert_array_equal(run['input'], inputs.astype(np.float32))
   # Each pair's result is its own: the same as run alone.
   alone = model.run(inputs[4:], targets[4:], batch_size=2)
-  np.testing.assert_allclose(output[4:], alone[0], rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(input_mask[4:], alone[1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(run['output'][4:], alone['output'], rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(run['input_mask'][4:], alone['input_mask'],
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_run_normalises_and_checks_the_raw_latents(tiny_config):
+  state = jax.jit(functools.partial(train_step.create_train_state,
+                                    tiny_config))(jax.random.key(0))
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  rng = np.random.default_rng(1)
+  mean = rng.normal(size=16).astype(np.float32)
+  std = rng.uniform(0.5, 2.0, 16).astype(np.float32)
+  space = latent_space.LatentSpace(mean=mean, std=std, check_mean=mean,
+                                   check_scale=std)
+  model = trained_model(tiny_config, variables, space)
+  inputs, targets = (rng.normal(size=(2, 3, 32, 16)) * std + mean).astype(
+      np.float16)
+  run = model.run(inputs, targets, batch_size=2)
+  np.testing.assert_allclose(run['target'],
+                             (targets.astype(np.float32) - mean) / std,
+                             rtol=1e-6)
+  targets[2, 5, 9] = np.nan
+  with pytest.raises(latents.LatentDataError,
+                     match='pair 2, target clip: frame 5, channel 9'):
+    model.run(inputs, targets, batch_size=2)
+  targets[2, 5, 9] = 0
+  inputs[1, 30, 0] = mean[0] + 2000 * std[0]  # beyond OUTLIER_STDS
+  with pytest.raises(latents.LatentDataError,
+                     match='pair 1, input clip: frame 30, channel 0'):
+    model.run(inputs, targets, batch_size=2)
+  faults = []
+  with pytest.raises(ZeroDivisionError):
+    model.run(inputs, targets, batch_size=2,
+              fault_error=lambda fault: faults.append(fault) or 1 / 0)
+  np.testing.assert_array_equal(faults, [[1, 30 * 16]])

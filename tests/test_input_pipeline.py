@@ -1,4 +1,5 @@
-"""Pairs, normalisation, the order of batches and prefetching."""
+"""Pairs, raw batches in reused buffers, faults named, the order of batches
+and prefetching."""
 
 import threading
 import types
@@ -7,24 +8,37 @@ import numpy as np
 import pytest
 
 from jingle_jax import input_pipeline
+from jingle_jax import latent_space
 from jingle_jax import latents
 from jingle_jax import parallel
 from jingle_jax import run_config
 import latent_data
 
 WINDOW = 4
-IDENTITY = input_pipeline.Normaliser(np.zeros(2, np.float32),
-                                     np.ones(2, np.float32))
 
 
 def labelled_song(number, frames):
-  """Channel 0 names the song and channel 1 the frame of every latent; read
-  as latents.Song reads."""
-  values = np.stack([np.full(frames, number), np.arange(frames)],
-                    axis=1).astype(np.float16)
-  return types.SimpleNamespace(
-      id=f'song{number}', frames=frames, has_audio=False,
-      read=lambda start, stop: values[start:stop].astype(np.float32))
+  """Channel 0 names the song and channel 1 the frame of every latent (the
+  other channels 0); read as latents.Song reads."""
+  values = np.zeros((frames, latents.LATENT_DIM), np.float16)
+  values[:, 0], values[:, 1] = number, np.arange(frames)
+
+  def read_into(start, out):
+    out[...] = values[start:start + len(out)]
+
+  def read_audio_into(start, out):
+    out[...] = song.audio[start:start + len(out)]
+
+  song = types.SimpleNamespace(
+      id=f'song{number}', frames=frames, has_audio=False, dtype=values.dtype,
+      read_into=read_into, read_audio_into=read_audio_into)
+  return song
+
+
+def copied(batches):
+  """The batches, each copied out of the buffers it is read into."""
+  return [{name: np.copy(value) for name, value in batch.items()}
+          for batch in batches]
 
 
 def labels(clips):
@@ -38,7 +52,7 @@ def labels(clips):
 def pairs():
   """Songs of 20, 13 and 7 frames: 4 + 2 + 0 pairs of 2 x 4 frames."""
   songs = [labelled_song(i, n) for i, n in enumerate([20, 13, 7])]
-  return input_pipeline.Pairs(songs, WINDOW, WINDOW, IDENTITY)
+  return input_pipeline.Pairs(songs, WINDOW, WINDOW)
 
 
 def test_pairs_are_consecutive_windows(pairs):
@@ -50,34 +64,36 @@ def test_pairs_are_consecutive_windows(pairs):
   target_songs, target_starts = labels(batch['target'])
   np.testing.assert_array_equal(target_songs, songs)
   np.testing.assert_array_equal(target_starts, starts + WINDOW)
-  assert batch['input'].dtype == np.float32
-  half_hop = input_pipeline.Pairs(pairs.songs, WINDOW, 2, IDENTITY)
+  assert batch['input'].dtype == np.float16  # as stored
+  half_hop = input_pipeline.Pairs(pairs.songs, WINDOW, 2)
   assert len(half_hop) == 7 + 3  # starts 0, 2, ..., 12 and 0, 2, 4
 
 
 def test_target_audio_is_the_target_windows_samples():
-  """Sample k of frame f holds 1000 song + f + k / 1000."""
+  """Sample k of frame f holds 32 song + f + (k % 8) / 8 (exact in the
+  stored float16)."""
+  def audio(number, frames):
+    return (32 * number + np.arange(frames)[:, None] +
+            np.arange(latents.HOP) % 8 / 8).astype(np.float16)
+
   songs = []
   for number, frames in enumerate([20, 13]):
     song = labelled_song(number, frames)
-    song.audio = (1000 * number + np.arange(frames)[:, None] +
-                  np.arange(latents.HOP) / 1000)
+    song.audio = audio(number, frames)
     song.has_audio = True
     songs.append(song)
-  pairs = input_pipeline.Pairs(songs, WINDOW, WINDOW, IDENTITY,
-                               target_audio=True)
+  pairs = input_pipeline.Pairs(songs, WINDOW, WINDOW, target_audio=True)
   batch = pairs.read(np.array([5, 1]), np.array([1, 5]))
   assert batch['target_audio'].shape == (2, WINDOW * latents.HOP)
   for row, (song, start) in enumerate([(0, 4), (1, 4)]):
-    frames = song * 1000 + start + WINDOW + np.arange(WINDOW)
-    np.testing.assert_array_equal(batch['target_audio'][row],
-                                  (frames[:, None] + np.arange(latents.HOP)
-                                   / 1000).reshape(-1))
+    np.testing.assert_array_equal(
+        batch['target_audio'][row],
+        audio(song, 20)[start + WINDOW:start + 2 * WINDOW].reshape(-1))
   assert 'target_audio' not in input_pipeline.Pairs(
-      songs, WINDOW, WINDOW, IDENTITY).read([0], [0])
+      songs, WINDOW, WINDOW).read([0], [0])
   songs[1].has_audio = False
   with pytest.raises(ValueError, match="song 'song1' has no audio"):
-    input_pipeline.Pairs(songs, WINDOW, WINDOW, IDENTITY, target_audio=True)
+    input_pipeline.Pairs(songs, WINDOW, WINDOW, target_audio=True)
 
 
 def test_batch_of_a_step_depends_on_seed_and_step_only(pairs):
@@ -85,7 +101,7 @@ def test_batch_of_a_step_depends_on_seed_and_step_only(pairs):
     batches = input_pipeline.train_batches(
         pairs, seed=seed, global_batch_size=2, rows=rows,
         start_step=start_step, shuffle_targets=shuffle_targets)
-    return [next(batches) for _ in range(count)]
+    return copied(next(batches) for _ in range(count))
 
   from_start = take(0, 10)  # 3 steps per epoch: epochs 0 to 3
   for a, b in zip(from_start[4:], take(4, 6)):
@@ -114,11 +130,31 @@ def test_batch_of_a_step_depends_on_seed_and_step_only(pairs):
   for whole, first, second in zip(from_start, *halves):
     np.testing.assert_array_equal(
         whole['input'], np.concatenate([first['input'], second['input']]))
+  # step_pairs names the pairs of any step's global batch.
+  for step, batch in enumerate(from_start):
+    inputs, targets = input_pipeline.step_pairs(
+        step, num_pairs=len(pairs), seed=3, global_batch_size=2,
+        shuffle_targets=True)
+    np.testing.assert_array_equal(batch['input'],
+                                  pairs.read(inputs, targets)['input'])
+    np.testing.assert_array_equal(batch['target'],
+                                  pairs.read(inputs, targets)['target'])
+
+
+def test_batches_are_read_into_the_same_buffers(pairs):
+  batches = input_pipeline.train_batches(
+      pairs, seed=0, global_batch_size=2, rows=slice(0, 2), start_step=0,
+      shuffle_targets=True)
+  first = next(batches)
+  buffers = {name: value.ctypes.data for name, value in first.items()}
+  second = next(batches)
+  assert {name: value.ctypes.data for name, value in second.items()} == (
+      buffers)
 
 
 def test_validation_batches_hold_every_matched_pair_once(pairs):
-  batches = list(input_pipeline.eval_batches(pairs, global_batch_size=4,
-                                             rows=slice(0, 4)))
+  batches = copied(input_pipeline.eval_batches(pairs, global_batch_size=4,
+                                               rows=slice(0, 4)))
   assert len(batches) == 2  # 6 pairs: a full batch and 2 pairs + 2 repeats
   songs, starts = labels(batches[0]['input'])
   np.testing.assert_array_equal(starts, [0, 4, 8, 12])
@@ -128,49 +164,71 @@ def test_validation_batches_hold_every_matched_pair_once(pairs):
   last = labels(batches[1]['input'])
   assert len({tuple(x) for x in zip(*last)}) == 2  # the repeats repeat
   # A process's rows of a global batch, their weights with them.
-  rows = list(input_pipeline.eval_batches(pairs, global_batch_size=4,
-                                          rows=slice(2, 4)))
+  rows = copied(input_pipeline.eval_batches(pairs, global_batch_size=4,
+                                            rows=slice(2, 4)))
   np.testing.assert_array_equal(rows[1]['weight'], [0, 0])
   np.testing.assert_array_equal(rows[0]['input'], batches[0]['input'][2:])
 
 
-def test_normalisation_uses_the_manifest_statistics(tmp_path):
+def test_windows_are_the_stored_values_and_faults_are_named(tmp_path):
+  """Batches hold the shards' bytes; a fault the step finds in them is
+  named as a host check names it: shard, song, frame and channel."""
   rng = np.random.default_rng(0)
-  scale = rng.uniform(0.5, 3.0, latents.LATENT_DIM)
-  songs = [(split, (rng.normal(size=(75, latents.LATENT_DIM)) * scale +
-                   5 * scale).astype(np.float32))
-           for split in ['train', 'train', 'val']]
-  latent_data.write_dataset(
-      tmp_path, {f's{i}': song for i, song in enumerate(songs)},
-      dtype='float32')
+  songs = {f's{i}': (split, rng.normal(size=(30, latents.LATENT_DIM))
+                     .astype(np.float16))
+           for i, split in enumerate(['train', 'train', 'val'])}
+  latent_data.write_dataset(tmp_path, songs)
   dataset = latents.LatentDataset(tmp_path)
-  config = run_config.Config(num_frames=10, normalise_latents=True)
+  config = run_config.Config(num_frames=10)
   train = input_pipeline.split_pairs(config, dataset, 'train')
-  assert len(train) == 2 * 6  # starts 0, 10, ..., 50 in each song
-  normalised = train.normaliser.normalise(
-      np.concatenate([latents for _, latents in songs[:2]]))
-  np.testing.assert_allclose(normalised.mean(0), 0, atol=1e-4)
-  np.testing.assert_allclose(normalised.std(0), 1, atol=1e-3)
-  np.testing.assert_allclose(train.normaliser.denormalise(normalised),
-                             np.concatenate([s for _, s in songs[:2]]),
-                             rtol=1e-5)
-  val = input_pipeline.split_pairs(config, dataset, 'val')
-  batch = val.read([0], [0])
-  np.testing.assert_allclose(
-      batch['input'][0], val.normaliser.normalise(songs[2][1][:10]),
-      rtol=1e-6)
+  assert len(train) == 2 * 2  # starts 0 and 10 in each song
+  inputs, targets = np.array([3, 0]), np.array([1, 2])
+  batch = train.read(inputs, targets)
+  np.testing.assert_array_equal(batch['input'][0], songs['s1'][1][10:20])
+  np.testing.assert_array_equal(batch['target'][1], songs['s1'][1][10:20])
+
+  shard = np.load(tmp_path / 'song-s1.npy', mmap_mode='r+')
+  shard[14, 7] = np.inf  # pair 3's input, pair 2's target window
+  shard.flush()
+  del shard
+  space = latent_space.LatentSpace.of(False, dataset)
+  fault = np.asarray(space.fault(*(train.read(inputs, targets)[name]
+                                   for name in ('input', 'target'))))
+  np.testing.assert_array_equal(fault, [0, 4 * latents.LATENT_DIM + 7])
+  with pytest.raises(latents.LatentDataError, match=(
+      r"song-s1.npy: song 's1': frame 14, channel 7 is inf, not finite")):
+    raise train.fault_error(fault, inputs, targets)
+  fault = np.asarray(space.fault(*(train.read(inputs[::-1], targets[::-1])[
+      name] for name in ('input', 'target'))))
+  np.testing.assert_array_equal(fault, [1, 4 * latents.LATENT_DIM + 7])
+  assert 'frame 14, channel 7' in str(
+      train.fault_error(fault, inputs[::-1], targets[::-1]))
+
+
+def test_a_window_of_a_shard_cut_short_is_named(tmp_path):
+  songs = {'a': ('train', np.zeros((30, latents.LATENT_DIM), np.float16))}
+  latent_data.write_dataset(tmp_path, songs)
+  dataset = latents.LatentDataset(tmp_path)
+  train = input_pipeline.Pairs(dataset.songs('train'), 10, 10)
+  path = tmp_path / 'song-a.npy'
+  path.write_bytes(path.read_bytes()[:-latents.LATENT_DIM * 2 * 5])
+  with pytest.raises(latents.LatentDataError,
+                     match='song-a.npy: unreadable or truncated shard'):
+    train.read([0], [0])
 
 
 def test_prefetch_puts_batches_on_devices_and_stops(pairs):
   split = parallel.data_sharding(parallel.make_mesh())
-  host = list(input_pipeline.eval_batches(pairs, global_batch_size=2,
-                                          rows=slice(0, 2)))
+  host = copied(input_pipeline.eval_batches(pairs, global_batch_size=2,
+                                            rows=slice(0, 2)))
   threads = set(threading.enumerate())
   prefetched = input_pipeline.prefetch_to_devices(
       iter(host), size=1, sharding=split, global_batch_size=2)
   first = next(prefetched)
   assert first['input'].sharding == split
   np.testing.assert_array_equal(first['input'], host[0]['input'])
+  host[0]['input'][:] = -5  # the devices hold copies: buffers are reused
+  assert not np.any(np.asarray(first['input']) == -5)
   assert set(threading.enumerate()) - threads  # the producer
   prefetched.close()  # a consumer that stops early: joins the producer
   assert not set(threading.enumerate()) - threads

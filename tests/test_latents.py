@@ -226,7 +226,6 @@ resource.setrlimit(resource.RLIMIT_NOFILE,
                    (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 dataset = latents.LatentDataset(sys.argv[1])
 pairs = input_pipeline.Pairs(dataset.songs('train'), 4, 4,
-                             input_pipeline.Normaliser.from_dataset(dataset),
                              target_audio=True)
 order = np.random.default_rng(0).permutation(len(pairs))
 for start in range(0, len(pairs), 100):

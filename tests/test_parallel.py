@@ -47,6 +47,16 @@ def test_batches_split_over_four_devices():
         start = shard.index[0].start
         np.testing.assert_array_equal(shard.data,
                                       batch['input'][start:start + 2])
+      # Host buffers are written again once the batch is on the devices,
+      # 64-byte aligned ones too (which a CPU device may take as its own).
+      for dtype in (np.float16, np.float32):
+        memory = np.zeros(8 * 1024 * 4 + 64, np.uint8)
+        start = -memory.ctypes.data % 64
+        host = memory[start:start + 8 * 1024 * 4].view(dtype)[:8 * 1024]
+        host = host.reshape(8, 1024)
+        placed = parallel.host_batch_to_global({'x': host}, split, 8)['x']
+        host[:] = 7
+        assert not np.any(np.asarray(placed) == 7), dtype
       whole = jax.device_put(np.float32(3), parallel.replicated(mesh))
       assert len(whole.addressable_shards) == 4
       assert parallel.host_values({'x': whole}) == {'x': 3}

@@ -16,6 +16,7 @@ from jingle_jax import checkpoints
 from jingle_jax import encodec_decoding
 from jingle_jax import inference
 from jingle_jax import input_pipeline
+from jingle_jax import latent_space
 from jingle_jax import latents
 from jingle_jax import run_config
 from jingle_jax import sample
@@ -57,7 +58,7 @@ def save_checkpoint(workdir, config, state, val_loss=1.0) -> None:
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
-  """(workdir, raw songs, normaliser): an initialised model's checkpoint.
+  """(workdir, raw songs, latent space): an initialised model's checkpoint.
 
   Two validation songs of three clips give two pairs each.
   """
@@ -73,9 +74,8 @@ def run(tmp_path_factory):
       jax.random.key(0))
   workdir = tmp_path_factory.mktemp('workdir')
   save_checkpoint(workdir, config, state)
-  normaliser = input_pipeline.Normaliser.from_dataset(
-      latents.LatentDataset(data_dir))
-  return str(workdir), raw, normaliser
+  space = latent_space.LatentSpace.of(True, latents.LatentDataset(data_dir))
+  return str(workdir), raw, space
 
 
 def window(raw, record):
@@ -95,7 +95,7 @@ def sampled(run, tmp_path_factory):
 
 
 def test_samples_are_raw_latents_of_the_matched_pairs(run, sampled):
-  workdir, raw, normaliser = run
+  workdir, raw, space = run
   model = inference.TrainedModel.load(workdir)
   out, summary = sampled
   assert summary['checkpoint_step'] == 1  # the checkpoint's name
@@ -123,9 +123,9 @@ def test_samples_are_raw_latents_of_the_matched_pairs(run, sampled):
     # The output is in raw units too: the model's, denormalised.
     model_out, _ = train_step.generator_forward(
         model.variables['params'], model.variables['batch_stats'],
-        {name: normaliser.normalise(files[name])[None]
+        {name: space.normalise(files[name])[None]
          for name in ('input', 'target')}, None, model.config, train=False)
-    np.testing.assert_allclose(normaliser.normalise(files['output']),
+    np.testing.assert_allclose(space.normalise(files['output']),
                                model_out.output[0], rtol=1e-4, atol=1e-4)
     assert np.all((files['input_mask'] >= 0) & (files['input_mask'] <= 1))
     np.testing.assert_allclose(record['input_mask_mean'],
@@ -138,10 +138,9 @@ def test_samples_are_raw_latents_of_the_matched_pairs(run, sampled):
 
 
 def test_shuffled_targets_come_from_other_songs(run):
-  workdir, _, normaliser = run
+  workdir, _, _ = run
   dataset = latents.LatentDataset(run_config.read(workdir).data_dir)
-  pairs = input_pipeline.Pairs(dataset.songs('val'), FRAMES, FRAMES,
-                               normaliser)
+  pairs = input_pipeline.Pairs(dataset.songs('val'), FRAMES, FRAMES)
   songs = pairs.index[:, 0]
   inputs, targets = sample.choose_pairs(pairs, 3, True, seed=0)
   np.testing.assert_array_equal(inputs, [0, 1, 2])
@@ -151,8 +150,7 @@ def test_shuffled_targets_come_from_other_songs(run):
   matched = sample.choose_pairs(pairs, 9, False, seed=0)
   np.testing.assert_array_equal(matched[0], matched[1])
   assert len(matched[0]) == len(pairs) == 4
-  one_song = input_pipeline.Pairs(dataset.songs('val')[:1], FRAMES, FRAMES,
-                                  normaliser)
+  one_song = input_pipeline.Pairs(dataset.songs('val')[:1], FRAMES, FRAMES)
   with pytest.raises(ValueError, match='two songs'):
     sample.choose_pairs(one_song, 2, True, seed=0)
 

@@ -9,7 +9,10 @@ import numpy as np
 import optax
 import pytest
 
+from jingle_jax import latent_space
+from jingle_jax import latents
 from jingle_jax import losses
+from jingle_jax import optimizers
 from jingle_jax import train_step
 import train_config
 
@@ -18,7 +21,7 @@ STEP_METRICS = {
     'coverage', 'temporal', 'mask_reg', 'balance', 'balance_weighted',
     'input_mask_mean', 'target_mask_mean', 'rms_scale', 'grad_norm',
     'learning_rate', 'g_adv', 'd_loss', 'd_real_acc', 'd_fake_acc',
-    'disc_grad_norm', 'skipped'}
+    'disc_grad_norm', 'skipped', 'data_fault'}
 
 
 def make_batch(config, seed=0):
@@ -30,10 +33,14 @@ def make_batch(config, seed=0):
 
 
 def jitted_steps(config):
-  """(train step donating its state, eval step), jitted for one device."""
-  return (jax.jit(functools.partial(train_step.train_step, config=config),
-                  donate_argnums=0),
-          jax.jit(functools.partial(train_step.eval_step, config=config)))
+  """(train step donating its state, eval step), jitted for one device, on
+  raw latents (only non-finite values are faults)."""
+  space = latent_space.identity(config.model.latent_dim)
+  train = jax.jit(functools.partial(train_step.train_step, config=config),
+                  donate_argnums=0)
+  evaluate = jax.jit(functools.partial(train_step.eval_step, config=config))
+  return (lambda state, batch, rng: train(state, batch, rng, space),
+          lambda state, batch: evaluate(state, batch, space))
 
 
 def init_state(config):
@@ -76,7 +83,7 @@ def test_generator_adversarial_gradient_goes_through_the_updated_discriminator(
   batch = make_batch(tiny_config)
   rng = jax.random.key(3)
   gen_rng, disc_rng, adversarial_rng = jax.random.split(rng, 3)
-  _, disc_tx = train_step.make_optimizers(tiny_config.optim)
+  _, disc_tx = optimizers.make_optimizers(tiny_config.optim)
 
   def forward(params):
     return train_step.generator_forward(params, state.batch_stats, batch,
@@ -102,19 +109,26 @@ def test_generator_adversarial_gradient_goes_through_the_updated_discriminator(
                                 state.disc_params)
     updated = optax.apply_updates(state.disc_params, updates)
     grad = jax.value_and_grad(generator_loss)
-    return (d_loss, updated, grad(state.params, updated, adversarial_rng),
+    return (d_loss, d_grads, updated,
+            grad(state.params, updated, adversarial_rng),
             grad(state.params, state.disc_params, adversarial_rng))
 
-  d_loss, updated, (loss, grads), (_, grads_before_update) = expected()
+  d_loss, d_grads, updated, (loss, grads), (_, grads_before_update) = (
+      expected())
   actual_grads, _, (disc_params, _), metrics = jax.jit(
       functools.partial(train_step.gradients, config=tiny_config))(
           state, batch, rng)
   np.testing.assert_allclose(metrics['d_loss'], d_loss, rtol=1e-6)
   np.testing.assert_allclose(metrics['loss'], loss, rtol=1e-6)
+  d_grads = flat(d_grads)
   for name, value in flat(updated).items():
-    # Adam's first step is about +-lr for any gradient; one of ~1e-9 can
-    # round to either sign. 2% of the learning rate tells steps apart.
-    np.testing.assert_allclose(flat(disc_params)[name], value, rtol=0,
+    # Adam's first step is lr g / (|g| + 1e-8), about +-lr: 2% of the
+    # learning rate tells steps apart, except where |g| is near 1e-8, as
+    # the gradients of two computations differ in their last bits.
+    clear = np.abs(d_grads[name]) > 1e-7
+    assert clear.mean() > 0.5, name
+    np.testing.assert_allclose(flat(disc_params)[name][clear], value[clear],
+                               rtol=0,
                                atol=0.02 * tiny_config.optim.disc_learning_rate,
                                err_msg=name)
   actual, wanted = flat(actual_grads), flat(grads)
@@ -129,7 +143,7 @@ def test_generator_adversarial_gradient_goes_through_the_updated_discriminator(
 
 def test_discriminator_adamw_uses_beta1_one_half(tiny_config):
   """Two steps of the GAN discriminator's optimiser match Adam(0.5, 0.999)."""
-  _, disc_tx = train_step.make_optimizers(tiny_config.optim)
+  _, disc_tx = optimizers.make_optimizers(tiny_config.optim)
   params = {'w': jnp.zeros(3)}  # zero weights: weight decay adds nothing
   g1, g2 = jnp.array([0.1, -0.2, 0.3]), jnp.array([0.3, 0.1, -0.1])
   state = disc_tx.init(params)
@@ -163,6 +177,8 @@ def test_train_step_updates_everything_and_reports_metrics(compiled):
   before = flat(state)
   state, metrics = step(state, batch, jax.random.key(0))
   assert set(metrics) == STEP_METRICS
+  np.testing.assert_array_equal(metrics.pop('data_fault'),
+                                latent_space.NO_FAULT)
   assert all(np.isfinite(float(v)) for v in metrics.values())
   assert float(metrics['skipped']) == 0.0
   assert 0.0 < float(metrics['complementarity']) < 1.0
@@ -176,6 +192,8 @@ def test_train_step_updates_everything_and_reports_metrics(compiled):
     frozen = '/creative_agent/discriminator/' in f'/{name}'
     assert unchanged == frozen, name
   eval_metrics = [evaluate(state, batch) for _ in range(2)]
+  np.testing.assert_array_equal(eval_metrics[0]['data_fault'],
+                                latent_space.NO_FAULT)
   assert set(eval_metrics[0]) == STEP_METRICS - {
       'grad_norm', 'learning_rate', 'disc_grad_norm', 'skipped'}
   assert jax.tree.all(jax.tree.map(np.array_equal, *eval_metrics))
@@ -185,7 +203,8 @@ def test_seed_recipe_objectives_at_step_zero(compiled):
   """The seed run's weights: no reconstruction term; validation 0.1 mask_reg."""
   init, step, evaluate, batch = compiled
   _, metrics = step(init(), batch, jax.random.key(0))
-  m = {name: float(value) for name, value in metrics.items()}
+  m = {name: float(value) for name, value in metrics.items()
+       if name != 'data_fault'}
   assert m['loss'] == pytest.approx(
       0.1 * m['mask_reg'] + 5.0 * m['balance'] + 0.1 * m['g_adv'], rel=1e-6)
   assert m['mask_reg'] == pytest.approx(
@@ -196,16 +215,42 @@ def test_seed_recipe_objectives_at_step_zero(compiled):
                                              rel=1e-6)
 
 
-def test_non_finite_step_is_skipped(compiled):
-  init, step, _, batch = compiled
+@pytest.mark.parametrize('clip, row, frame, channel', [
+    ('input', 0, 0, 0), ('target', 1, 5, 7)])
+def test_a_non_finite_latent_is_a_fault_and_its_step_is_skipped(
+    compiled, clip, row, frame, channel):
+  init, step, evaluate, batch = compiled
   state = init()
   before = flat(state)
-  bad = dict(batch, input=batch['input'].at[0, 0, 0].set(jnp.nan))
+  bad = dict(batch, **{clip: batch[clip].at[row, frame, channel].set(
+      jnp.inf)})
+  window = row + (len(batch['input']) if clip == 'target' else 0)
+  fault = [window, frame * batch['input'].shape[-1] + channel]
+  np.testing.assert_array_equal(evaluate(state, bad)['data_fault'], fault)
   state, metrics = step(state, bad, jax.random.key(0))
   assert float(metrics['skipped']) == 1.0
+  np.testing.assert_array_equal(metrics['data_fault'], fault)
   after = flat(state)
   for name in before:
     np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+
+
+def test_a_latent_beyond_the_bound_is_a_fault(tiny_config):
+  """The bound of latents.check_values: OUTLIER_STDS outlier scales."""
+  dim = tiny_config.model.latent_dim
+  space = latent_space.LatentSpace(
+      mean=np.zeros(dim, np.float32), std=np.ones(dim, np.float32),
+      check_mean=np.full(dim, 2.0, np.float32),
+      check_scale=np.full(dim, 0.5, np.float32))
+  clips = np.full((2, 3, dim), 2.0, np.float16)
+  within = clips.copy()
+  within[1, 2, 3] = 2.0 + 0.5 * latents.OUTLIER_STDS
+  beyond = within.copy()
+  beyond[0, 1, 4] = 2.0 - 0.5 * (latents.OUTLIER_STDS + 4)
+  np.testing.assert_array_equal(space.fault(clips, within),
+                                latent_space.NO_FAULT)
+  np.testing.assert_array_equal(space.fault(clips, beyond), [2, dim + 4])
+  np.testing.assert_array_equal(space.fault(beyond, clips), [0, dim + 4])
 
 
 def test_overfitting_two_pairs_learns_complementary_balanced_masks(

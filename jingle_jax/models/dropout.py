@@ -47,7 +47,8 @@ def keep_probability(rate: float) -> float:
   return 1.0 - drop_threshold(rate) / _LEVELS
 
 
-def _hash(counters, seed):
+def hash32(counters, seed):
+  """uint32 hashes of uint32 counters under a uint32[2] seed."""
   return _mix32(_mix32(counters + seed[0]) ^ seed[1])
 
 
@@ -63,7 +64,7 @@ def keep_mask(seed, counters, rate: float):
   a kernel, a ref). Element 4g + j draws byte j of counter g's hash. What
   the fused attention kernels evaluate block by block.
   """
-  bits = _hash(counters, seed)
+  bits = hash32(counters, seed)
   index = jax.lax.broadcasted_iota(
       jnp.uint32, (1,) * bits.ndim + (DRAWS_PER_HASH,), bits.ndim)
   draws = _draw(bits[..., None], index).reshape(
@@ -86,7 +87,7 @@ def dropout(x, rate: float, seed):
   rows = jax.lax.iota(jnp.uint32, int(np.prod(x.shape[:-1]))).reshape(
       x.shape[:-1] + (1,))
   columns = jax.lax.broadcasted_iota(jnp.uint32, x.shape, x.ndim - 1)
-  bits = _hash(rows * np.uint32(num_groups(x.shape[-1])) +
+  bits = hash32(rows * np.uint32(num_groups(x.shape[-1])) +
                columns // DRAWS_PER_HASH, seed)
   keep = _draw(bits, columns % DRAWS_PER_HASH) >= np.uint32(
       drop_threshold(rate))
