@@ -25,12 +25,11 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from jingle_jax import checkpoints
 from jingle_jax import cli
 from jingle_jax import inference
 from jingle_jax import latents
 from jingle_jax import report
-from jingle_jax import run_config
+from jingle_jax import run_dir
 from jingle_jax import sample
 
 
@@ -76,7 +75,7 @@ def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
   stem, suffix = os.path.splitext(out_path)
   if suffix.lower() != '.wav':
     raise ValueError(f'--out {out_path}: expected a .wav file name')
-  config = run_config.read(workdir)
+  config = run_dir.read_config(workdir)
   seconds = config.num_frames / latents.FRAME_RATE
   clips = [read_clip(input_path, '--input', input_start, seconds),
            read_clip(target_path, '--target', target_start, seconds)]
@@ -159,4 +158,4 @@ if __name__ == '__main__':
   flags.mark_flags_as_required(['workdir', 'input', 'target', 'out'])
   from precompute import encodec_weights  # pylint: disable=g-import-not-at-top
   cli.run('jingle_jax.arrange', run, errors=(
-      encodec_weights.WeightsError, checkpoints.CheckpointError))
+      encodec_weights.WeightsError, run_dir.CheckpointError))

@@ -1,33 +1,23 @@
-"""Training checkpoints: an Orbax CheckpointManager over the workdir.
+"""Orbax checkpoints of a TrainState in one folder (jingle_jax/workdir.py
+owns the folder and decides what is restored).
 
-Layout of a workdir:
-
-  WORKDIR/config.json                the run's config (jingle_jax.run_config)
-  WORKDIR/checkpoints/<step>/state   the TrainState: generator, spectral-norm
-                                     vectors, discriminator, both optimisers
-  WORKDIR/checkpoints/<step>/extras  JSON: step, data_position (batches
-                                     consumed), rng (key data), val_loss,
-                                     checksum (CRC-32 per state leaf)
-  WORKDIR/checkpoints/<step>/metrics JSON {val_loss}, on checkpoints saved
-                                     right after a validation
+  <step>/state    the TrainState: generator, spectral-norm vectors,
+                  discriminator, both optimisers
+  <step>/extras   JSON: CheckpointExtras and a CRC-32 per state leaf
+  <step>/metrics  JSON {val_loss}, on checkpoints saved after a validation
 
 <step> is the data position, so it grows even when updates are skipped. The
-`keep_checkpoints` newest checkpoints are kept, and the one with the lowest
-validation loss besides. Saves are asynchronous; Orbax commits a checkpoint by
-renaming its temporary directory, so a killed run leaves no half checkpoint
-under a step name. The checksum catches what Orbax does not: restored bytes
-that differ from the saved ones (a damaged disk, a partly overwritten file).
-
-A checkpoint that cannot be read is moved aside by training, to
-WORKDIR/checkpoints/<step>.unreadable (never deleted), so that the rerun can
-save that step again; a config that would restore other shapes or give a
-checkpoint another meaning (a field declared with changes_checkpoints) is
-refused before anything is written.
+`keep` newest checkpoints are kept, and the one with the lowest validation
+loss besides. Saves are asynchronous; Orbax commits a checkpoint by renaming
+its temporary directory, so a killed run leaves no half checkpoint under a
+step name. The checksum catches what Orbax does not: restored bytes that
+differ from the saved ones (a damaged disk, a partly overwritten file). A
+checkpoint that cannot be read may be moved aside, to <step>.unreadable
+(never deleted), so that a rerun can save that step again.
 """
 
-import functools
+import dataclasses
 import os
-import re
 import zlib
 
 from absl import logging
@@ -38,43 +28,46 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from jingle_jax import optimizers
 from jingle_jax import orbax_quiet
 from jingle_jax import parallel
-from jingle_jax import run_config
-from jingle_jax import train_step
-from jingle_jax.models.cascade import stack_layers
-from jingle_jax.models.cascade import unstack_layers
 
-CHECKPOINT_DIR = 'checkpoints'
+UNREADABLE_SUFFIX = '.unreadable'
 
 
 class CheckpointError(RuntimeError):
   """No usable checkpoint; the message names the directory or step."""
 
 
-UNREADABLE_SUFFIX = '.unreadable'
+@dataclasses.dataclass(frozen=True)
+class CheckpointExtras:
+  """What a checkpoint holds besides the state."""
+  data_position: int  # batches consumed: the checkpoint's step
+  rng: jax.Array  # the run's key
+  updates: int = 0  # updates applied (skipped steps do not count)
+  val_loss: float | None = None  # of a validation just before, if any
+  best_val_loss: float | None = None  # early stopping's best so far
+  evals_since_best: int = 0  # validations since it
 
+  def to_json(self, state) -> dict:
+    return {'step': self.updates, 'data_position': self.data_position,
+            'rng': np.asarray(jax.random.key_data(self.rng)).tolist(),
+            'val_loss': self.val_loss, 'best_val_loss': self.best_val_loss,
+            'evals_since_best': self.evals_since_best,
+            'checksum': _checksum(state)}
 
-def has_checkpoints(workdir) -> bool:
-  directory = os.path.join(workdir, CHECKPOINT_DIR)
-  return os.path.isdir(directory) and any(
-      name.isdigit() for name in os.listdir(directory))
-
-
-def refuse_checkpoint_changes(workdir, changes: dict) -> None:
-  """CheckpointError when config `changes` ({field: (recorded, requested)})
-  alter what the workdir's checkpoints hold: one line naming each such
-  field and the ways out."""
-  refused = run_config.checkpoint_changes(changes)
-  if refused and has_checkpoints(workdir):
-    listed = ', '.join(f'{name} {old!r} -> {new!r}'
-                       for name, (old, new) in refused.items())
-    raise CheckpointError(
-        f'{os.path.join(workdir, CHECKPOINT_DIR)} holds checkpoints of '
-        f'another model ({listed}): use a new --workdir, or the recorded '
-        'values; changes that keep what a checkpoint holds (e.g. '
-        'optim.learning_rate, num_train_steps) are allowed and logged')
+  @classmethod
+  def from_json(cls, values, state) -> 'CheckpointExtras':
+    """The extras of a restored `state`; CheckpointError when its bytes do
+    not match the checksum. Checkpoints written before early stopping was
+    kept have none of it."""
+    if _checksum(state) != values['checksum']:
+      raise CheckpointError('the restored state does not match its checksum')
+    return cls(data_position=values['data_position'],
+               rng=jax.random.wrap_key_data(
+                   jnp.asarray(values['rng'], jnp.uint32)),
+               updates=values['step'], val_loss=values.get('val_loss'),
+               best_val_loss=values.get('best_val_loss'),
+               evals_since_best=values.get('evals_since_best', 0))
 
 
 def _checksum(state) -> list[int]:
@@ -87,12 +80,12 @@ def _val_loss(metrics) -> float:
   return metrics['val_loss']
 
 
-def open_manager(workdir, config, *, read_only=False) -> ocp.CheckpointManager:
-  """The manager of WORKDIR/checkpoints; records the config unless read-only."""
-  if not read_only:
-    run_config.record(workdir, config)
+def open_manager(directory, *, keep: int = 1,
+                 read_only=False) -> ocp.CheckpointManager:
+  """The manager of the checkpoints in `directory`, keeping the `keep`
+  newest and the best (creates the folder unless read-only)."""
   policy = checkpoint_managers.AnyPreservationPolicy([
-      checkpoint_managers.LatestN(n=config.keep_checkpoints),
+      checkpoint_managers.LatestN(n=keep),
       checkpoint_managers.BestN(get_metric_fn=_val_loss, reverse=True, n=1,
                                 keep_checkpoints_without_metrics=False),
   ])
@@ -101,68 +94,32 @@ def open_manager(workdir, config, *, read_only=False) -> ocp.CheckpointManager:
       create=not read_only, read_only=read_only,
       save_interval_steps=0 if read_only else 1,
       cleanup_tmp_directories=not read_only)
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR), options=options)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def save(manager, state, *, data_position: int, rng, val_loss=None,
-         force=False, **extra) -> None:
-  """Starts an asynchronous save of `state` at step `data_position`.
+def save(manager, state, extras: CheckpointExtras) -> None:
+  """Starts an asynchronous save of `state` at step extras.data_position.
 
-  Every process calls it. `val_loss` ranks the checkpoint for 'best'; `extra`
-  are more JSON values for the extras (restore returns them).
+  Every process calls it. extras.val_loss ranks the checkpoint for 'best'.
   """
-  extras = {'step': int(parallel.host_values(state.step)),
-            'data_position': int(data_position),
-            'rng': np.asarray(jax.random.key_data(rng)).tolist(),
-            'val_loss': val_loss,
-            'checksum': _checksum(state),
-            **extra}
+  val_loss = extras.val_loss
   manager.save(
-      data_position, force=force,
+      extras.data_position,
       metrics=None if val_loss is None else {'val_loss': float(val_loss)},
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              extras=ocp.args.JsonSave(extras)))
-
-
-def abstract_state(config, sharding=None, *, stacked_layers=True,
-                   flat_optimizers=True):
-  """TrainState shapes and dtypes placed like `sharding` (default: device 0).
-
-  The layouts of older checkpoints: stacked_layers=False, written before
-  each stage's layers ran as one scan (cascade.unstack_layers);
-  flat_optimizers=False, before AdamW ran over flat arrays
-  (optimizers.per_leaf_state).
-  """
-  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  shapes = jax.eval_shape(
-      functools.partial(train_step.create_train_state, config),
-      jax.random.key(0))
-  if not flat_optimizers:
-    shapes = shapes.replace(**jax.eval_shape(lambda state: {
-        'opt_state': optimizers.per_leaf_state(state.params),
-        'disc_opt_state': optimizers.per_leaf_state(state.disc_params)},
-                                             shapes))
-  if not stacked_layers:
-    shapes = jax.eval_shape(unstack_layers, shapes)
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      shapes)
+      args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          extras=ocp.args.JsonSave(extras.to_json(state))))
 
 
 def _restore_step(manager, step, abstract):
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract),
       extras=ocp.args.JsonRestore()))
-  state, extras = restored['state'], dict(restored['extras'])
-  if _checksum(state) != extras.pop('checksum'):
-    raise CheckpointError('the restored state does not match its checksum')
-  extras['rng'] = jax.random.wrap_key_data(
-      jnp.asarray(extras['rng'], jnp.uint32))
-  return state, extras
+  state = restored['state']
+  return state, CheckpointExtras.from_json(restored['extras'], state)
 
 
-def _shapes(tree) -> dict:
+def shapes(tree) -> dict:
   """{'params/cascade_stages_0/...': shape} of a state or its metadata."""
   return {'/'.join(str(getattr(key, 'key', getattr(key, 'name', getattr(
       key, 'idx', key)))) for key in path): tuple(leaf.shape)
@@ -173,33 +130,10 @@ def _stored_shapes(directory, step):
   """{path: shape} of checkpoint `step`'s state, or None when its metadata
   cannot be read (the restore then says why)."""
   try:  # `directory` is the manager's, an etils Path
-    return _shapes(ocp.StandardCheckpointHandler().metadata(
+    return shapes(ocp.StandardCheckpointHandler().metadata(
         directory / str(step) / 'state'))
   except Exception:  # pylint: disable=broad-except
     return None
-
-
-def _layout(stored) -> dict:
-  """abstract_state's layout arguments of a checkpoint of `stored` shapes:
-  each layer apart (layers_0, ...), written before the stages' layers ran
-  as one scan; AdamW's moments per leaf, before it ran flat."""
-  return {'stacked_layers': not any(
-      re.search(r'/cascade_stages_\d+/layers_\d+/', path) for path in stored),
-          'flat_optimizers': not any(path.startswith('opt_state/1/0/')
-                                     for path in stored)}
-
-
-def _current_layout(state, config, layout):
-  """A state restored in an older `layout`, in today's."""
-  if not layout['stacked_layers']:
-    state = stack_layers(state)
-  if not layout['flat_optimizers']:
-    tx, disc_tx = optimizers.make_optimizers(config.optim)
-    state = state.replace(
-        opt_state=optimizers.from_per_leaf(tx, state.params, state.opt_state),
-        disc_opt_state=optimizers.from_per_leaf(
-            disc_tx, state.disc_params, state.disc_opt_state))
-  return state
 
 
 def _shape_mismatch(stored, abstract):
@@ -207,7 +141,7 @@ def _shape_mismatch(stored, abstract):
   None when they match or are unknown."""
   if stored is None:
     return None
-  wanted = _shapes(abstract)
+  wanted = shapes(abstract)
   problems = [f'stored shape {stored[path]} but the config asks for {shape} '
               f'in {path}' for path, shape in wanted.items()
               if path in stored and stored[path] != shape]
@@ -232,53 +166,49 @@ def _move_aside(directory, step) -> str:
   return target
 
 
-def restore(manager, config, which='latest', *, sharding=None,
-            move_aside=False):
-  """(TrainState, extras {step, data_position, rng, val_loss}).
-
-  which: 'latest', 'best' (lowest validation loss; the latest when none has
-  one) or a step number. A checkpoint that cannot be read is passed over for
-  the next older one ('latest' and 'best'); with move_aside (training), it is
-  renamed to <step>.unreadable first. A checkpoint of other shapes than the
-  config's is a CheckpointError at once: the config is at fault, not it.
-  """
-  manager.reload()
+def _candidates(manager, which) -> list[int]:
+  """The steps to try, in order, for 'latest', 'best' or a step number."""
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     raise CheckpointError(f'{manager.directory}: no checkpoint')
   if which == 'latest':
-    candidates = steps
-  elif which == 'best':
+    return steps
+  if which == 'best':
     best = manager.best_step()
     if best is None:  # e.g. a converted checkpoint, or before any validation
       logging.info('%s: no checkpoint has a validation loss; the latest '
                    'stands for the best', manager.directory)
       best = steps[0]
-    candidates = [best] + [step for step in steps if step != best]
-  elif isinstance(which, int) and which in steps:
-    candidates = [which]
-  else:
-    raise CheckpointError(f'{manager.directory}: no checkpoint {which!r}; '
-                          f'steps: {sorted(steps)}')
-  abstract = abstract_state(config, sharding)
-  older = functools.cache(lambda stacked_layers, flat_optimizers:
-                          abstract_state(config, sharding,
-                                         stacked_layers=stacked_layers,
-                                         flat_optimizers=flat_optimizers))
+    return [best] + [step for step in steps if step != best]
+  if isinstance(which, int) and which in steps:
+    return [which]
+  raise CheckpointError(f'{manager.directory}: no checkpoint {which!r}; '
+                        f'steps: {sorted(steps)}')
+
+
+def restore(manager, which, layout_of, *, move_aside=False):
+  """(TrainState, CheckpointExtras) of checkpoint `which`: 'latest', 'best'
+  (lowest validation loss; the latest when none has one) or a step number.
+
+  layout_of(stored shapes or None) -> (abstract state to restore, function
+  that turns it into today's state). A checkpoint that cannot be read is
+  passed over for the next older one ('latest' and 'best'); with
+  move_aside (training), it is renamed to <step>.unreadable first. A
+  checkpoint of other shapes than the layout's is a CheckpointError at once:
+  the config is at fault, not it.
+  """
+  manager.reload()
   failures, moved = [], False
   try:
-    for step in candidates:
+    for step in _candidates(manager, which):
       stored = _stored_shapes(manager.directory, step)
-      layout = _layout(stored or {})
-      current = all(layout.values())
-      mismatch = _shape_mismatch(stored, abstract if current else
-                                 older(**layout))
+      abstract, to_current = layout_of(stored)
+      mismatch = _shape_mismatch(stored, abstract)
       if mismatch:
         raise CheckpointError(f'{manager.directory}/{step}: {mismatch}')
       try:
         with orbax_quiet.failed_reads_held():
-          state, extras = _restore_step(
-              manager, step, abstract if current else older(**layout))
+          state, extras = _restore_step(manager, step, abstract)
       except Exception as e:  # pylint: disable=broad-except
         # TensorStore errors run to pages; their start says enough.
         reason = str(e).splitlines()[0].split(' See full TensorStore')[0]
@@ -292,12 +222,7 @@ def restore(manager, config, which='latest', *, sharding=None,
                         manager.directory, step, reason, aside)
         logging.debug('the error (--verbosity=1 shows this):', exc_info=True)
         continue
-      if not current:
-        logging.info('%s/%d has an older layout (%s): converted on restore',
-                     manager.directory, step, layout)
-        state = jax.tree.map(lambda x, like: jax.device_put(x, like.sharding),
-                             _current_layout(state, config, layout), abstract)
-      return state, extras
+      return to_current(state), extras
     raise CheckpointError(f'{manager.directory}: no readable checkpoint'
                           f'{" (moved aside)" if moved else ""}:\n  ' +
                           '\n  '.join(failures))

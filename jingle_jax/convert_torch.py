@@ -4,7 +4,7 @@
       --config configs/creative.py --out-dir W \
       [--steps-per-epoch N | --config.data_dir=LATENTS] [--allow-pickle]
 
-writes a new training workdir W (see jingle_jax/checkpoints.py) whose one
+writes a new training workdir W (see jingle_jax/run_dir.py) whose one
 checkpoint training resumes from and sampling uses. Its step is the epochs
 the checkpoint completed (its 0-based `epoch` + 1) times the steps per epoch,
 given or counted from the training pairs of config.data_dir. Both AdamW
@@ -17,7 +17,6 @@ only inside load_torch_checkpoint.
 """
 
 import dataclasses
-import os
 
 from absl import app
 from absl import flags
@@ -26,11 +25,11 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from jingle_jax import checkpoints
 from jingle_jax import cli
 from jingle_jax import input_pipeline
 from jingle_jax import latents
 from jingle_jax import run_config
+from jingle_jax import run_dir
 from jingle_jax import torch_checkpoint
 from jingle_jax.torch_checkpoint import ConversionError
 
@@ -91,18 +90,15 @@ def write_workdir(workdir, config, state, *, step: int) -> None:
   commits the checkpoint atomically, so an interrupted run leaves none and a
   rerun starts over.
   """
-  if checkpoints.has_checkpoints(workdir):
-    raise ConversionError(
-        f'{os.path.join(workdir, checkpoints.CHECKPOINT_DIR)} holds '
-        'checkpoints already; choose a new --out-dir')
-  manager = checkpoints.open_manager(workdir, config)
+  training_run = run_dir.open_for_training(workdir, config, new=True)
   try:
-    checkpoints.save(manager, state.replace(step=jnp.asarray(step, jnp.int32)),
-                     data_position=step,
-                     rng=jax.random.split(jax.random.key(config.seed))[1])
-    manager.wait_until_finished()
+    training_run.save(
+        state.replace(step=jnp.asarray(step, jnp.int32)),
+        run_dir.CheckpointExtras(
+            data_position=step, updates=step,
+            rng=jax.random.split(jax.random.key(config.seed))[1]))
   finally:
-    manager.close()
+    training_run.close()
 
 
 def define_flags():
@@ -151,4 +147,4 @@ if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['config', 'out-dir'])
   cli.run('jingle_jax.convert_torch', run, takes_arguments=True,
-          logs_info=True, errors=(checkpoints.CheckpointError,))
+          logs_info=True, errors=(run_dir.CheckpointError,))

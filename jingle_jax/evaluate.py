@@ -46,7 +46,6 @@ from absl import flags
 import jax
 import numpy as np
 
-from jingle_jax import checkpoints
 from jingle_jax import cli
 from jingle_jax import encodec_decoding
 from jingle_jax import files
@@ -55,6 +54,7 @@ from jingle_jax import input_pipeline
 from jingle_jax import latents
 from jingle_jax import metrics
 from jingle_jax import report
+from jingle_jax import run_dir
 from jingle_jax import run_log
 from jingle_jax import sample
 
@@ -138,7 +138,7 @@ def evaluate_checkpoint(workdir, out_dir, *, which='best', split='val',
              f'{model.config.num_frames} frames.')
   files.write_text(os.path.join(out_dir, 'metrics.md'),
                    f'{summary}\n\n' + markdown_table(results))
-  metrics_path = os.path.join(workdir, run_log.METRICS_FILE)
+  metrics_path = os.path.join(workdir, run_dir.METRICS_FILE)
   curves = os.path.exists(metrics_path)
   if curves:
     from jingle_jax import plots  # pylint: disable=g-import-not-at-top
@@ -254,4 +254,4 @@ def run(f) -> None:
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['workdir', 'out-dir'])
-  cli.run('jingle_jax.evaluate', run, errors=(checkpoints.CheckpointError,))
+  cli.run('jingle_jax.evaluate', run, errors=(run_dir.CheckpointError,))

@@ -11,12 +11,12 @@ import jax
 import numpy as np
 
 from jingle_jax import baselines
-from jingle_jax import checkpoints
 from jingle_jax import compile_cache
 from jingle_jax import input_pipeline
 from jingle_jax import latent_space
 from jingle_jax import latents
 from jingle_jax import run_config
+from jingle_jax import run_dir
 from jingle_jax.models import CascadeTransformer
 
 # What TrainedModel.with_masking runs: the trained agent, no masks, or a
@@ -40,18 +40,13 @@ class TrainedModel:
     run normalises latents) gives the latent statistics, and the bounds
     latents read from it are checked against.
     """
-    config = run_config.read(workdir)
+    config, state, extras = run_dir.load(workdir, which)
     compile_cache.use(config.compilation_cache)
-    manager = checkpoints.open_manager(workdir, config, read_only=True)
-    try:
-      state, extras = checkpoints.restore(manager, config, which)
-    finally:
-      manager.close()
     if config.normalise_latents and dataset is None:
       dataset = latents.LatentDataset(config.data_dir)
     return cls(config, {'params': state.params,
                         'batch_stats': state.batch_stats},
-               extras['data_position'], extras['step'],
+               extras.data_position, extras.updates,
                latent_space.LatentSpace.of(config.normalise_latents, dataset,
                                            config.model.latent_dim))
 
@@ -118,7 +113,7 @@ def _fault_error(fault, count: int, dim: int) -> latents.LatentDataError:
 def run_dataset(workdir, data_dir=None) -> latents.LatentDataset:
   """The latent dataset at data_dir, by default the one the run trained on."""
   return latents.LatentDataset(
-      data_dir or run_config.read(workdir).data_dir)
+      data_dir or run_dir.read_config(workdir).data_dir)
 
 
 @functools.cache

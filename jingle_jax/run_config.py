@@ -4,26 +4,20 @@ checked once at a command's entry, and recorded in the workdir.
 `default_config()` is the seed recipe as an ml_collections config, which
 configs/*.py change and `--config.FIELD=VALUE` overrides; `parse` turns it
 into the frozen `Config` that the rest of the code takes its parts of.
-WORKDIR/config.json records it; a config recorded before a field existed
-reads as that field's `recorded_before` value.
+A workdir records it (jingle_jax/run_dir.py); a config recorded before a
+field existed reads as that field's `recorded_before` value.
 """
 
 import dataclasses
-import json
-import os
 
-import jax
 import ml_collections
 
-from jingle_jax import files
 from jingle_jax.config_fields import build
 from jingle_jax.config_fields import ConfigError
 from jingle_jax.config_fields import field
-from jingle_jax.config_fields import flat
 from jingle_jax.config_fields import part
 from jingle_jax.models.config import ModelConfig
 
-CONFIG_FILE = 'config.json'
 __all__ = ['Config', 'ConfigError', 'LossConfig', 'ModelConfig', 'OptimConfig']
 
 
@@ -186,42 +180,3 @@ def for_training(values, workdir) -> Config:
   if not workdir:
     raise ConfigError('no workdir: pass --workdir or set config.workdir')
   return config
-
-
-def record(workdir, config: Config) -> None:
-  """Writes WORKDIR/config.json (process 0 only)."""
-  if jax.process_index() == 0:
-    files.write_text(os.path.join(workdir, CONFIG_FILE), json.dumps(
-        dataclasses.asdict(config), indent=2, sort_keys=True) + '\n')
-
-
-def read(workdir) -> Config:
-  """WORKDIR/config.json, fields added since it was written filled in."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  values = files.read_json(path, ConfigError, 'recorded config',
-                           f'; is {workdir} a training workdir?')
-  try:
-    return parse(values)
-  except ConfigError as e:
-    raise ConfigError(f'{path}: {e}') from None
-
-
-def changes(workdir, config: Config) -> dict:
-  """{field: (recorded, requested)} against WORKDIR/config.json, if any."""
-  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
-    return {}
-  old, new = flat(read(workdir)), flat(config)
-  return {name: (old[name][0], value) for name, (value, _) in new.items()
-          if old[name][0] != value}
-
-
-def checkpoint_changes(changed: dict) -> dict:
-  """The `changed` fields ({field: (old, new)}) that give checkpoints other
-  shapes or another meaning."""
-  declared = flat(Config())
-  refused = {}
-  for name, (old, new) in changed.items():
-    rule = declared[name][1].metadata['changes_checkpoints']
-    if rule is True or (callable(rule) and rule(old, new)):
-      refused[name] = old, new
-  return refused

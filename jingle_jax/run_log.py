@@ -36,8 +36,6 @@ def _tensorboardx_without_torch():
     del sys.modules['torch']
   return tensorboardX
 
-METRICS_FILE = 'metrics.jsonl'
-TENSORBOARD_DIR = 'tensorboard'
 BAR_METRICS = ('loss', 'complementarity', 'input_mask_mean',
                'target_mask_mean')
 
@@ -62,18 +60,19 @@ def _json_value(value):
 class RunLog:
   """metrics.jsonl records {step, split, metric: value} and TensorBoard."""
 
-  def __init__(self, workdir, *, start_step: int, total_steps: int):
+  def __init__(self, path, tensorboard_dir, *, start_step: int,
+               total_steps: int):
+    """path: metrics.jsonl; tensorboard_dir: TensorBoard's folder."""
     self._active = jax.process_index() == 0
     if not self._active:
       return
-    path = os.path.join(workdir, METRICS_FILE)
     if os.path.exists(path):
       kept = [r for r in read_records(path) if r['step'] <= start_step]
       files.write_text(path, ''.join(json.dumps(r) + '\n'
                                               for r in kept))
     self._file = open(path, 'a')
     self._tensorboard = _tensorboardx_without_torch().SummaryWriter(
-        os.path.join(workdir, TENSORBOARD_DIR), purge_step=start_step + 1)
+        tensorboard_dir, purge_step=start_step + 1)
     self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step',
                           dynamic_ncols=True)
 

@@ -35,7 +35,6 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from jingle_jax import checkpoints
 from jingle_jax import cli
 from jingle_jax import decode
 from jingle_jax import encodec_decoding
@@ -44,7 +43,7 @@ from jingle_jax import inference
 from jingle_jax import input_pipeline
 from jingle_jax import latents
 from jingle_jax import losses
-from jingle_jax import run_config
+from jingle_jax import run_dir
 
 MASK_STATISTICS = ('complementarity', 'overlap', 'coverage',
                    'input_mask_mean', 'target_mask_mean')
@@ -180,7 +179,7 @@ def read_clip(path, flag: str, latent_dim: int, max_frames: int):
 def sample_pair(workdir, input_path, target_path, out_dir, *, which='best',
                 data_dir=None, wav=False) -> int:
   """Runs one given pair; writes output and masks. Returns the step."""
-  config = run_config.read(workdir)  # checks the files before loading
+  config = run_dir.read_config(workdir)  # checks the files before loading
   dim, max_frames = config.model.latent_dim, config.model.max_len
   raw_input = read_clip(input_path, '--input', dim, max_frames)
   raw_target = read_clip(target_path, '--target', dim, max_frames)
@@ -249,4 +248,4 @@ def run(f) -> None:
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['workdir', 'out-dir'])
-  cli.run('jingle_jax.sample', run, errors=(checkpoints.CheckpointError,))
+  cli.run('jingle_jax.sample', run, errors=(run_dir.CheckpointError,))

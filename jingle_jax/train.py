@@ -7,8 +7,8 @@ A rerun with the same workdir resumes from its latest checkpoint; SIGTERM or
 SIGINT saves one and exits cleanly. Several hosts join through
 jax.distributed: by themselves under srun (SLURM), mpirun (Open MPI) or on a
 TPU pod, or given --coordinator_address, --num_processes and --process_id.
-The workdir holds config.json and checkpoints/ (see jingle_jax/checkpoints.py),
-metrics.jsonl and tensorboard/ (see jingle_jax/run_log.py).
+The workdir (jingle_jax/run_dir.py) holds config.json, checkpoints/,
+metrics.jsonl and tensorboard/.
 """
 
 import dataclasses
@@ -27,7 +27,6 @@ from ml_collections import config_flags
 import numpy as np
 
 from jingle_jax import audio_losses
-from jingle_jax import checkpoints
 from jingle_jax import cli
 from jingle_jax import compile_cache
 from jingle_jax import encodec_decoding
@@ -36,6 +35,7 @@ from jingle_jax import latent_space
 from jingle_jax import media_log
 from jingle_jax import parallel
 from jingle_jax import run_config
+from jingle_jax import run_dir
 from jingle_jax import run_log
 from jingle_jax import step_timing
 from jingle_jax import train_step
@@ -194,11 +194,15 @@ def early_stopping(patience: int, best_val_loss=None, evals_since_best=0):
       should_stop=bool(patience) and evals_since_best >= patience)
 
 
-def _early_stopping_extras(stopping) -> dict:
-  """What a checkpoint keeps of it (JSON: no infinity)."""
+def checkpoint_extras(state, position, rng, stopping,
+                      val_loss=None) -> run_dir.CheckpointExtras:
+  """What a checkpoint keeps besides the state."""
   best = stopping.best_metric
-  return {'best_val_loss': None if math.isinf(best) else float(best),
-          'evals_since_best': int(stopping.patience_count)}
+  return run_dir.CheckpointExtras(
+      data_position=position, rng=rng,
+      updates=int(parallel.host_values(state.step)), val_loss=val_loss,
+      best_val_loss=None if math.isinf(best) else float(best),
+      evals_since_best=int(stopping.patience_count))
 
 
 def count_skips(consecutive: int, skipped, limit: int) -> int:
@@ -215,25 +219,23 @@ def count_skips(consecutive: int, skipped, limit: int) -> int:
   return consecutive
 
 
-def init_or_restore(config, mesh, manager):
+def init_or_restore(config, mesh, training_run: run_dir.TrainingRun):
   """(state, data position, rng, early stopping) of a new or resumed run."""
-  init_rng, rng = jax.random.split(jax.random.key(config.seed))
-  if manager.latest_step() is None:
+  restored = training_run.restore(parallel.replicated(mesh))
+  if restored is None:
+    init_rng, rng = jax.random.split(jax.random.key(config.seed))
     init_data = np.asarray(jax.random.key_data(init_rng))
     state = jax.jit(
         lambda: train_step.create_train_state(
             config, jax.random.wrap_key_data(init_data)),
         out_shardings=parallel.replicated(mesh))()
     return state, 0, rng, early_stopping(config.early_stopping_patience)
-  state, extras = checkpoints.restore(manager, config,
-                                      sharding=parallel.replicated(mesh),
-                                      move_aside=True)
-  logging.info('resumed from %s at step %d', manager.directory,
-               extras['data_position'])
+  state, extras = restored
+  logging.info('resumed from %s at step %d', training_run.checkpoint_dir,
+               extras.data_position)
   stopping = early_stopping(config.early_stopping_patience,
-                            extras.get('best_val_loss'),
-                            extras.get('evals_since_best', 0))
-  return state, extras['data_position'], extras['rng'], stopping
+                            extras.best_val_loss, extras.evals_since_best)
+  return state, extras.data_position, extras.rng, stopping
 
 
 def train_and_evaluate(config, workdir):
@@ -256,10 +258,9 @@ def train_and_evaluate(config, workdir):
                '%d devices', len(train_pairs), len(val_pairs),
                schedule.steps_per_epoch, batch_size, jax.device_count())
 
-  changes = run_config.changes(workdir, config)
-  checkpoints.refuse_checkpoint_changes(workdir, changes)  # before writing
-  manager = checkpoints.open_manager(workdir, config)
-  state, position, rng, stopping = init_or_restore(config, mesh, manager)
+  training_run = run_dir.open_for_training(workdir, config)
+  state, position, rng, stopping = init_or_restore(config, mesh,
+                                                   training_run)
   space = latent_space.LatentSpace.of(config.normalise_latents, dataset,
                                       config.model.latent_dim)
   decoder = encodec_decoding.for_training(config.loss, dataset, space)
@@ -273,7 +274,8 @@ def train_and_evaluate(config, workdir):
           shuffle_targets=config.shuffle_targets),
       size=config.prefetch_batches, sharding=split,
       global_batch_size=batch_size)
-  log = run_log.RunLog(workdir, start_step=position,
+  log = run_log.RunLog(training_run.metrics_path,
+                       training_run.tensorboard_dir, start_step=position,
                        total_steps=schedule.num_train_steps)
   if decoder is not None and audio_losses.weighted(
       config.loss, audio_losses.TARGET_TERMS):
@@ -281,9 +283,10 @@ def train_and_evaluate(config, workdir):
         "target clips' waveforms" if train_pairs.target_audio else
         'decoded target: the dataset keeps no audio (precompute.encode '
         '--keep-audio keeps it)'))
-  if changes:
+  if training_run.changes:
     log.note(position, 'config changed from the recorded one: ' + ', '.join(
-        f'{name} {old!r} -> {new!r}' for name, (old, new) in changes.items()))
+        f'{name} {old!r} -> {new!r}'
+        for name, (old, new) in training_run.changes.items()))
   last_saved, step_metrics, consecutive_skips = position, [], 0
   train_metrics = val_metrics = None
   timer = step_timing.StepTimer()
@@ -301,8 +304,8 @@ def train_and_evaluate(config, workdir):
   def save(val_loss=None):
     nonlocal last_saved
     check_data()  # no checkpoint follows a batch with a fault
-    checkpoints.save(manager, state, data_position=position, rng=rng,
-                     val_loss=val_loss, **_early_stopping_extras(stopping))
+    training_run.save(state, checkpoint_extras(state, position, rng,
+                                               stopping, val_loss))
     last_saved = position
 
   try:
@@ -332,7 +335,8 @@ def train_and_evaluate(config, workdir):
           except TooManySkippedSteps as e:
             raise TooManySkippedSteps(
                 f'by step {position}, {e}; the last good checkpoint is '
-                f'{manager.directory}/{manager.latest_step()}') from None
+                f'{training_run.checkpoint_dir}/'
+                f'{training_run.latest_step()}') from None
           step_metrics = []
         val_loss = None
         if position % schedule.eval_every == 0:
@@ -364,8 +368,7 @@ def train_and_evaluate(config, workdir):
         save()
   finally:
     batches.close()
-    manager.wait_until_finished()
-    manager.close()
+    training_run.close()
     log.close()
   return val_metrics
 
@@ -395,4 +398,4 @@ def run(f):
 if __name__ == '__main__':
   flags.mark_flag_as_required('config')
   cli.run('jingle_jax.train', run, logs_info=True, errors=(
-      checkpoints.CheckpointError, TooManySkippedSteps))
+      run_dir.CheckpointError, TooManySkippedSteps))

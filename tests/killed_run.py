@@ -21,9 +21,9 @@ KILLED_AFTER = 4
 def main(workdir, data_dir, *overrides):
   save = checkpoints.save
 
-  def save_then_die(manager, state, *, data_position, **kwargs):
-    save(manager, state, data_position=data_position, **kwargs)
-    if data_position == KILLED_AFTER:
+  def save_then_die(manager, state, extras):
+    save(manager, state, extras)
+    if extras.data_position == KILLED_AFTER:
       manager.wait_until_finished()
       os.kill(os.getpid(), signal.SIGKILL)
 

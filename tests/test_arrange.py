@@ -10,9 +10,9 @@ import pytest
 import soundfile
 
 from jingle_jax import arrange
-from jingle_jax import checkpoints
 from jingle_jax import latents
 from jingle_jax import run_config
+from jingle_jax import run_dir
 from jingle_jax import synth
 from jingle_jax import train_step
 from precompute import encodec_weights
@@ -38,11 +38,10 @@ def run(tmp_path_factory):
   state = jax.jit(functools.partial(train_step.create_train_state, config))(
       jax.random.key(0))
   workdir = tmp_path_factory.mktemp('workdir')
-  manager = checkpoints.open_manager(workdir, config)
-  checkpoints.save(manager, state, data_position=3, rng=jax.random.key(0),
-                   val_loss=1.0)
-  manager.wait_until_finished()
-  manager.close()
+  training_run = run_dir.open_for_training(workdir, config)
+  training_run.save(state, run_dir.CheckpointExtras(
+      data_position=3, rng=jax.random.key(0), val_loss=1.0))
+  training_run.close()
   songs = tmp_path_factory.mktemp('songs')
   soundfile.write(songs / 'input.wav', synth.render_song(3, 0, 2.0, 44_100),
                   44_100)

@@ -18,6 +18,7 @@ from tensorboardX.proto import event_pb2
 
 from jingle_jax import encodec_decoding
 from jingle_jax import latents
+from jingle_jax import run_dir
 from jingle_jax import run_log
 from jingle_jax import step_timing
 from jingle_jax.models import encodec_decoder
@@ -102,8 +103,8 @@ def test_killed_run_with_the_outlier_penalty_resumes_exactly(
        f'--workdir={tmp_path}', f'--config.data_dir={dataset[0]}',
        *(f'--config.{name}={value}' for name, value in SETTINGS.items())],
       env=env, check=True, capture_output=True)
-  whole = run_log.read_records(whole_run / run_log.METRICS_FILE)
-  resumed = run_log.read_records(tmp_path / run_log.METRICS_FILE)
+  whole = run_log.read_records(whole_run / run_dir.METRICS_FILE)
+  resumed = run_log.read_records(tmp_path / run_dir.METRICS_FILE)
   assert [r['step'] for r in resumed] == [r['step'] for r in whole]
   for a, b in zip(whole, resumed):  # every metric but the timings
     for name in step_timing.METRICS:

@@ -1,5 +1,6 @@
-"""Saving, restoring, keeping and refusing checkpoints."""
+"""The run directory: saving, restoring, keeping and refusing checkpoints."""
 
+import dataclasses
 import gc
 import os
 
@@ -8,10 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from jingle_jax import checkpoints
 from jingle_jax import cli
 from jingle_jax import inference
 from jingle_jax import run_config
+from jingle_jax import run_dir
 from jingle_jax import optimizers
 from jingle_jax.models.cascade import stack_layers
 from damage import damage
@@ -22,12 +23,13 @@ pytestmark = pytest.mark.filterwarnings(
     'ignore::pytest.PytestUnraisableExceptionWarning')
 
 
-def random_state(config, seed):
-  """A TrainState of the config's shapes with random values (no compiling)."""
+def random_state(config, seed, **layout):
+  """A TrainState of the config's shapes (in the `layout` of
+  run_dir.abstract_state) with random values (no compiling)."""
   rng = np.random.default_rng(seed)
   return jax.tree.map(
       lambda s: jax.device_put(rng.normal(size=s.shape).astype(s.dtype)),
-      checkpoints.abstract_state(config))
+      run_dir.abstract_state(config, **layout))
 
 
 def assert_same(a, b):
@@ -40,39 +42,45 @@ def config(tiny_config):
   return train_config.changed(tiny_config, {'keep_checkpoints': 2})
 
 
+def extras(step, val_loss=None, state=None):
+  return run_dir.CheckpointExtras(
+      data_position=step, rng=jax.random.key(step), val_loss=val_loss,
+      evals_since_best=step // 10,
+      updates=0 if state is None else int(state.step))
+
+
 def save_steps(workdir, config, val_losses):
   """Saves a random state per {step: val_loss}; returns {step: state}."""
-  manager = checkpoints.open_manager(workdir, config)
+  training_run = run_dir.open_for_training(workdir, config)
   states = {}
   for step, val_loss in val_losses.items():
     states[step] = random_state(config, step)
-    checkpoints.save(manager, states[step], data_position=step,
-                     rng=jax.random.key(step), val_loss=val_loss,
-                     evals_since_best=step // 10)
-  manager.wait_until_finished()
-  manager.close()
+    training_run.save(states[step], extras(step, val_loss, states[step]))
+  training_run.close()
   return states
+
+
+def stored_steps(workdir):
+  return sorted(os.listdir(workdir / 'checkpoints'))
 
 
 def test_round_trip_keeps_newest_and_best(tmp_path, config):
   states = save_steps(tmp_path, config, {10: 2.0, 20: 1.0, 30: 3.0, 40: None,
                                          50: 2.5})
-  manager = checkpoints.open_manager(tmp_path, config, read_only=True)
-  assert sorted(manager.all_steps()) == [20, 40, 50]  # newest 2 + best
-  state, extras = checkpoints.restore(manager, config)
+  assert stored_steps(tmp_path) == ['20', '40', '50']  # newest 2 + best
+  recorded, state, restored = run_dir.load(tmp_path, 'latest')
+  assert recorded == config
   assert_same(state, states[50])
-  assert extras['data_position'] == 50
-  assert extras['step'] == int(states[50].step)
-  assert extras['val_loss'] == 2.5
-  assert extras['evals_since_best'] == 5
-  np.testing.assert_array_equal(jax.random.key_data(extras['rng']),
+  assert restored == dataclasses.replace(extras(50, 2.5, states[50]),
+                                         rng=restored.rng)
+  np.testing.assert_array_equal(jax.random.key_data(restored.rng),
                                 jax.random.key_data(jax.random.key(50)))
-  state, extras = checkpoints.restore(manager, config, 'best')
+  _, state, restored = run_dir.load(tmp_path, 'best')
   assert_same(state, states[20])
-  assert extras['data_position'] == 20
-  assert_same(checkpoints.restore(manager, config, 40)[0], states[40])
-  with pytest.raises(checkpoints.CheckpointError, match='no checkpoint 30'):
-    checkpoints.restore(manager, config, 30)
+  assert restored.data_position == 20
+  assert_same(run_dir.load(tmp_path, 40)[1], states[40])
+  with pytest.raises(run_dir.CheckpointError, match='no checkpoint 30'):
+    run_dir.load(tmp_path, 30)
 
 
 def test_a_trained_model_loads_with_its_recorded_config(tmp_path, config):
@@ -94,19 +102,15 @@ def test_checkpoints_of_older_layouts_restore(tmp_path, config,
   those written before each stage's layers ran as one scan also hold
   layers_0, layers_1, ... (params and moments): they restore."""
   config = train_config.changed(config, {'model.num_layers': 2})
-  rng = np.random.default_rng(3)
-  older = jax.tree.map(
-      lambda s: jax.device_put(rng.normal(size=s.shape).astype(s.dtype)),
-      checkpoints.abstract_state(config, stacked_layers=stacked_layers,
-                                 flat_optimizers=False))
-  manager = checkpoints.open_manager(tmp_path, config)
-  checkpoints.save(manager, older, data_position=3, rng=jax.random.key(3))
-  manager.wait_until_finished()
+  older = random_state(config, 3, stacked_layers=stacked_layers,
+                       flat_optimizers=False)
+  training_run = run_dir.open_for_training(tmp_path, config)
+  training_run.save(older, extras(3))
+  training_run.close()
   metadata = tmp_path / 'checkpoints' / '3' / 'state' / '_METADATA'
   assert ('layers_1' in metadata.read_text()) != stacked_layers
-  restored, extras = checkpoints.restore(manager, config)
-  manager.close()
-  assert extras['data_position'] == 3
+  _, restored, restored_extras = run_dir.load(tmp_path, 'latest')
+  assert restored_extras.data_position == 3
   if not stacked_layers:
     older = stack_layers(older)
   for name in ('step', 'params', 'batch_stats', 'disc_params'):
@@ -128,16 +132,15 @@ def test_checkpoints_of_older_layouts_restore(tmp_path, config,
 def test_damaged_latest_falls_back_to_previous(tmp_path, config, how):
   states = save_steps(tmp_path, config, {1: None, 2: None})
   damage(tmp_path, 2, how)
-  manager = checkpoints.open_manager(tmp_path, config, read_only=True)
-  state, extras = checkpoints.restore(manager, config)
-  assert extras['data_position'] == 1
+  _, state, restored = run_dir.load(tmp_path, 'latest')
+  assert restored.data_position == 1
   assert_same(state, states[1])
-  with pytest.raises(checkpoints.CheckpointError, match='no readable'):
-    checkpoints.restore(manager, config, 2)
+  with pytest.raises(run_dir.CheckpointError, match='no readable'):
+    run_dir.load(tmp_path, 2)
   damage(tmp_path, 1, how)
-  with pytest.raises(checkpoints.CheckpointError, match='step 2.*\n.*step 1'):
-    checkpoints.restore(manager, config)
-  assert sorted(manager.all_steps()) == [1, 2]  # read-only: nothing moved
+  with pytest.raises(run_dir.CheckpointError, match='step 2.*\n.*step 1'):
+    run_dir.load(tmp_path, 'latest')
+  assert stored_steps(tmp_path) == ['1', '2']  # loading moves nothing
   gc.collect()  # Orbax's abandoned reads go here, where warnings are off
 
 
@@ -145,46 +148,48 @@ def test_damaged_latest_falls_back_to_previous(tmp_path, config, how):
 def test_training_moves_an_unreadable_checkpoint_aside(tmp_path, config,
                                                        how):
   """So that the step can be saved again (Orbax skips a save at a step it
-  has); the best choice falls back as the latest does."""
+  has)."""
   states = save_steps(tmp_path, config, {1: 2.0, 2: 1.0})
   damage(tmp_path, 2, how)
-  manager = checkpoints.open_manager(tmp_path, config)
-  state, extras = checkpoints.restore(manager, config, 'best',
-                                      move_aside=True)
-  assert extras['data_position'] == 1
+  training_run = run_dir.open_for_training(tmp_path, config)
+  state, restored = training_run.restore()
+  assert restored.data_position == 1
   assert_same(state, states[1])
-  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1', '2.unreadable']
-  assert manager.latest_step() == 1
+  assert stored_steps(tmp_path) == ['1', '2.unreadable']
+  assert training_run.latest_step() == 1
   again = random_state(config, 22)
-  checkpoints.save(manager, again, data_position=2, rng=jax.random.key(2))
-  manager.wait_until_finished()
-  assert_same(checkpoints.restore(manager, config)[0], again)
+  training_run.save(again, extras(2))
+  training_run.manager.wait_until_finished()
+  assert_same(training_run.restore()[0], again)
   damage(tmp_path, 2, how)  # moved aside again, beside the first
-  checkpoints.restore(manager, config, move_aside=True)
-  assert sorted(os.listdir(tmp_path / 'checkpoints')) == [
-      '1', '2.unreadable', '2.unreadable.2']
-  manager.close()
+  training_run.restore()
+  assert stored_steps(tmp_path) == ['1', '2.unreadable', '2.unreadable.2']
+  training_run.close()
   gc.collect()
 
 
 def test_other_shapes_are_one_clear_error_and_nothing_moves(tmp_path,
                                                             config):
+  """A recorded config that does not fit its checkpoints (edited or copied
+  over) is named in one line."""
   save_steps(tmp_path, config, {1: None, 2: None})
-  config = train_config.changed(config, {'model.mask_hidden': 32})
-  manager = checkpoints.open_manager(tmp_path, config, read_only=True)
-  with pytest.raises(checkpoints.CheckpointError) as error:
-    checkpoints.restore(manager, config, move_aside=True)
+  run_dir.record_config(tmp_path, train_config.changed(
+      config, {'model.mask_hidden': 32}))
+  with pytest.raises(run_dir.CheckpointError) as error:
+    run_dir.load(tmp_path, 'latest')
   message = str(error.value)
   assert message.startswith(f'{tmp_path}/checkpoints/2: stored shape ')
   assert 'but the config asks for' in message
   assert 'made with another config' in message and '\n' not in message
-  assert sorted(manager.all_steps()) == [1, 2]
+  assert stored_steps(tmp_path) == ['1', '2']
 
 
 def test_nothing_to_restore(tmp_path, config):
-  manager = checkpoints.open_manager(tmp_path, config)
-  with pytest.raises(checkpoints.CheckpointError, match='no checkpoint'):
-    checkpoints.restore(manager, config)
+  training_run = run_dir.open_for_training(tmp_path, config)
+  assert training_run.restore() is None  # a new run
+  training_run.close()
+  with pytest.raises(run_dir.CheckpointError, match='no checkpoint'):
+    run_dir.load(tmp_path)
   with pytest.raises(run_config.ConfigError, match='config.json'):
     inference.TrainedModel.load(tmp_path / 'elsewhere')
   (tmp_path / 'config.json').write_text('{"seed": ')
@@ -198,26 +203,32 @@ def test_nothing_to_restore(tmp_path, config):
 
 
 def test_config_changes_that_alter_checkpoints_are_refused(tmp_path, config):
-  run_config.record(tmp_path, config)
+  """Before anything is written; other changes are returned, to be logged."""
+  def reopen(fields):
+    training_run = run_dir.open_for_training(
+        tmp_path, train_config.changed(config, fields))
+    training_run.close()
+    return training_run.changes
+
+  run_dir.record_config(tmp_path, config)
   new = {'num_frames': 64, 'optim.learning_rate': 5e-4,
          'model.num_layers': 3}
-  changes = run_config.changes(tmp_path, train_config.changed(config, new))
-  assert changes == {'model.num_layers': (1, 3), 'num_frames': (32, 64),
-                     'optim.learning_rate': (1e-4, 5e-4)}
-  checkpoints.refuse_checkpoint_changes(tmp_path, changes)  # no checkpoint
+  assert reopen(new) == {'model.num_layers': (1, 3), 'num_frames': (32, 64),
+                         'optim.learning_rate': (1e-4, 5e-4)}  # no checkpoint
+  run_dir.record_config(tmp_path, config)
   save_steps(tmp_path, config, {1: None})
-  with pytest.raises(checkpoints.CheckpointError,
+  recorded = (tmp_path / 'config.json').read_text()
+  with pytest.raises(run_dir.CheckpointError,
                      match=r'another model \(model.num_layers 1 -> 3\): use '
                      r'a new --workdir'):
-    checkpoints.refuse_checkpoint_changes(tmp_path, changes)
-  del changes['model.num_layers']
-  checkpoints.refuse_checkpoint_changes(tmp_path, changes)  # allowed
-  for gan, refused in ((0.2, False), (0.0, True)):
-    gan_change = {'loss.gan_weight': run_config.changes(
-        tmp_path, train_config.changed(config, {'loss.gan_weight': gan})
-    )['loss.gan_weight']}
-    if refused:
-      with pytest.raises(checkpoints.CheckpointError, match='gan_weight'):
-        checkpoints.refuse_checkpoint_changes(tmp_path, gan_change)
-    else:
-      checkpoints.refuse_checkpoint_changes(tmp_path, gan_change)
+    reopen(new)
+  assert (tmp_path / 'config.json').read_text() == recorded
+  del new['model.num_layers']
+  assert set(reopen(new)) == {'num_frames', 'optim.learning_rate'}
+  run_dir.record_config(tmp_path, config)
+  assert reopen({'loss.gan_weight': 0.2}) == {'loss.gan_weight': (0.1, 0.2)}
+  run_dir.record_config(tmp_path, config)
+  with pytest.raises(run_dir.CheckpointError, match='gan_weight'):
+    reopen({'loss.gan_weight': 0.0})  # the discriminator's state would go
+  with pytest.raises(run_dir.CheckpointError, match='checkpoints already'):
+    run_dir.open_for_training(tmp_path, config, new=True)

@@ -13,12 +13,12 @@ import optax
 import pytest
 import torch
 
-from jingle_jax import checkpoints
 from jingle_jax import convert_torch
 from jingle_jax import inference
 from jingle_jax import latent_space
 from jingle_jax import losses
 from jingle_jax import optimizers
+from jingle_jax import run_dir
 from jingle_jax import torch_checkpoint
 from jingle_jax import train_step
 from jingle_jax.models import CascadeTransformer
@@ -367,14 +367,13 @@ def test_command_writes_a_workdir_that_training_restores(tmp_path,
   jax.tree.map(np.testing.assert_array_equal, trained.variables,
                {'params': expected.params,
                 'batch_stats': expected.batch_stats})
-  manager = checkpoints.open_manager(workdir, config, read_only=True)
-  state, _ = checkpoints.restore(manager, config)
-  manager.close()
+  _, state, _ = run_dir.load(workdir, 'latest')
   tx, _ = optimizers.make_optimizers(config.optim)
   jax.tree.map(np.testing.assert_array_equal, state.opt_state,
                tx.init(state.params))  # a fresh torch AdamW's moments
 
-  with pytest.raises(torch_checkpoint.ConversionError, match='holds checkpoints'):
+  with pytest.raises(run_dir.CheckpointError,
+                     match='holds checkpoints already'):
     convert_torch.write_workdir(workdir, config, state, step=0)
 
   # Sampling one pair takes raw latents, as the original did, with no dataset

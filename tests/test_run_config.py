@@ -10,6 +10,7 @@ import pytest
 
 from configs import creative
 from jingle_jax import run_config
+from jingle_jax import run_dir
 from jingle_jax.config_fields import field
 
 
@@ -71,38 +72,38 @@ def test_the_typed_config_follows_the_config_and_is_frozen(config):
 
 def test_configs_recorded_by_older_versions_get_the_fields_they_had(
     config, tmp_path):
-  run_config.record(tmp_path, run_config.parse(config))
-  assert run_config.read(tmp_path) == run_config.parse(config)
-  old = json.loads((tmp_path / run_config.CONFIG_FILE).read_text())
+  run_dir.record_config(tmp_path, run_config.parse(config))
+  assert run_dir.read_config(tmp_path) == run_config.parse(config)
+  old = json.loads((tmp_path / run_dir.CONFIG_FILE).read_text())
   for block, name in (('model', 'remat'), ('model', 'disc_dropout'),
                       ('loss', 'overlap_weight'), ('optim', 'disc_b1')):
     del old[block][name]
   del old['normalise_latents']
-  (tmp_path / run_config.CONFIG_FILE).write_text(json.dumps(old))
-  upgraded = run_config.read(tmp_path)
+  (tmp_path / run_dir.CONFIG_FILE).write_text(json.dumps(old))
+  upgraded = run_dir.read_config(tmp_path)
   assert upgraded.normalise_latents  # they normalised
   assert upgraded.model.remat == 'none' and upgraded.model.disc_dropout == 0.3
   assert upgraded.loss.overlap_weight == 10.0  # the published code's
   assert upgraded.optim.disc_b1 == 0.9  # optax's default then
   del old['model']['num_layers']  # there from the first version on
-  (tmp_path / run_config.CONFIG_FILE).write_text(json.dumps(old))
+  (tmp_path / run_dir.CONFIG_FILE).write_text(json.dumps(old))
   with pytest.raises(run_config.ConfigError,
                      match=r'config.json: config.model.num_layers is missing'):
-    run_config.read(tmp_path)
+    run_dir.read_config(tmp_path)
 
 
 def test_changes_that_alter_checkpoints_are_told_apart(config, tmp_path):
-  run_config.record(tmp_path, run_config.parse(config))
+  run_dir.record_config(tmp_path, run_config.parse(config))
   config.model.num_layers = 2
   config.optim.learning_rate = 5e-4
-  changes = run_config.changes(tmp_path, run_config.parse(config))
+  changes = run_dir.config_changes(tmp_path, run_config.parse(config))
   assert changes == {'model.num_layers': (6, 2),
                      'optim.learning_rate': (1e-4, 5e-4)}
-  assert run_config.checkpoint_changes(changes) == {'model.num_layers': (6, 2)}
+  assert run_dir.checkpoint_changes(changes) == {'model.num_layers': (6, 2)}
   gan = {'loss.gan_weight': (0.1, 0.2)}
-  assert not run_config.checkpoint_changes(gan)  # the GAN stays
+  assert not run_dir.checkpoint_changes(gan)  # the GAN stays
   gan = {'loss.gan_weight': (0.1, 0.0)}
-  assert run_config.checkpoint_changes(gan) == gan  # the GAN goes
+  assert run_dir.checkpoint_changes(gan) == gan  # the GAN goes
 
 
 def test_a_field_is_added_in_one_place(monkeypatch, tmp_path):
@@ -113,16 +114,16 @@ def test_a_field_is_added_in_one_place(monkeypatch, tmp_path):
           100, minimum=0, changes_checkpoints=True, recorded_before=0))],
       bases=(run_config.Config,), frozen=True)
   old = run_config.parse(creative.get_config())
-  run_config.record(tmp_path, old)  # written before the field existed
+  run_dir.record_config(tmp_path, old)  # written before the field existed
   monkeypatch.setattr(run_config, 'Config', extended)
   config = run_config.default_config()
   assert config.warmup_steps == 100
   config.warmup_steps = 500  # as --config.warmup_steps=500 would
   assert run_config.parse(config).warmup_steps == 500
-  assert run_config.read(tmp_path).warmup_steps == 0  # recorded_before
-  changes = run_config.changes(tmp_path, run_config.parse(config))
+  assert run_dir.read_config(tmp_path).warmup_steps == 0  # recorded_before
+  changes = run_dir.config_changes(tmp_path, run_config.parse(config))
   assert changes == {'warmup_steps': (0, 500)}
-  assert run_config.checkpoint_changes(changes) == changes
+  assert run_dir.checkpoint_changes(changes) == changes
   config.warmup_steps = -1
   with pytest.raises(run_config.ConfigError,
                      match='config.warmup_steps must not be negative'):

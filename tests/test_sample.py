@@ -12,13 +12,13 @@ from PIL import Image
 import pytest
 import soundfile
 
-from jingle_jax import checkpoints
 from jingle_jax import encodec_decoding
 from jingle_jax import inference
 from jingle_jax import input_pipeline
 from jingle_jax import latent_space
 from jingle_jax import latents
 from jingle_jax import run_config
+from jingle_jax import run_dir
 from jingle_jax import sample
 from jingle_jax import train_step
 from jingle_jax.models import encodec_decoder
@@ -49,11 +49,10 @@ def write_dataset(path, songs: dict, seed=0) -> dict:
 
 def save_checkpoint(workdir, config, state, val_loss=1.0) -> None:
   """Records the config and saves `state` as the run's best checkpoint."""
-  manager = checkpoints.open_manager(workdir, config)
-  checkpoints.save(manager, state, data_position=1,
-                   rng=jax.random.key(0), val_loss=val_loss)
-  manager.wait_until_finished()
-  manager.close()
+  training_run = run_dir.open_for_training(workdir, config)
+  training_run.save(state, run_dir.CheckpointExtras(
+      data_position=1, rng=jax.random.key(0), val_loss=val_loss))
+  training_run.close()
 
 
 @pytest.fixture(scope='module')
@@ -139,7 +138,7 @@ def test_samples_are_raw_latents_of_the_matched_pairs(run, sampled):
 
 def test_shuffled_targets_come_from_other_songs(run):
   workdir, _, _ = run
-  dataset = latents.LatentDataset(run_config.read(workdir).data_dir)
+  dataset = latents.LatentDataset(run_dir.read_config(workdir).data_dir)
   pairs = input_pipeline.Pairs(dataset.songs('val'), FRAMES, FRAMES)
   songs = pairs.index[:, 0]
   inputs, targets = sample.choose_pairs(pairs, 3, True, seed=0)
@@ -209,7 +208,7 @@ def test_command_line_runs_a_given_pair_like_the_dataset_pair(run, sampled,
 def test_wav_files_are_the_decoded_latents(run, tmp_path):
   workdir = run[0]
   sample.sample_dataset(workdir, tmp_path / 'out', num_samples=1, wav=True)
-  dataset = latents.LatentDataset(run_config.read(workdir).data_dir)
+  dataset = latents.LatentDataset(run_dir.read_config(workdir).data_dir)
   params = encodec_decoding.read(dataset)
   for name in ('input', 'target', 'output'):
     path = tmp_path / 'out' / 'sample_000' / name

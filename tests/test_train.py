@@ -23,6 +23,7 @@ from jingle_jax import inference
 from jingle_jax import input_pipeline
 from jingle_jax import latents
 from jingle_jax import run_config
+from jingle_jax import run_dir
 from jingle_jax import run_log
 from jingle_jax import step_timing
 from jingle_jax import train
@@ -229,7 +230,7 @@ def test_a_config_that_changes_checkpoints_is_refused_before_writing(
   assert result.returncode == 0, result.stderr
   assert ("config changed from the recorded one: num_train_steps 8 -> 9, "
           "optim.learning_rate 0.0001 -> 0.0005") in result.stderr
-  assert run_config.read(workdir).optim.learning_rate == 5e-4
+  assert run_dir.read_config(workdir).optim.learning_rate == 5e-4
 
 
 def test_sample_on_unreadable_checkpoints_says_so_briefly(tmp_path, env,
