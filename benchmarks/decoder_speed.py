@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from jingle_jax import cli
-from jingle_jax import encodec_decoding
-from jingle_jax import latents
+from jingle_jax.data import latents
+from jingle_jax.inference import encodec_decoding
 from jingle_jax.models import encodec_decoder
 from precompute import encodec_weights
 from precompute import export_decoder
@@ -64,7 +64,8 @@ def run(f):
     clips = 4 * np.random.default_rng(0).normal(
         size=(batch_size, encodec_decoding.CHUNK_FRAMES, latents.LATENT_DIM)
     ).astype(np.float32)
-    audio_seconds = batch_size * encodec_decoding.CHUNK_FRAMES / latents.FRAME_RATE
+    audio_seconds = (batch_size * encodec_decoding.CHUNK_FRAMES /
+                     latents.FRAME_RATE)
     inputs = jax.device_put(clips)
     start = time.perf_counter()
     forward.lower({'params': params}, inputs).compile()

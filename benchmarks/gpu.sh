@@ -83,7 +83,7 @@ if ! late train; then
   $PY - "$WORK/latents" <<'PYTHON' >> "$OUT/log.txt" 2>&1
 import sys
 import numpy as np
-from jingle_jax import latent_writer
+from jingle_jax.data import latent_writer
 writer = latent_writer.DatasetWriter(sys.argv[1], encodec_weights='random:0',
                                      dtype='float16', keep_audio=False)
 rng, records = np.random.default_rng(0), []

@@ -39,7 +39,8 @@ LOADER = """
 import json, sys, time
 import jax
 from configs import creative
-from jingle_jax import input_pipeline, parallel
+from jingle_jax.core import parallel
+from jingle_jax.data import input_pipeline
 data_dir, steps, devices = sys.argv[1], int(sys.argv[2]), sys.argv[3] == '1'
 config = creative.get_config()
 config.data_dir = data_dir
@@ -130,7 +131,8 @@ def loop(data_dir, steps: int) -> None:
        f'--workdir={workdir}', f'--config.data_dir={data_dir}',
        f'--config.num_train_steps={steps}', '--config.log_every_steps=5',
        f'--config.eval_every_steps={10 * steps}',
-       f'--config.checkpoint_every_steps={10 * steps}', '--config.media_pairs=0',
+       f'--config.checkpoint_every_steps={10 * steps}',
+       '--config.media_pairs=0',
        *ONE_LAYER], env=env, cwd=REPO, check=True, capture_output=True)
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     train = [r for r in map(json.loads, f) if r['split'] == 'train']

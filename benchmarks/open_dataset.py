@@ -5,7 +5,7 @@
       [--drop-caches] [--code ROOT]
 
 `write` makes a dataset of N songs of S seconds of synthetic latents
-(float16, normal noise) with jingle_jax.latent_writer, as precompute writes
+(float16, normal noise) with jingle_jax.data.latent_writer, as precompute writes
 it. `measure` runs, for each repeat and each DIR in turn (interleaved), two
 commands in a fresh process and prints one JSON line for each: `open` (the
 dataset and its train and val pairs, as training opens them, with
@@ -29,13 +29,14 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from jingle_jax import latent_writer  # pylint: disable=wrong-import-position
-from jingle_jax import latents  # pylint: disable=wrong-import-position
+# pylint: disable-next=wrong-import-position
+from jingle_jax.data import latent_writer
+from jingle_jax.data import latents  # pylint: disable=wrong-import-position
 
 OPEN = """
 import sys
 from configs import demo
-from jingle_jax import input_pipeline
+from jingle_jax.data import input_pipeline
 config = demo.get_config()
 config.data_dir = sys.argv[1]
 _, train, val = input_pipeline.training_pairs(config, 8)

@@ -26,11 +26,11 @@ from absl import logging
 import numpy as np
 
 from jingle_jax import cli
-from jingle_jax import inference
-from jingle_jax import latents
-from jingle_jax import report
-from jingle_jax import run_dir
-from jingle_jax import sample
+from jingle_jax.data import latents
+from jingle_jax.inference import report
+from jingle_jax.inference import samples
+from jingle_jax.inference import trained_model
+from jingle_jax.training import run_dir
 
 
 def read_clip(path, flag: str, start: float, seconds: float) -> np.ndarray:
@@ -88,15 +88,15 @@ def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
       np.concatenate(list(codec.encode(model, [clip], device=torch_device,
                                        batch_size=batch_size)))
       for clip in clips)
-  trained = inference.TrainedModel.load(workdir, which, dataset=dataset)
-  arrays = sample.model_pair(trained, raw_input, raw_target)
+  trained = trained_model.TrainedModel.load(workdir, which, dataset=dataset)
+  arrays = trained.run_pair(raw_input, raw_target)
   torch_decode.decode_to_wavs(
       model, [(os.path.basename(stem),
                np.asarray(trained.space.denormalise(arrays['output'])))],
       os.path.dirname(os.path.abspath(out_path)), device=torch_device,
       batch_size=batch_size)
   title = f'{os.path.basename(input_path)} + {os.path.basename(target_path)}'
-  sample.save_mask_picture(arrays, stem + '.png', title)
+  samples.save_mask_picture(arrays, stem + '.png', title)
   name = os.path.basename(stem)
   for part, clip in zip(('input', 'target'), clips):
     report.write_audio(f'{stem}.{part}.wav', clip)
@@ -119,7 +119,8 @@ def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
 
 def define_flags():
   """The command line (defined only when run as a program)."""
-  flags.DEFINE_string('workdir', None, 'Training workdir (has config.json).')
+  cli.define_checkpoint_flags()
+  cli.define_encodec_flags()
   flags.DEFINE_string('input', None, 'Audio file of the input song.')
   flags.DEFINE_string('target', None, 'Audio file of the target song.')
   flags.DEFINE_string('out', None, 'The .wav to write (and its .png and '
@@ -128,14 +129,6 @@ def define_flags():
                      'at.', lower_bound=0.0)
   flags.DEFINE_float('target-start', 0.0, 'Second of --target the clip '
                      'starts at.', lower_bound=0.0)
-  flags.DEFINE_string('checkpoint', 'best', 'best, latest or a step number.')
-  flags.DEFINE_string('data-dir', None, 'Latent dataset whose EnCodec '
-                      'weights (and statistics) apply; default: the run\'s.')
-  flags.DEFINE_string('encodec-checkpoint', None, 'Local EnCodec 24 kHz '
-                      'state dict (default: what the manifest records).')
-  flags.DEFINE_integer('random-encodec', None, 'Seed of random EnCodec '
-                       'weights (default: what the manifest records).')
-  flags.DEFINE_string('device', 'auto', 'auto, cpu or cuda (EnCodec).')
 
 
 def run(f) -> None:

@@ -13,6 +13,7 @@ target clips' waveforms, as from a dataset precomputed with --keep-audio
 """
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -24,32 +25,53 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from jingle_jax import audio_losses
 from jingle_jax import cli
-from jingle_jax import compile_cache
-from jingle_jax import files
-from jingle_jax import flops
-from jingle_jax import latent_space
-from jingle_jax import latents
-from jingle_jax import parallel
-from jingle_jax import profiling
-from jingle_jax import run_config
-from jingle_jax import train_step
+from jingle_jax.config import run_config
+from jingle_jax.core import compile_cache
+from jingle_jax.core import files
+from jingle_jax.core import parallel
+from jingle_jax.data import latent_space
+from jingle_jax.data import latents
+from jingle_jax.inference import encodec_decoding
 from jingle_jax.models import encodec_decoder
+from jingle_jax.perf import flops
+from jingle_jax.perf import profiling
+from jingle_jax.training import audio_losses
+from jingle_jax.training import train_step
 
-_AGENT = {'model.use_creative_agent': True}
-PRESETS = {  # config fields by dotted name
-    # The seed architecture, for accelerators.
-    'seed': {'model.num_stages': 3, 'model.num_layers': 6,
-             'num_frames': 1200, 'per_device_batch_size': 16,
-             'model.remat': 'layers', **_AGENT},
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """The shapes a benchmark runs at."""
+  num_stages: int
+  num_layers: int
+  num_frames: int
+  per_device_batch_size: int
+  remat: str
+
+  @classmethod
+  def of(cls, config: run_config.Config) -> 'Preset':
+    return cls(config.model.num_stages, config.model.num_layers,
+               config.num_frames, config.per_device_batch_size,
+               config.model.remat)
+
+  def apply(self, config, given=()) -> None:
+    """Sets an ml_collections config's fields to the preset's, but for
+    those `given` as --config.FIELD flags; the creative agent on."""
+    values = {'model.num_stages': self.num_stages,
+              'model.num_layers': self.num_layers,
+              'num_frames': self.num_frames,
+              'per_device_batch_size': self.per_device_batch_size,
+              'model.remat': self.remat, 'model.use_creative_agent': True}
+    config.update_from_flattened_dict(
+        {name: value for name, value in values.items() if name not in given})
+
+
+PRESETS = {
+    # The seed architecture (configs/creative.py), for accelerators.
+    'seed': Preset.of(run_config.Config()),
     # On CPU memory is ample, and recomputation costs time.
-    'cpu-seed': {'model.num_stages': 2, 'model.num_layers': 6,
-                 'num_frames': 1200, 'per_device_batch_size': 2,
-                 'model.remat': 'none', **_AGENT},
-    'cpu-small': {'model.num_stages': 2, 'model.num_layers': 2,
-                  'num_frames': 300, 'per_device_batch_size': 4,
-                  'model.remat': 'none', **_AGENT},
+    'cpu-seed': Preset(2, 6, 1200, 2, 'none'),
+    'cpu-small': Preset(2, 2, 300, 4, 'none'),
 }
 
 # Dense bfloat16 peak FLOP/s per device, matched against device_kind in order.
@@ -64,28 +86,21 @@ PEAK_BF16_FLOPS = (
     ('TPU v4', 275e12),
 )
 
-config_flags.DEFINE_config_file('config', None, 'Config file.')
-_PRESET = flags.DEFINE_enum('preset', None, list(PRESETS),
-                            'Model and batch size to benchmark.')
-_PARAMS_ONLY = flags.DEFINE_bool(
-    'params-only', False, 'Print parameter counts only; compile nothing.')
-_TARGET_AUDIO = flags.DEFINE_bool(
-    'target-audio', True, 'Audio terms compare with target waveforms in the '
-    'batch; false: with the decoded targets.')
-_PROFILE = flags.DEFINE_string(
-    'profile', None, 'Trace the timed steps with jax.profiler into this '
-    'folder and write its top device ops to PROFILE/top_ops.txt.')
-_STEPS = flags.DEFINE_integer(
-    'steps', 10, 'Timed steps after compilation and one warm-up; 0 compiles '
-    'only (FLOPs and the memory plan, e.g. of accelerator shapes on a CPU).',
-    lower_bound=0)
-
-
-def apply_preset(config, name, given=()):
-  """The preset's fields, but for those `given` as --config.FIELD flags."""
-  config.update_from_flattened_dict(
-      {field: value for field, value in PRESETS[name].items()
-       if field not in given})
+def define_flags():
+  """The command line (defined only when run as a program)."""
+  config_flags.DEFINE_config_file('config', None, 'Config file.')
+  flags.DEFINE_enum('preset', None, list(PRESETS),
+                    'Model and batch size to benchmark.')
+  flags.DEFINE_bool('params-only', False, 'Print parameter counts only; '
+                    'compile nothing.')
+  flags.DEFINE_bool('target-audio', True, 'Audio terms compare with target '
+                    'waveforms in the batch; false: with the decoded targets.')
+  flags.DEFINE_string('profile', None, 'Trace the timed steps with '
+                      'jax.profiler into this folder and write its top device '
+                      'ops to PROFILE/top_ops.txt.')
+  flags.DEFINE_integer('steps', 10, 'Timed steps after compilation and one '
+                       'warm-up; 0 compiles only (FLOPs and the memory plan, '
+                       'e.g. of accelerator shapes on a CPU).', lower_bound=0)
 
 
 def count_params(tree) -> int:
@@ -120,9 +135,10 @@ def random_decoder(config, rng):
   if not config.loss.uses_audio:
     return None
   dim = config.model.latent_dim
-  return {'params': encodec_decoder.EncodecDecoder().init(
-      rng, jnp.zeros((1, 7, dim)))['params'],
-          'mean': jnp.zeros(dim), 'std': jnp.ones(dim)}
+  return encodec_decoding.DecoderBundle(
+      encodec_decoder.EncodecDecoder().init(
+          rng, jnp.zeros((1, 7, dim)))['params'], jnp.zeros(dim),
+      jnp.ones(dim))
 
 
 def activation_bytes(config, state, rng, decoder=None):
@@ -174,41 +190,28 @@ def time_steps(compiled, state, batch, step_rngs, profile_dir=None):
   return times, cpu_times
 
 
-def run(f):
-  if _PRESET.value:
-    apply_preset(f.config, _PRESET.value,
-                 config_flags.get_override_values(f['config']))
-  config = run_config.parse(f.config)
-  compile_cache.use(config.compilation_cache)
+def compile_step(config, *, steps: int, target_audio: bool):
+  """The step on this machine's devices, compiled, and what it runs on:
+  {'compiled', 'traced', 'compile_s', 'state', 'batch', 'space', 'decoder',
+  'step_rngs', 'rng'}."""
   rng = jax.random.key(config.seed)
-  init = functools.partial(train_step.create_train_state, config)
-  if _PARAMS_ONLY.value:
-    shapes = jax.eval_shape(init, rng)
-    print(json.dumps({'generator_params': count_params(shapes.params),
-                      'discriminator_params': count_params(
-                          shapes.disc_params)}))
-    return
-
-  devices = jax.devices()
   mesh = parallel.make_mesh()
   replicated = parallel.replicated(mesh)
   split = parallel.data_sharding(mesh)
-  batch_size = config.per_device_batch_size * len(devices)
-  state = jax.jit(init, out_shardings=replicated)(rng)
-  target_audio = _TARGET_AUDIO.value and audio_losses.weighted(
-      config.loss, audio_losses.TARGET_TERMS)
+  state = jax.jit(functools.partial(train_step.create_train_state, config),
+                  out_shardings=replicated)(rng)
   batch = jax.jit(
-      functools.partial(random_batch, batch_size=batch_size,
-                        num_frames=config.num_frames,
+      functools.partial(random_batch,
+                        batch_size=config.per_device_batch_size *
+                        jax.device_count(), num_frames=config.num_frames,
                         latent_dim=config.model.latent_dim,
                         target_audio=target_audio),
       out_shardings=split)(jax.random.fold_in(rng, 1))
-  step_rngs = jax.random.split(jax.random.fold_in(rng, 2), _STEPS.value + 1)
   decoder = jax.jit(functools.partial(random_decoder, config),
                     out_shardings=replicated)(jax.random.fold_in(rng, 3))
   space = jax.device_put(latent_space.identity(config.model.latent_dim),
                          replicated)
-
+  step_rngs = jax.random.split(jax.random.fold_in(rng, 2), steps + 1)
   step = jax.jit(
       parallel.on_mesh(functools.partial(train_step.train_step,
                                          config=config), mesh),
@@ -217,33 +220,31 @@ def run(f):
   start = time.perf_counter()
   traced = step.trace(state, batch, step_rngs[0], space, decoder)
   compiled = traced.lower().compile()
-  compile_s = time.perf_counter() - start
-  step_flops = flops.count(traced.jaxpr)
+  return dict(compiled=compiled, traced=traced,
+              compile_s=time.perf_counter() - start, state=state,
+              batch=batch, space=space, decoder=decoder,
+              step_rngs=step_rngs, rng=rng)
+
+
+def figures(config, step, times, cpu_times) -> dict:
+  """The JSON line's figures of a compiled and timed step."""
+  devices = jax.devices()
+  batch_size = config.per_device_batch_size * len(devices)
+  compiled, state = step['compiled'], step['state']
+  step_s = statistics.median(times) if times else None
+  step_flops = flops.count(step['traced'].jaxpr)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  xla_flops_per_device = cost.get('flops') if cost else None
+  xla_flops = cost.get('flops') if cost else None
+  peak = peak_flops(devices[0], config.model.dtype)
   plan = compiled.memory_analysis()
-
-  times, cpu_times = time_steps(
-      lambda state, batch, rng: compiled(state, batch, rng, space, decoder),
-      state,
-      batch, step_rngs, _PROFILE.value)
-  if _PROFILE.value and times:
-    files.write_text(os.path.join(_PROFILE.value, 'top_ops.txt'),
-                     profiling.top_ops(_PROFILE.value, len(times)))
-  step_s = statistics.median(times) if times else None
-
-  dtype = config.model.dtype
-  peak = peak_flops(devices[0], dtype)
-  memory = devices[0].memory_stats() or {}
-  print(json.dumps({
-      'preset': _PRESET.value,
+  return {
       'audio_terms': [name for name, weight in
                       config.loss.audio_weights.items() if weight],
-      'target_audio': 'target_audio' in batch,
+      'target_audio': 'target_audio' in step['batch'],
       'device': devices[0].device_kind,
       'num_devices': len(devices),
-      'compute_dtype': jnp.dtype(dtype).name,
+      'compute_dtype': jnp.dtype(config.model.dtype).name,
       'attention': config.model.attention,
       'remat': config.model.remat,
       'batch_size': batch_size,
@@ -258,18 +259,19 @@ def run(f):
                             if cpu_times else None),
       # Tracing, lowering and compiling (or loading from the compilation
       # cache) the step.
-      'compile_s': round(compile_s, 2),
+      'compile_s': round(step['compile_s'], 2),
       # The matmuls, convolutions and attention kernels of the step,
-      # recomputation included (jingle_jax.flops), and XLA's own count,
+      # recomputation included (jingle_jax.perf.flops), and XLA's own count,
       # which counts a loop body once and a custom kernel not at all.
       'flops_per_step': step_flops,
       'fusions': profiling.count_fusions(compiled),
-      'xla_flops_per_step': (xla_flops_per_device * len(devices)
-                             if xla_flops_per_device else None),
+      'xla_flops_per_step': xla_flops * len(devices) if xla_flops else None,
       'mfu': (round(step_flops / step_s / (peak * len(devices)), 4)
               if peak and step_s else None),
-      'peak_memory_bytes': memory.get('peak_bytes_in_use'),
-      'activation_bytes': activation_bytes(config, state, rng, decoder),
+      'peak_memory_bytes': (devices[0].memory_stats() or {}).get(
+          'peak_bytes_in_use'),
+      'activation_bytes': activation_bytes(config, state, step['rng'],
+                                           step['decoder']),
       # XLA's buffer plan for one device: state, batch, outputs (less what
       # is donated) and temporaries, activations included. Known before
       # running, and on every platform.
@@ -278,9 +280,38 @@ def run(f):
           plan.alias_size_in_bytes + plan.temp_size_in_bytes
           if plan else None),
       'timed_steps': len(times),
-  }))
+  }
+
+
+def run(f):
+  if f.preset:
+    PRESETS[f.preset].apply(f.config,
+                            config_flags.get_override_values(f['config']))
+  config = run_config.parse(f.config)
+  compile_cache.use(config.compilation_cache)
+  if f['params-only'].value:
+    shapes = jax.eval_shape(functools.partial(
+        train_step.create_train_state, config), jax.random.key(config.seed))
+    print(json.dumps({'generator_params': count_params(shapes.params),
+                      'discriminator_params': count_params(
+                          shapes.disc_params)}))
+    return
+  step = compile_step(config, steps=f.steps, target_audio=(
+      f['target-audio'].value and audio_losses.weighted(
+          config.loss, audio_losses.TARGET_TERMS)))
+  space, decoder = step['space'], step['decoder']
+  times, cpu_times = time_steps(
+      lambda state, batch, rng: step['compiled'](state, batch, rng, space,
+                                                 decoder),
+      step['state'], step['batch'], step['step_rngs'], f.profile)
+  if f.profile and times:
+    files.write_text(os.path.join(f.profile, 'top_ops.txt'),
+                     profiling.top_ops(f.profile, len(times)))
+  print(json.dumps({'preset': f.preset,
+                    **figures(config, step, times, cpu_times)}))
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flag_as_required('config')
   cli.run('jingle_jax.bench', run, logs_info=True)

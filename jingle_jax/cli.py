@@ -1,9 +1,13 @@
 """What every command shares: absl's flags and main, Orbax's chatter off,
-one line per expected error. Light: it imports no JAX, Orbax or torch.
+one line per expected error, and the flags several commands take. Light: it
+imports no JAX, Orbax or torch.
 
-A command module ends with
+A command module defines its flags in define_flags(), called only when it
+runs as a program (so that tests import commands side by side), and ends
+with
 
   if __name__ == '__main__':
+    define_flags()
     cli.run('jingle_jax.sample', run)
 
 where `run(flags.FLAGS)` does the work.
@@ -15,7 +19,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jingle_jax import orbax_quiet
+from jingle_jax.core import orbax_quiet
 
 
 def run(program: str, work, *, errors=(), takes_arguments=False,
@@ -61,3 +65,42 @@ def checkpoint_choice(text: str):
   except ValueError:
     raise ValueError(f'--checkpoint must be best, latest or a step number, '
                      f'not {text!r}') from None
+
+
+def define_checkpoint_flags() -> None:
+  """--workdir, --checkpoint and --data-dir: a trained model to load."""
+  flags.DEFINE_string('workdir', None, 'Training workdir (has config.json).')
+  flags.DEFINE_string('checkpoint', 'best', 'best, latest or a step number.')
+  flags.DEFINE_string('data-dir', None, 'Latent dataset (its statistics, '
+                      'pairs and EnCodec weights); default: the run\'s '
+                      'config.data_dir.')
+
+
+def define_pair_flags() -> None:
+  """--split and --batch-size: the dataset pairs a trained model runs on."""
+  flags.DEFINE_string('split', 'val', 'Dataset split whose pairs are used.')
+  flags.DEFINE_integer('batch-size', 8, 'Pairs per model call.',
+                       lower_bound=1)
+
+
+def define_encodec_flags(*, device=True) -> None:
+  """--encodec-checkpoint, --random-encodec and --device: EnCodec's weights
+  in PyTorch, by default the ones a dataset's manifest records."""
+  flags.DEFINE_string('encodec-checkpoint', None, 'Local EnCodec 24 kHz '
+                      'state dict (default: what the manifest records; '
+                      'precompute: the pretrained download).')
+  flags.DEFINE_integer('random-encodec', None, 'Seed of random EnCodec '
+                       'weights, for tests and demos (default: what the '
+                       'manifest records).')
+  if device:
+    flags.DEFINE_string('device', 'auto', 'auto, cpu or cuda (EnCodec).')
+
+
+def define_decode_flags() -> None:
+  """--manifest, --out-dir, --song and --batch-size: latents to decode."""
+  flags.DEFINE_string('manifest', None, 'manifest.json of the latent dataset '
+                      'whose EnCodec weights decode.')
+  flags.DEFINE_string('out-dir', None, 'Folder for the wav files.')
+  flags.DEFINE_multi_string('song', [], 'Id of a dataset song to decode.')
+  flags.DEFINE_integer('batch-size', 4, '16 s chunks per decoder call.',
+                       lower_bound=1)

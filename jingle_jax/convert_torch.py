@@ -4,7 +4,7 @@
       --config configs/creative.py --out-dir W \
       [--steps-per-epoch N | --config.data_dir=LATENTS] [--allow-pickle]
 
-writes a new training workdir W (see jingle_jax/run_dir.py) whose one
+writes a new training workdir W (see jingle_jax/training/run_dir.py) whose one
 checkpoint training resumes from and sampling uses. Its step is the epochs
 the checkpoint completed (its 0-based `epoch` + 1) times the steps per epoch,
 given or counted from the training pairs of config.data_dir. Both AdamW
@@ -12,8 +12,8 @@ states come along when the checkpoint has them (`optimizer_state_dict`,
 `disc_optimizer_state_dict`: step count, first and second moments), so that
 training resumes with the original's moments; otherwise they start fresh.
 
-The conversion is jingle_jax.torch_checkpoint's; this module imports torch
-only inside load_torch_checkpoint.
+The conversion is jingle_jax.training.torch_checkpoint's; this module
+imports torch only inside load_torch_checkpoint.
 """
 
 import dataclasses
@@ -26,12 +26,12 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 
 from jingle_jax import cli
-from jingle_jax import input_pipeline
-from jingle_jax import latents
-from jingle_jax import run_config
-from jingle_jax import run_dir
-from jingle_jax import torch_checkpoint
-from jingle_jax.torch_checkpoint import ConversionError
+from jingle_jax.config import run_config
+from jingle_jax.data import input_pipeline
+from jingle_jax.data import latents
+from jingle_jax.training import run_dir
+from jingle_jax.training import torch_checkpoint
+from jingle_jax.training.torch_checkpoint import ConversionError
 
 
 def load_torch_checkpoint(path, *, allow_pickle=False):

@@ -29,12 +29,11 @@ outside its training distribution. A generator trained on a baseline's own
 masks is a separate training run (model.use_creative_agent=False,
 model.fixed_masking=NAME) and is not part of this table.
 
-All metrics (jingle_jax.metrics) are computed in the model's space, where
-the training loss lives: raw latents under the seed recipe, normalised with
-the dataset's per-channel mean and std with config.normalise_latents.
-`rms_error_input` is the training loss's `recon_input` term, per pair.
-Metrics are per pair, then averaged over pairs (`rhythm_preserved` is thus a
-share).
+All metrics (jingle_jax.inference.metrics) are computed in the model's space,
+where the training loss lives: raw latents under the seed recipe, normalised
+with the dataset's per-channel mean and std with config.normalise_latents.
+`rms_error_input` is the training loss's `recon_input` term, per pair. Metrics
+are per pair, then averaged over pairs (`rhythm_preserved` is thus a share).
 """
 
 import dataclasses
@@ -47,18 +46,18 @@ import jax
 import numpy as np
 
 from jingle_jax import cli
-from jingle_jax import encodec_decoding
-from jingle_jax import files
-from jingle_jax import inference
-from jingle_jax import input_pipeline
-from jingle_jax import latents
-from jingle_jax import metrics
-from jingle_jax import report
-from jingle_jax import run_dir
-from jingle_jax import run_log
-from jingle_jax import sample
+from jingle_jax.core import files
+from jingle_jax.data import input_pipeline
+from jingle_jax.data import latents
+from jingle_jax.inference import encodec_decoding
+from jingle_jax.inference import metrics
+from jingle_jax.inference import report
+from jingle_jax.inference import samples
+from jingle_jax.inference import trained_model
+from jingle_jax.training import run_dir
+from jingle_jax.training import run_log
 
-METHODS = inference.MASKINGS
+METHODS = trained_model.MASKINGS
 REPORT_FILE = 'report.html'
 # The report's players of a pair: (caption, clip: 'input', 'target' or the
 # output of a method).
@@ -97,7 +96,7 @@ def markdown_table(results: dict[str, dict[str, float]]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def evaluate_methods(model: inference.TrainedModel, pairs, batch_size: int,
+def evaluate_methods(model: trained_model.TrainedModel, pairs, batch_size: int,
                      kept: int = 0):
   """({method: {metric: mean over the matched pairs}}, examples).
 
@@ -127,8 +126,8 @@ def evaluate_checkpoint(workdir, out_dir, *, which='best', split='val',
                         batch_size=8, data_dir=None, report_pairs=4) -> dict:
   """Writes OUT_DIR/metrics.json, metrics.md, training_curves.png and
   report.html (with its pairs' audio and pictures)."""
-  dataset = inference.run_dataset(workdir, data_dir)
-  model = inference.TrainedModel.load(workdir, which, dataset=dataset)
+  dataset = trained_model.run_dataset(workdir, data_dir)
+  model = trained_model.TrainedModel.load(workdir, which, dataset=dataset)
   pairs = input_pipeline.dataset_pairs(model.config, dataset, split)
   results, examples = evaluate_methods(model, pairs, batch_size,
                                        report_pairs)
@@ -141,7 +140,8 @@ def evaluate_checkpoint(workdir, out_dir, *, which='best', split='val',
   metrics_path = os.path.join(workdir, run_dir.METRICS_FILE)
   curves = os.path.exists(metrics_path)
   if curves:
-    from jingle_jax import plots  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from jingle_jax.inference import plots
     plots.save_png(plots.training_curves_figure(
         run_log.read_records(metrics_path)),
                    os.path.join(out_dir, 'training_curves.png'))
@@ -202,10 +202,10 @@ def _listening_section(out_dir, model, dataset, pairs, examples) -> str:
   for i in range(len(examples['input'])):
     folder = f'pairs/pair_{i:03d}'
     os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
-    window = sample.window_record(pairs, i, 0)
+    window = samples.window_record(pairs, i, 0)
     title = (f'{window["song"]} from frame {window["first_frame"]} '
              f'(input), then the next {pairs.window} frames (target)')
-    sample.save_mask_picture(
+    samples.save_mask_picture(
         {'input': examples['input'][i], 'target': examples['target'][i],
          **{name: values[i] for name, values in agent.items()}},
         os.path.join(out_dir, folder, 'masks.png'), title)
@@ -222,20 +222,15 @@ def _listening_section(out_dir, model, dataset, pairs, examples) -> str:
                                 'masks of the creative agent'))
   if clips:
     audio = encodec_decoding.decode_clips(decoder, list(clips.values()))
-    for path, samples in zip(clips, audio):
-      report.write_audio(os.path.join(out_dir, path), samples)
+    for path, waveform in zip(clips, audio):
+      report.write_audio(os.path.join(out_dir, path), waveform)
   return ''.join(parts)
 
 
 def define_flags():
   """The command line (defined only when run as a program)."""
-  flags.DEFINE_string('workdir', None, 'Training workdir (has config.json).')
-  flags.DEFINE_string('checkpoint', 'best', 'best, latest or a step number.')
-  flags.DEFINE_string('split', 'val', 'Dataset split whose pairs are used.')
-  flags.DEFINE_integer('batch-size', 8, 'Pairs per model call.',
-                       lower_bound=1)
-  flags.DEFINE_string('data-dir', None,
-                      'Latent dataset; default: config.data_dir of the run.')
+  cli.define_checkpoint_flags()
+  cli.define_pair_flags()
   flags.DEFINE_integer('report-pairs', 4, 'Pairs of the split heard and '
                        'shown in report.html.', lower_bound=0)
   flags.DEFINE_string('out-dir', None, 'Where the results are written.')

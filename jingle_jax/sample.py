@@ -7,14 +7,15 @@
 
 The model runs in evaluation mode (no dropout, no noise). Files hold raw
 EnCodec latents [frames, 128] float32, ready for precompute.torch_decode; the
-model sees them raw (the seed recipe) or, with config.normalise_latents, normalised
-with the dataset's training statistics (config.data_dir of the run, or
---data-dir). Masks are [frames, 128] in [0, 1].
+model sees them raw (the seed recipe) or, with config.normalise_latents,
+normalised with the dataset's training statistics (config.data_dir of the run,
+or --data-dir). Masks are [frames, 128] in [0, 1].
 
 Dataset pairs: O/sample_NNN/ holds input.npy, target.npy, output.npy,
-input_mask.npy, target_mask.npy and masks.png (jingle_jax.plots.mask_figure);
-O/samples.json records the checkpoint and its step (the number its
-directory and the training logs use) and, per sample, the song and first
+input_mask.npy, target_mask.npy and masks.png
+(jingle_jax.inference.plots.mask_figure); O/samples.json records the
+checkpoint and its step (the number its directory and the training logs
+use) and, per sample, the song and first
 frame of its input and target windows and its mask statistics. Without
 --shuffle-targets a sample is the split's matched pair (the target follows
 the input in the same song); with it, each input gets the target window of a
@@ -36,14 +37,14 @@ from absl import flags
 import numpy as np
 
 from jingle_jax import cli
-from jingle_jax import decode
-from jingle_jax import encodec_decoding
-from jingle_jax import files
-from jingle_jax import inference
-from jingle_jax import input_pipeline
-from jingle_jax import latents
-from jingle_jax import losses
-from jingle_jax import run_dir
+from jingle_jax.core import files
+from jingle_jax.data import input_pipeline
+from jingle_jax.data import latents
+from jingle_jax.inference import encodec_decoding
+from jingle_jax.inference import samples
+from jingle_jax.inference import trained_model
+from jingle_jax.training import losses
+from jingle_jax.training import run_dir
 
 MASK_STATISTICS = ('complementarity', 'overlap', 'coverage',
                    'input_mask_mean', 'target_mask_mean')
@@ -67,63 +68,13 @@ def choose_pairs(pairs, num_samples: int, shuffle_targets: bool, seed: int):
                            for i in inputs])
 
 
-def window_record(pairs, pair: int, offset: int) -> dict:
-  song, start = pairs.index[pair]
-  return {'song': pairs.songs[song].id, 'first_frame': int(start + offset),
-          'frames': pairs.window}
-
-
-def save_npy(path, array) -> None:
-  with files.atomic_write(path) as f:
-    np.save(f, np.asarray(array, np.float32))
-
-
-def save_mask_picture(arrays: dict, path, title='') -> None:
-  """The pair's masks over its envelopes (jingle_jax.plots.mask_figure)."""
-  from jingle_jax import plots  # pylint: disable=g-import-not-at-top
-  plots.save_png(plots.mask_figure(
-      arrays['input'], arrays['target'], arrays['output'],
-      arrays['input_mask'], arrays['target_mask'], title), path)
-
-
-def write_pair(directory, space, arrays: dict, saved, title='') -> dict:
-  """Saves the `saved` arrays of one pair and draws its mask picture.
-
-  arrays: input, target and output in the model's space, and the two masks,
-  each [T, D]; latents are saved raw (denormalised with the
-  latent_space.LatentSpace `space`), masks as they are. Returns {path
-  without suffix: raw latents} of the latents saved.
-  """
-  os.makedirs(directory, exist_ok=True)
-  written = {}
-  for name in saved:
-    array = arrays[name]
-    raw = (array if name.endswith('_mask') else
-           np.asarray(space.denormalise(array)))
-    path = os.path.join(directory, name)
-    save_npy(path + '.npy', raw)
-    if not name.endswith('_mask'):
-      written[path] = raw
-  save_mask_picture(arrays, os.path.join(directory, 'masks.png'), title)
-  return written
-
-
-def save_wavs(decoder_params, clips: dict) -> None:
-  """PATH.wav, the 24 kHz audio of each {PATH: raw latents}."""
-  if decoder_params is None:
-    return
-  audio = encodec_decoding.decode_clips(decoder_params, list(clips.values()))
-  for path, samples in zip(clips, audio):
-    decode.write_wav(path + '.wav', samples)
-
-
 def sample_dataset(workdir, out_dir, *, which='best', num_samples=4,
                    shuffle_targets=False, split='val', batch_size=8,
                    data_dir=None, wav=False) -> dict:
   """Writes the samples of a split and samples.json; returns its content."""
-  dataset = inference.run_dataset(workdir, data_dir)
+  dataset = trained_model.run_dataset(workdir, data_dir)
   decoder_params = encodec_decoding.read(dataset) if wav else None
-  model = inference.TrainedModel.load(workdir, which, dataset=dataset)
+  model = trained_model.TrainedModel.load(workdir, which, dataset=dataset)
   pairs = input_pipeline.dataset_pairs(model.config, dataset, split)
   inputs, targets = choose_pairs(pairs, num_samples, shuffle_targets,
                                  model.config.seed)
@@ -131,27 +82,29 @@ def sample_dataset(workdir, out_dir, *, which='best', num_samples=4,
   run = model.run(batch['input'], batch['target'], batch_size,
                   functools.partial(pairs.fault_error, inputs=inputs,
                                     targets=targets))
-  samples, clips = [], {}
+  records, clips = [], {}
   for i, (input_pair, target_pair) in enumerate(zip(inputs, targets)):
     name = f'sample_{i:03d}'
     arrays = {key: values[i] for key, values in run.items()}
     record = {'name': name,
-              'input': window_record(pairs, input_pair, 0),
-              'target': window_record(pairs, target_pair, pairs.window)}
+              'input': samples.window_record(pairs, input_pair, 0),
+              'target': samples.window_record(pairs, target_pair,
+                                              pairs.window)}
     title = f'{record["input"]["song"]} + {record["target"]["song"]}'
-    clips.update(write_pair(os.path.join(out_dir, name), model.space,
-                            arrays, saved=arrays, title=title))
+    clips.update(samples.write_pair(os.path.join(out_dir, name),
+                                    model.space, arrays, saved=arrays,
+                                    title=title))
     statistics = losses.mask_metrics(arrays['input_mask'][None],
                                      arrays['target_mask'][None])
     record.update({k: float(statistics[k]) for k in MASK_STATISTICS})
-    samples.append(record)
-  save_wavs(decoder_params, clips)
+    records.append(record)
+  samples.save_wavs(decoder_params, clips)
   summary = {'workdir': os.path.abspath(workdir),
              'data_dir': os.path.dirname(os.path.abspath(
                  dataset.manifest_path)),
              'checkpoint': str(which),
              'checkpoint_step': model.step, 'split': split,
-             'shuffle_targets': shuffle_targets, 'samples': samples}
+             'shuffle_targets': shuffle_targets, 'samples': records}
   files.write_text(os.path.join(out_dir, 'samples.json'),
                    json.dumps(summary, indent=2) + '\n')
   return summary
@@ -190,37 +143,25 @@ def sample_pair(workdir, input_path, target_path, out_dir, *, which='best',
   dataset = (latents.LatentDataset(data_dir or config.data_dir)
              if wav or config.normalise_latents else None)
   decoder_params = encodec_decoding.read(dataset) if wav else None
-  model = inference.TrainedModel.load(workdir, which, dataset=dataset)
-  save_wavs(decoder_params, write_pair(
-      out_dir, model.space, model_pair(model, raw_input, raw_target),
+  model = trained_model.TrainedModel.load(workdir, which, dataset=dataset)
+  samples.save_wavs(decoder_params, samples.write_pair(
+      out_dir, model.space, model.run_pair(raw_input, raw_target),
       saved=('output', 'input_mask', 'target_mask')))
   return model.step
 
 
-def model_pair(model: inference.TrainedModel, raw_input, raw_target) -> dict:
-  """The model on one pair of raw latent clips [frames, D]: input, target,
-  output (in the model's space) and the masks, as write_pair takes them."""
-  run = model.run(raw_input[None], raw_target[None])
-  return {name: values[0] for name, values in run.items()}
-
-
 def define_flags():
   """The command line (defined only when run as a program)."""
-  flags.DEFINE_string('workdir', None, 'Training workdir (has config.json).')
-  flags.DEFINE_string('checkpoint', 'best', 'best, latest or a step number.')
+  cli.define_checkpoint_flags()
+  cli.define_pair_flags()
   flags.DEFINE_integer('num-samples', 4, 'Pairs of the split to sample.',
                        lower_bound=1)
   flags.DEFINE_bool('shuffle-targets', False,
                     'Pair each input with the target of another song.')
-  flags.DEFINE_string('split', 'val', 'Dataset split whose pairs are used.')
-  flags.DEFINE_integer('batch-size', 8, 'Pairs per model call.',
-                       lower_bound=1)
   flags.DEFINE_string('input', None,
                       'Raw input latents [frames, 128] .npy (with --target).')
   flags.DEFINE_string('target', None,
                       'Raw target latents [frames, 128] .npy (with --input).')
-  flags.DEFINE_string('data-dir', None, 'Latent dataset (for its statistics '
-                      'and pairs); default: config.data_dir of the run.')
   flags.DEFINE_string('out-dir', None, 'Where the samples are written.')
   flags.DEFINE_bool('wav', False, 'Also decode the latents to .wav beside '
                     'their .npy (the dataset\'s decoder weights, no torch).')

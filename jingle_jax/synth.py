@@ -20,8 +20,8 @@ import numpy as np
 import soundfile
 
 from jingle_jax import cli
-from jingle_jax import files
-from jingle_jax import latents
+from jingle_jax.core import files
+from jingle_jax.data import latents
 
 MAJOR = (0, 2, 4, 5, 7, 9, 11)
 MINOR = (0, 2, 3, 5, 7, 8, 10)

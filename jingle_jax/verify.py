@@ -18,7 +18,7 @@ from absl import flags
 import tqdm
 
 from jingle_jax import cli
-from jingle_jax import latents
+from jingle_jax.data import latents
 
 _songs = []  # the songs of the dataset a worker process checks
 

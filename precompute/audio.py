@@ -20,7 +20,7 @@ import soundfile
 import torch
 import torchaudio
 
-from jingle_jax import latents
+from jingle_jax.data import latents
 
 SAMPLE_RATES = (8_000, 192_000)  # the accepted range, in Hz
 SILENCE_PEAK = 1e-4  # -80 dBFS

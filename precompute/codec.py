@@ -13,8 +13,8 @@ import collections
 import numpy as np
 import torch
 
-from jingle_jax import encodec_decoding
-from jingle_jax import latents
+from jingle_jax.data import latents
+from jingle_jax.inference import encodec_decoding
 
 CHUNK_FRAMES = encodec_decoding.CHUNK_FRAMES  # 16 s, as the JAX decoder's
 # The encoder's last convolution (kernel 7) pads 6 frames by reflection: a

@@ -1,4 +1,4 @@
-"""Audio folder -> EnCodec latent dataset (jingle_jax.latents).
+"""Audio folder -> EnCodec latent dataset (jingle_jax.data.latents).
 
   python -m precompute.encode --audio-dir A --out-dir L \
       [--encodec-checkpoint PATH | --random-encodec SEED] \
@@ -48,9 +48,9 @@ import numpy as np
 import tqdm
 
 from jingle_jax import cli
-from jingle_jax import files
-from jingle_jax import latent_writer
-from jingle_jax import latents
+from jingle_jax.core import files
+from jingle_jax.data import latent_writer
+from jingle_jax.data import latents
 from precompute import audio
 from precompute import codec
 from precompute import encodec_weights
@@ -297,11 +297,7 @@ def define_flags():
   flags.DEFINE_string('audio-dir', None, 'Folder of songs (wav, flac, ogg, '
                       'opus, mp3, ...; searched recursively).')
   flags.DEFINE_string('out-dir', None, 'Latent dataset folder to write.')
-  flags.DEFINE_string('encodec-checkpoint', None, 'Local EnCodec 24 kHz '
-                      'state dict (default: the pretrained download).')
-  flags.DEFINE_integer('random-encodec', None, 'Seed of random EnCodec '
-                       'weights: for tests and demos only.')
-  flags.DEFINE_string('device', 'auto', 'auto, cpu or cuda.')
+  cli.define_encodec_flags()
   flags.DEFINE_float('val-fraction', 0.1, 'Fraction of songs for val.')
   flags.DEFINE_integer('seed', 42, 'Seed of the train/val split.')
   flags.DEFINE_enum('dtype', 'float16', latents.DTYPES, 'Latent storage.')

@@ -28,7 +28,7 @@ from encodec import EncodecModel
 import torch
 
 from jingle_jax import cli
-from jingle_jax import latents
+from jingle_jax.data import latents
 
 PRETRAINED_CHECKPOINT = 'encodec_24khz-d7cc33bc.th'
 # Seconds a stalled download may wait for the network before it fails.

@@ -3,10 +3,10 @@
   python -m precompute.export_decoder --manifest L/manifest.json \
       [--encodec-checkpoint PATH | --random-encodec SEED]
 
-writes L/decoder.msgpack (jingle_jax.encodec_decoding) for a latent dataset
-encoded before precompute.encode wrote it, and records it in the manifest.
-The weights are the ones the manifest records, as precompute.torch_decode takes
-them; other weights are refused.
+writes L/decoder.msgpack (jingle_jax.inference.encodec_decoding) for a latent
+dataset encoded before precompute.encode wrote it, and records it in the
+manifest. The weights are the ones the manifest records, as
+precompute.torch_decode takes them; other weights are refused.
 """
 
 import os
@@ -15,9 +15,9 @@ from absl import flags
 import torch
 
 from jingle_jax import cli
-from jingle_jax import encodec_decoding
-from jingle_jax import files
-from jingle_jax import latents
+from jingle_jax.core import files
+from jingle_jax.data import latents
+from jingle_jax.inference import encodec_decoding
 from jingle_jax.models import encodec_decoder
 from precompute import encodec_weights
 from precompute import torch_decode
@@ -84,10 +84,7 @@ def run(f):
 
 if __name__ == '__main__':
   flags.DEFINE_string('manifest', None, 'manifest.json of the latent dataset.')
-  flags.DEFINE_string('encodec-checkpoint', None, 'Local EnCodec 24 kHz '
-                      'state dict (default: what the manifest records).')
-  flags.DEFINE_integer('random-encodec', None, 'Seed of random EnCodec '
-                       'weights (default: what the manifest records).')
+  cli.define_encodec_flags(device=False)
   flags.mark_flags_as_required(['manifest'])
   cli.run('precompute.export_decoder', run,
           errors=(encodec_weights.WeightsError,))

@@ -17,8 +17,8 @@ from absl import app
 from absl import flags
 
 from jingle_jax import cli
-from jingle_jax import decode as jax_decode
-from jingle_jax import latents
+from jingle_jax.data import latents
+from jingle_jax.inference import wav_files
 from precompute import codec
 from precompute import encodec_weights
 
@@ -49,29 +49,20 @@ def decode_to_wavs(model, jobs, out_dir, *, device,
   """Writes out_dir/NAME.wav (float, 24 kHz) for each (name, clip)."""
   audio = codec.decode(model, [clip for _, clip in jobs], device=device,
                        batch_size=batch_size)
-  return jax_decode.write_wavs(zip([name for name, _ in jobs], audio), out_dir)
+  return wav_files.write_wavs(zip([name for name, _ in jobs], audio), out_dir)
 
 
 def define_flags():
   """The command line (defined only when run as a program)."""
-  flags.DEFINE_string('manifest', None, 'manifest.json of the latent dataset '
-                      'whose EnCodec weights decode.')
-  flags.DEFINE_string('out-dir', None, 'Folder for the wav files.')
-  flags.DEFINE_multi_string('song', [], 'Id of a dataset song to decode.')
-  flags.DEFINE_string('encodec-checkpoint', None, 'Local EnCodec 24 kHz '
-                      'state dict (default: what the manifest records).')
-  flags.DEFINE_integer('random-encodec', None, 'Seed of random EnCodec '
-                       'weights (default: what the manifest records).')
-  flags.DEFINE_string('device', 'auto', 'auto, cpu or cuda.')
-  flags.DEFINE_integer('batch-size', 4, '16 s chunks per EnCodec call.',
-                       lower_bound=1)
+  cli.define_decode_flags()
+  cli.define_encodec_flags()
 
 
 def run(f, paths):
   if not paths and not f.song:
     raise app.UsageError('nothing to decode: pass FILE.npy or --song ID')
   dataset = latents.LatentDataset(f.manifest)
-  jobs = jax_decode.clips_to_decode(dataset, paths, f.song)
+  jobs = wav_files.clips_to_decode(dataset, paths, f.song)
   model = matching_weights(dataset, f['encodec-checkpoint'].value,
                            f['random-encodec'].value)
   device = encodec_weights.device(f.device)

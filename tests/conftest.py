@@ -16,7 +16,7 @@ os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest
 
-from jingle_jax import run_config
+from jingle_jax.config import run_config
 import train_config
 
 

@@ -11,8 +11,8 @@ import os
 import signal
 import sys
 
-from jingle_jax import checkpoints
 from jingle_jax import train
+from jingle_jax.training import checkpoints
 import train_config
 
 KILLED_AFTER = 4

@@ -1,7 +1,7 @@
 """Latent datasets for tests, written as precompute.encode writes them."""
 
-from jingle_jax import latent_writer
-from jingle_jax import latents
+from jingle_jax.data import latent_writer
+from jingle_jax.data import latents
 
 
 def write_dataset(path, songs: dict, *, weights='random:0', dtype='float16',

@@ -10,11 +10,11 @@ import pytest
 import soundfile
 
 from jingle_jax import arrange
-from jingle_jax import latents
-from jingle_jax import run_config
-from jingle_jax import run_dir
 from jingle_jax import synth
-from jingle_jax import train_step
+from jingle_jax.config import run_config
+from jingle_jax.data import latents
+from jingle_jax.training import run_dir
+from jingle_jax.training import train_step
 from precompute import encodec_weights
 import html_page
 import latent_data

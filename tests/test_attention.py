@@ -153,7 +153,7 @@ def test_kernel_on_four_devices_drops_the_whole_batchs_weights():
   script = textwrap.dedent('''
       import jax, jax.numpy as jnp
       from jax.sharding import NamedSharding, PartitionSpec
-      from jingle_jax import parallel
+      from jingle_jax.core import parallel
       from jingle_jax.models import attention
       mesh = parallel.make_mesh()
       rngs = jax.random.split(jax.random.key(0), 4)

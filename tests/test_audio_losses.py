@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from jingle_jax import audio_losses
-from jingle_jax import latent_space
-from jingle_jax import run_config
-from jingle_jax import train_step
+from jingle_jax.config import run_config
+from jingle_jax.data import latent_space
+from jingle_jax.inference import encodec_decoding
 from jingle_jax.models import encodec_decoder
+from jingle_jax.training import audio_losses
+from jingle_jax.training import train_step
 import torch_audio_reference as reference
 import train_config
 
@@ -119,10 +120,10 @@ def step_setup(tiny_config):
   rng = np.random.default_rng(0)
   batch = {name: rng.normal(size=(2, 8, 16)).astype(np.float32)
            for name in ('input', 'target')}
-  decoder = {'params': encodec_decoder.EncodecDecoder().init(
-      jax.random.key(1), np.zeros((1, 7, 16)))['params'],
-             'mean': rng.normal(size=16).astype(np.float32),
-             'std': np.full(16, 2.0, np.float32)}
+  decoder = encodec_decoding.DecoderBundle(
+      encodec_decoder.EncodecDecoder().init(
+          jax.random.key(1), np.zeros((1, 7, 16)))['params'],
+      rng.normal(size=16).astype(np.float32), np.full(16, 2.0, np.float32))
   return config, tiny_config, state, batch, decoder
 
 

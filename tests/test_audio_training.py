@@ -16,12 +16,12 @@ import pytest
 import soundfile
 from tensorboardX.proto import event_pb2
 
-from jingle_jax import encodec_decoding
-from jingle_jax import latents
-from jingle_jax import run_dir
-from jingle_jax import run_log
-from jingle_jax import step_timing
+from jingle_jax.data import latents
+from jingle_jax.inference import encodec_decoding
 from jingle_jax.models import encodec_decoder
+from jingle_jax.training import run_dir
+from jingle_jax.training import run_log
+from jingle_jax.training import step_timing
 import latent_data
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jingle_jax import baselines
+from jingle_jax.models import baselines
 
 B, T, D = 2, 600, 128
 

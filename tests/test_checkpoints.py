@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from jingle_jax import cli
-from jingle_jax import inference
-from jingle_jax import run_config
-from jingle_jax import run_dir
-from jingle_jax import optimizers
+from jingle_jax.config import run_config
+from jingle_jax.inference import trained_model
 from jingle_jax.models.cascade import stack_layers
+from jingle_jax.training import optimizers
+from jingle_jax.training import run_dir
 from damage import damage
 import train_config
 
@@ -86,11 +86,11 @@ def test_round_trip_keeps_newest_and_best(tmp_path, config):
 def test_a_trained_model_loads_with_its_recorded_config(tmp_path, config):
   assert not config.normalise_latents  # no dataset needed
   states = save_steps(tmp_path, config, {5: 1.0, 9: 2.0})
-  model = inference.TrainedModel.load(tmp_path)
+  model = trained_model.TrainedModel.load(tmp_path)
   assert model.config == config
   assert_same(model.variables['params'], states[5].params)
   assert model.step == 5 and model.updates == int(states[5].step)
-  model = inference.TrainedModel.load(tmp_path, 'latest')
+  model = trained_model.TrainedModel.load(tmp_path, 'latest')
   assert_same(model.variables['batch_stats'], states[9].batch_stats)
   assert model.step == 9
 
@@ -191,11 +191,11 @@ def test_nothing_to_restore(tmp_path, config):
   with pytest.raises(run_dir.CheckpointError, match='no checkpoint'):
     run_dir.load(tmp_path)
   with pytest.raises(run_config.ConfigError, match='config.json'):
-    inference.TrainedModel.load(tmp_path / 'elsewhere')
+    trained_model.TrainedModel.load(tmp_path / 'elsewhere')
   (tmp_path / 'config.json').write_text('{"seed": ')
   with pytest.raises(run_config.ConfigError,
                      match='unreadable recorded config'):
-    inference.TrainedModel.load(tmp_path)
+    trained_model.TrainedModel.load(tmp_path)
   for text, which in (('best', 'best'), ('latest', 'latest'), ('120', 120)):
     assert cli.checkpoint_choice(text) == which
   with pytest.raises(ValueError, match="--checkpoint must be.*'newest'"):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from jingle_jax import latents
+from jingle_jax.data import latents
 from precompute import codec
 from precompute import encodec_weights
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jingle_jax import compile_cache
+from jingle_jax.core import compile_cache
 
 
 def test_folder_follows_the_setting_and_the_environment(monkeypatch,

@@ -14,16 +14,16 @@ import pytest
 import torch
 
 from jingle_jax import convert_torch
-from jingle_jax import inference
-from jingle_jax import latent_space
-from jingle_jax import losses
-from jingle_jax import optimizers
-from jingle_jax import run_dir
-from jingle_jax import torch_checkpoint
-from jingle_jax import train_step
+from jingle_jax.data import latent_space
+from jingle_jax.inference import trained_model
 from jingle_jax.models import CascadeTransformer
 from jingle_jax.models import LatentDiscriminator
 from jingle_jax.models import StyleDiscriminator
+from jingle_jax.training import losses
+from jingle_jax.training import optimizers
+from jingle_jax.training import run_dir
+from jingle_jax.training import torch_checkpoint
+from jingle_jax.training import train_step
 import torch_reference as reference
 import train_config
 
@@ -356,7 +356,7 @@ def test_command_writes_a_workdir_that_training_restores(tmp_path,
   assert ('--config.model.num_stages=2 --config.model.use_creative_agent='
           'False') in result.stderr
 
-  trained = inference.TrainedModel.load(workdir, 'latest')
+  trained = trained_model.TrainedModel.load(workdir, 'latest')
   # epoch 7 is 0-based: 8 epochs of 3 steps are done.
   assert trained.step == trained.updates == 8 * 3
   config = trained.config

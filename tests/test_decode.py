@@ -10,9 +10,9 @@ import pytest
 import soundfile
 import torch
 
-from jingle_jax import encodec_decoding
-from jingle_jax import decode as jax_decode
-from jingle_jax import latents
+from jingle_jax.data import latents
+from jingle_jax.inference import encodec_decoding
+from jingle_jax.inference import wav_files
 from precompute import encodec_weights
 from precompute import export_decoder
 from precompute import torch_decode
@@ -80,7 +80,7 @@ def test_song_decodes_as_its_latents(tmp_path):
   dataset = write_dataset(tmp_path / 'latents', 'random:0')
   model = torch_decode.matching_weights(dataset)
   song = dataset.songs('train')[0]
-  jobs = jax_decode.clips_to_decode(dataset, [], ['song_a'])
+  jobs = wav_files.clips_to_decode(dataset, [], ['song_a'])
   path, = torch_decode.decode_to_wavs(model, jobs, tmp_path / 'wav',
                                       device='cpu', batch_size=2)
   with torch.inference_mode():
@@ -116,11 +116,11 @@ def test_bad_inputs_name_the_file(tmp_path):
                       ('empty.npy', np.zeros((0, 128)))):
     np.save(tmp_path / name, array)
     with pytest.raises(ValueError, match=str(tmp_path / name)):
-      jax_decode.clips_to_decode(dataset, [str(tmp_path / name)], [])
+      wav_files.clips_to_decode(dataset, [str(tmp_path / name)], [])
   with pytest.raises(ValueError, match='--song nope: no such song in .*'
                      'manifest.json'):
-    jax_decode.clips_to_decode(dataset, [], ['nope'])
+    wav_files.clips_to_decode(dataset, [], ['nope'])
   np.save(tmp_path / 'song_a.npy', np.zeros((10, 128)))
   with pytest.raises(ValueError, match='same name'):
-    jax_decode.clips_to_decode(dataset, [str(tmp_path / 'song_a.npy')],
+    wav_files.clips_to_decode(dataset, [str(tmp_path / 'song_a.npy')],
                            ['song_a'])

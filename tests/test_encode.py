@@ -13,9 +13,9 @@ import soundfile
 import torch
 import torchaudio
 
-from jingle_jax import encodec_decoding
-from jingle_jax import latents
 from jingle_jax import synth
+from jingle_jax.data import latents
+from jingle_jax.inference import encodec_decoding
 from precompute import audio
 from precompute import codec
 from precompute import encode

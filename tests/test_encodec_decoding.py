@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from jingle_jax import encodec_decoding
-from jingle_jax import latent_space
-from jingle_jax import latents
-from jingle_jax import run_config
+from jingle_jax.config import run_config
+from jingle_jax.data import latent_space
+from jingle_jax.data import latents
+from jingle_jax.inference import encodec_decoding
 from jingle_jax.models import encodec_decoder
 from precompute import codec
 from precompute import encodec_weights
@@ -162,10 +162,10 @@ def test_weights_file_round_trip_and_refusals(tmp_path, encodec):
   weights = run_config.LossConfig(spectral_outlier_weight=0.0)
   space = latent_space.LatentSpace.of(True, dataset)
   bare_dataset = latents.LatentDataset(bare)
-  assert encodec_decoding.for_training(weights, bare_dataset,
+  assert encodec_decoding.step_decoder(weights, bare_dataset,
                                        space) is None
   weights = dataclasses.replace(weights, mel_weight=1.0)
   with pytest.raises(encodec_decoding.DecoderError,
                      match='config.loss weights audio-domain terms.*'
                      'records no decoder'):
-    encodec_decoding.for_training(weights, bare_dataset, space)
+    encodec_decoding.step_decoder(weights, bare_dataset, space)

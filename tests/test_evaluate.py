@@ -11,11 +11,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from jingle_jax import baselines
 from jingle_jax import evaluate
-from jingle_jax import latents
-from jingle_jax import run_log
 from jingle_jax import train
+from jingle_jax.data import latents
+from jingle_jax.models import baselines
+from jingle_jax.training import run_log
 import html_page
 import test_sample
 import train_config

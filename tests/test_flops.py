@@ -4,11 +4,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jingle_jax import flops
 from jingle_jax.models import attention
 from jingle_jax.models import CascadeTransformer
 from jingle_jax.models import ModelConfig
 from jingle_jax.models.cascade import LAYER_POLICY
+from jingle_jax.perf import flops
 
 
 def flops_of(function, *args) -> int:

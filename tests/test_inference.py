@@ -7,22 +7,22 @@ import jax
 import numpy as np
 import pytest
 
-from jingle_jax import inference
-from jingle_jax import latent_space
-from jingle_jax import latents
-from jingle_jax import train_step
+from jingle_jax.data import latent_space
+from jingle_jax.data import latents
+from jingle_jax.inference import trained_model
+from jingle_jax.training import train_step
 import train_config
 
 
-def trained_model(config, variables, space=None):
-  return inference.TrainedModel(config, variables, step=7, updates=6,
+def model_of(config, variables, space=None):
+  return trained_model.TrainedModel(config, variables, step=7, updates=6,
                                 space=space or latent_space.identity(16))
 
 
 def test_another_masking_swaps_the_masks_and_keeps_the_cascade(tiny_config):
   params = {'cascade_stages_0': {'w': 1}, 'creative_agent': {'w': 2}}
   variables = {'params': params, 'batch_stats': {'cascade_stages_0': 3}}
-  model = trained_model(tiny_config, variables)
+  model = model_of(tiny_config, variables)
   assert model.with_masking('creative_agent') is model
   baseline = model.with_masking('energy')
   assert not baseline.config.model.use_creative_agent
@@ -42,7 +42,7 @@ def test_another_masking_swaps_the_masks_and_keeps_the_cascade(tiny_config):
 def test_run_covers_every_pair_in_batches_of_one_shape(tiny_config):
   state = jax.jit(functools.partial(train_step.create_train_state,
                                     tiny_config))(jax.random.key(0))
-  model = trained_model(tiny_config, {'params': state.params,
+  model = model_of(tiny_config, {'params': state.params,
                                       'batch_stats': state.batch_stats})
   rng = np.random.default_rng(0)
   inputs, targets = rng.normal(size=(2, 5, 32, 16)).astype(np.float16)
@@ -67,7 +67,7 @@ def test_run_normalises_and_checks_the_raw_latents(tiny_config):
   std = rng.uniform(0.5, 2.0, 16).astype(np.float32)
   space = latent_space.LatentSpace(mean=mean, std=std, check_mean=mean,
                                    check_scale=std)
-  model = trained_model(tiny_config, variables, space)
+  model = model_of(tiny_config, variables, space)
   inputs, targets = (rng.normal(size=(2, 3, 32, 16)) * std + mean).astype(
       np.float16)
   run = model.run(inputs, targets, batch_size=2)

@@ -7,11 +7,11 @@ import types
 import numpy as np
 import pytest
 
-from jingle_jax import input_pipeline
-from jingle_jax import latent_space
-from jingle_jax import latents
-from jingle_jax import parallel
-from jingle_jax import run_config
+from jingle_jax.config import run_config
+from jingle_jax.core import parallel
+from jingle_jax.data import input_pipeline
+from jingle_jax.data import latent_space
+from jingle_jax.data import latents
 import latent_data
 
 WINDOW = 4

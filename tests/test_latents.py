@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from jingle_jax import files
-from jingle_jax import latent_writer
-from jingle_jax import latents
+from jingle_jax.core import files
+from jingle_jax.data import latent_writer
+from jingle_jax.data import latents
 import latent_data
 
 D = latents.LATENT_DIM
@@ -221,7 +221,7 @@ def test_the_writer_refuses_latents_far_from_the_statistics(tmp_path, songs):
 MANY_SONGS = """
 import resource, sys
 import numpy as np
-from jingle_jax import input_pipeline, latents
+from jingle_jax.data import input_pipeline, latents
 resource.setrlimit(resource.RLIMIT_NOFILE,
                    (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 dataset = latents.LatentDataset(sys.argv[1])

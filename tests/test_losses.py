@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jingle_jax import losses
-from jingle_jax import run_config
+from jingle_jax.config import run_config
+from jingle_jax.training import losses
 
 
 def _random_masks(shape=(2, 40, 8)):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from jingle_jax import metrics
+from jingle_jax.inference import metrics
 
 T, D = 90, 8
 

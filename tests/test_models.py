@@ -7,10 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jingle_jax import baselines
-from jingle_jax import run_config
-from jingle_jax import train_step
+from jingle_jax.config import run_config
 from jingle_jax.models import AttentionMaskGenerator
+from jingle_jax.models import baselines
 from jingle_jax.models import CascadeTransformer
 from jingle_jax.models import CreativeAgent
 from jingle_jax.models import LatentDiscriminator
@@ -20,6 +19,7 @@ from jingle_jax.models.cascade import sinusoidal_positions
 from jingle_jax.models.cascade import SpectralNormDense
 from jingle_jax.models.cascade import stack_layers
 from jingle_jax.models.cascade import unstack_layers
+from jingle_jax.training import train_step
 
 
 def count(tree):

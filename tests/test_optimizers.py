@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jingle_jax import optimizers
-from jingle_jax import profiling
+from jingle_jax.perf import profiling
+from jingle_jax.training import optimizers
 
 CLIP = 0.5
 

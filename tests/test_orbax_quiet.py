@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from jingle_jax import orbax_quiet
+from jingle_jax.core import orbax_quiet
 
 
 def record(path, level, name='absl', message='saved'):

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from jingle_jax import parallel
+from jingle_jax.core import parallel
 
 CLUSTER_VARIABLES = ('SLURM_NTASKS', 'SLURM_STEP_ID', 'OMPI_COMM_WORLD_SIZE',
                      'TPU_WORKER_HOSTNAMES')
@@ -34,7 +34,7 @@ def test_batches_split_over_four_devices():
   """Each device holds its rows of the global batch; the state is whole."""
   script = textwrap.dedent('''
       import jax, numpy as np
-      from jingle_jax import parallel
+      from jingle_jax.core import parallel
       parallel.initialize()  # alone: does nothing
       assert jax.process_count() == 1 and jax.device_count() == 4
       mesh = parallel.make_mesh()

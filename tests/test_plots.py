@@ -5,8 +5,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from jingle_jax import baselines
-from jingle_jax import plots
+from jingle_jax.inference import plots
+from jingle_jax.models import baselines
 
 T, D = 300, 16
 MASK_PIXELS = (int(plots.MASK_FIGSIZE[0] * plots.DPI),

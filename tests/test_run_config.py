@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import pytest
 
 from configs import creative
-from jingle_jax import run_config
-from jingle_jax import run_dir
-from jingle_jax.config_fields import field
+from jingle_jax.config import run_config
+from jingle_jax.config.fields import field
+from jingle_jax.training import run_dir
 
 
 @pytest.fixture

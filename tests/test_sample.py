@@ -12,16 +12,16 @@ from PIL import Image
 import pytest
 import soundfile
 
-from jingle_jax import encodec_decoding
-from jingle_jax import inference
-from jingle_jax import input_pipeline
-from jingle_jax import latent_space
-from jingle_jax import latents
-from jingle_jax import run_config
-from jingle_jax import run_dir
 from jingle_jax import sample
-from jingle_jax import train_step
+from jingle_jax.config import run_config
+from jingle_jax.data import input_pipeline
+from jingle_jax.data import latent_space
+from jingle_jax.data import latents
+from jingle_jax.inference import encodec_decoding
+from jingle_jax.inference import trained_model
 from jingle_jax.models import encodec_decoder
+from jingle_jax.training import run_dir
+from jingle_jax.training import train_step
 import latent_data
 import train_config
 
@@ -95,7 +95,7 @@ def sampled(run, tmp_path_factory):
 
 def test_samples_are_raw_latents_of_the_matched_pairs(run, sampled):
   workdir, raw, space = run
-  model = inference.TrainedModel.load(workdir)
+  model = trained_model.TrainedModel.load(workdir)
   out, summary = sampled
   assert summary['checkpoint_step'] == 1  # the checkpoint's name
   assert not summary['shuffle_targets']

@@ -2,7 +2,7 @@
 
 import time
 
-from jingle_jax import step_timing
+from jingle_jax.training import step_timing
 
 DEVICE_SECONDS = 0.05  # each step's time on a simulated device
 DATA_SECONDS = 0.02  # each batch's wait

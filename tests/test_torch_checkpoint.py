@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from jingle_jax import run_config
-from jingle_jax import torch_checkpoint
-from jingle_jax import train_step
+from jingle_jax.config import run_config
 from jingle_jax.models.cascade import unstack_layers
+from jingle_jax.training import torch_checkpoint
+from jingle_jax.training import train_step
 import torch_reference as reference
 
 

@@ -5,9 +5,13 @@ import sys
 
 TRAINING_PATH = """
 import sys, tempfile
-from jingle_jax import (decode, encodec_decoding, evaluate, input_pipeline,
-                        latents, media_log, run_log, sample, train)
-log = run_log.RunLog(tempfile.mkdtemp(), start_step=0, total_steps=1)
+from jingle_jax import decode, evaluate, sample, train
+from jingle_jax.data import input_pipeline, latents
+from jingle_jax.inference import encodec_decoding, media_log
+from jingle_jax.training import run_log
+folder = tempfile.mkdtemp()
+log = run_log.RunLog(folder + '/metrics.jsonl', folder, start_step=0,
+                     total_steps=1)
 log.write(1, 'train', {'loss': 1.0})
 assert 'tensorboardX' in sys.modules
 loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))

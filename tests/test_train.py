@@ -19,14 +19,15 @@ import jax
 import numpy as np
 import pytest
 
-from jingle_jax import inference
-from jingle_jax import input_pipeline
-from jingle_jax import latents
-from jingle_jax import run_config
-from jingle_jax import run_dir
-from jingle_jax import run_log
-from jingle_jax import step_timing
 from jingle_jax import train
+from jingle_jax.config import run_config
+from jingle_jax.data import input_pipeline
+from jingle_jax.data import latents
+from jingle_jax.inference import trained_model
+from jingle_jax.training import loop
+from jingle_jax.training import run_dir
+from jingle_jax.training import run_log
+from jingle_jax.training import step_timing
 from damage import damage
 import latent_data
 import train_config
@@ -205,7 +206,7 @@ def test_a_damaged_latest_checkpoint_is_saved_again(tmp_path, env, data_dir,
       '10', '6', '8', '8.unreadable']
   assert [r['step'] for r in records(workdir)] == list(range(1, 11))
   for which in ('best', 'latest', 8):  # all readable again
-    inference.TrainedModel.load(workdir, which)
+    trained_model.TrainedModel.load(workdir, which)
 
 
 def test_a_config_that_changes_checkpoints_is_refused_before_writing(
@@ -223,7 +224,7 @@ def test_a_config_that_changes_checkpoints_is_refused_before_writing(
   assert 'model.mask_hidden 16 -> 32' in last and 'new --workdir' in last
   assert before == {path: path.read_bytes() for path in workdir.rglob('*')
                     if path.is_file()}
-  inference.TrainedModel.load(workdir)  # sampling still works
+  trained_model.TrainedModel.load(workdir)  # sampling still works
   # A change that keeps what a checkpoint holds resumes, and is logged.
   result = run(env, workdir, data_dir, '--config.optim.learning_rate=0.0005',
                '--config.num_train_steps=9', check=False)
@@ -255,7 +256,9 @@ NAN_SCRIPT = textwrap.dedent('''
     import sys
     import jax.numpy as jnp
     import numpy as np
-    from jingle_jax import input_pipeline, latent_space, train
+    from jingle_jax import train
+    from jingle_jax.data import input_pipeline, latent_space
+    from jingle_jax.training import loop
     import train_config
 
     workdir, data_dir, first_bad, last_bad = sys.argv[1:]
@@ -278,7 +281,7 @@ NAN_SCRIPT = textwrap.dedent('''
     config.max_consecutive_skips = 2
     try:
       train.train_and_evaluate(config, workdir)
-    except train.TooManySkippedSteps as e:
+    except loop.TooManySkippedSteps as e:
       print(e)
 ''')
 
@@ -296,7 +299,7 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path, env, data_dir):
   skipped = [r['skipped'] for r in records(tmp_path / 'one')]
   assert skipped == [0, 0, 1, 0, 0, 0, 0, 0]
   assert records(tmp_path / 'one')[2]['loss'] is None  # NaN
-  model = inference.TrainedModel.load(tmp_path / 'one', 'latest')
+  model = trained_model.TrainedModel.load(tmp_path / 'one', 'latest')
   assert (model.step, model.updates) == (8, 7)  # one of 8 steps skipped
 
   message = run_with_nan(env, tmp_path / 'many', data_dir, 4, 99)
@@ -357,7 +360,7 @@ def test_a_bad_latent_stops_training_in_one_line(tmp_path, env, data_dir,
       rf"jingle_jax.train: error: \S*song-song{song}.npy: song 'song{song}': "
       rf'frame {frame}, channel 5 is {reason}.*', last), last
   assert checkpoint_steps(tmp_path / 'work') == [2]  # none at 4
-  model = inference.TrainedModel.load(tmp_path / 'work', 'latest')
+  model = trained_model.TrainedModel.load(tmp_path / 'work', 'latest')
   assert model.step == model.updates == 2
   assert all(np.all(np.isfinite(leaf))
              for leaf in jax.tree.leaves(model.variables))
@@ -398,7 +401,7 @@ def test_config_checks(tmp_path, data_dir):
 
 
 def test_early_stopping_counts_validations_without_a_better_loss():
-  stopping = train.early_stopping(4)
+  stopping = loop.early_stopping(4)
   for val_loss, since_best in [(3.0, 0), (2.0, 0), (2.5, 1), (2.0, 2),
                                (float('nan'), 3), (1.0, 0)]:
     assert not stopping.should_stop
@@ -406,33 +409,33 @@ def test_early_stopping_counts_validations_without_a_better_loss():
     assert stopping.patience_count == since_best
   assert stopping.best_metric == 1.0
   for patience in (1, 2, 3):  # stops at the patience-th worse validation
-    stopping, stops = train.early_stopping(patience, 1.0), []
+    stopping, stops = loop.early_stopping(patience, 1.0), []
     for _ in range(4):
       stopping = stopping.update(1.5)
       stops.append(stopping.should_stop)
     assert stops == [update >= patience for update in range(1, 5)]
-  never = train.early_stopping(0, 1.0)  # patience 0: never
+  never = loop.early_stopping(0, 1.0)  # patience 0: never
   for _ in range(10):
     never = never.update(1.5)
   assert not never.should_stop
   # A resumed run that had stopped stays stopped.
-  assert train.early_stopping(2, 1.0, evals_since_best=2).should_stop
+  assert loop.early_stopping(2, 1.0, evals_since_best=2).should_stop
 
 
 def test_skips_in_a_row_are_counted_across_windows():
-  assert train.count_skips(0, [1, 0, 1, 1], limit=3) == 2
-  assert train.count_skips(2, [0], limit=3) == 0
-  with pytest.raises(train.TooManySkippedSteps, match='3 steps in a row'):
-    train.count_skips(2, [1, 0], limit=3)
+  assert loop.count_skips(0, [1, 0, 1, 1], limit=3) == 2
+  assert loop.count_skips(2, [0], limit=3) == 0
+  with pytest.raises(loop.TooManySkippedSteps, match='3 steps in a row'):
+    loop.count_skips(2, [1, 0], limit=3)
 
 
 def test_schedule_follows_epochs_unless_given_steps():
   config = train_config.get_config()
   config.num_train_steps = config.eval_every_steps = -1
   config.checkpoint_every_steps = -1
-  assert train.Schedule.from_config(config, 28) == train.Schedule(
+  assert loop.Schedule.from_config(config, 28) == loop.Schedule(
       steps_per_epoch=28, num_train_steps=200 * 28, eval_every=28,
       checkpoint_every=10 * 28)
   config.num_train_steps, config.eval_every_steps = 7, 3
   config.checkpoint_every_steps = 5
-  assert train.Schedule.from_config(config, 28) == train.Schedule(28, 7, 3, 5)
+  assert loop.Schedule.from_config(config, 28) == loop.Schedule(28, 7, 3, 5)

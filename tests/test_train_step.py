@@ -9,11 +9,11 @@ import numpy as np
 import optax
 import pytest
 
-from jingle_jax import latent_space
-from jingle_jax import latents
-from jingle_jax import losses
-from jingle_jax import optimizers
-from jingle_jax import train_step
+from jingle_jax.data import latent_space
+from jingle_jax.data import latents
+from jingle_jax.training import losses
+from jingle_jax.training import optimizers
+from jingle_jax.training import train_step
 import train_config
 
 STEP_METRICS = {

@@ -332,7 +332,7 @@ def main():
   # pylint: disable=import-outside-toplevel
   from configs import creative
   from jingle_jax import bench
-  from jingle_jax import run_config
+  from jingle_jax.config import run_config
   from precompute import encodec_weights
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--preset', choices=sorted(bench.PRESETS),
@@ -343,7 +343,7 @@ def main():
                       metavar='FIELD=VALUE', help='a config.loss weight')
   args = parser.parse_args()
   config = creative.get_config()
-  bench.apply_preset(config, args.preset)
+  bench.PRESETS[args.preset].apply(config)
   for setting in args.loss:
     field, value = setting.split('=')
     config.loss[field] = float(value)

@@ -5,7 +5,7 @@ import dataclasses
 import flax.traverse_util
 
 from configs import creative
-from jingle_jax import run_config
+from jingle_jax.config import run_config
 
 
 def get_config():

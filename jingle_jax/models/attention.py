@@ -132,8 +132,9 @@ def _padded(length: int, block: int) -> int:
   return -(-length // block) * block
 
 
-class _Problem:
-  """The static facts of one attention call that its kernels use."""
+class _AttentionShape:
+  """The static facts of one attention call (shapes, blocks, dropout) that
+  its kernels use."""
 
   def __init__(self, q_shape, num_keys: int, dropout_rate: float):
     self.batch, self.queries, self.heads, self.head_dim = q_shape
@@ -209,76 +210,73 @@ class _Problem:
 def _forward_kernel(params_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, *,
                     problem):
   """One query block: online softmax over the key blocks."""
-  pr = problem
-  first_row = pr.head_row(params_ref) + pl.program_id(0) * pr.block_q
+  first_row = problem.head_row(params_ref) + pl.program_id(0) * problem.block_q
   q = q_ref[...]
 
   def body(index, carry):
     out, row_max, row_sum = carry
-    keys = pl.ds(index * pr.block_k, pr.block_k)
-    s = pr.logits(q, k_ref[keys, :], index * pr.block_k)
+    keys = pl.ds(index * problem.block_k, problem.block_k)
+    s = problem.logits(q, k_ref[keys, :], index * problem.block_k)
     new_max = jnp.maximum(row_max, jnp.max(s, axis=1))
     correction = jnp.exp2(row_max - new_max)
     p = jnp.exp2(s - new_max[:, None])
     row_sum = row_sum * correction + jnp.sum(p, axis=1)  # before dropout
-    p = pr.dropped(params_ref, p, first_row, index * pr.block_k)
+    p = problem.dropped(params_ref, p, first_row, index * problem.block_k)
     v = v_ref[keys, :]
     out = out * correction[:, None] + plgpu.dot(p.astype(v.dtype), v)
     return out, new_max, row_sum
 
   out, row_max, row_sum = jax.lax.fori_loop(
-      0, pr.padded_keys // pr.block_k, body,
+      0, problem.padded_keys // problem.block_k, body,
       (jnp.zeros(q.shape, jnp.float32),
-       jnp.full((pr.block_q,), -jnp.inf, jnp.float32),
-       jnp.zeros((pr.block_q,), jnp.float32)))
-  out_ref[...] = (out / (row_sum * pr.keep)[:, None]).astype(out_ref.dtype)
+       jnp.full((problem.block_q,), -jnp.inf, jnp.float32),
+       jnp.zeros((problem.block_q,), jnp.float32)))
+  out_ref[...] = (out / (row_sum * problem.keep)[:, None]).astype(out_ref.dtype)
   lse_ref[...] = row_max + jnp.log2(row_sum)
 
 
 def _key_grads_kernel(params_ref, q_ref, k_ref, v_ref, d_out_ref, lse_ref,
                       delta_ref, dk_ref, dv_ref, *, problem):
   """dk, dv of one key block: a loop over the query blocks."""
-  pr = problem
-  key_start = pl.program_id(0) * pr.block_k
-  head_row = pr.head_row(params_ref)
+  key_start = pl.program_id(0) * problem.block_k
+  head_row = problem.head_row(params_ref)
   k, v = k_ref[...], v_ref[...]
 
   def body(index, carry):
     dk, dv = carry
-    queries = pl.ds(index * pr.block_q, pr.block_q)
+    queries = pl.ds(index * problem.block_q, problem.block_q)
     q, d_out = q_ref[queries, :], d_out_ref[queries, :]
-    p, d_logits = pr.block_grads(params_ref, q, k, v, d_out,
+    p, d_logits = problem.block_grads(params_ref, q, k, v, d_out,
                                  lse_ref[queries], delta_ref[queries],
-                                 head_row + index * pr.block_q, key_start)
+                                 head_row + index * problem.block_q, key_start)
     dv += plgpu.dot(p.astype(d_out.dtype).T, d_out)
     dk += plgpu.dot(d_logits.astype(q.dtype).T, q)
     return dk, dv
 
   zeros = jnp.zeros(k.shape, jnp.float32)
-  dk, dv = jax.lax.fori_loop(0, pr.padded_queries // pr.block_q, body,
+  dk, dv = jax.lax.fori_loop(0, problem.padded_queries // problem.block_q, body,
                              (zeros, zeros))
-  dk_ref[...] = (dk * pr.scale).astype(dk_ref.dtype)
+  dk_ref[...] = (dk * problem.scale).astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
 def _query_grads_kernel(params_ref, q_ref, k_ref, v_ref, d_out_ref, lse_ref,
                         delta_ref, dq_ref, *, problem):
   """dq of one query block: a loop over the key blocks."""
-  pr = problem
-  first_row = pr.head_row(params_ref) + pl.program_id(0) * pr.block_q
+  first_row = problem.head_row(params_ref) + pl.program_id(0) * problem.block_q
   q, d_out, lse, delta = q_ref[...], d_out_ref[...], lse_ref[...], delta_ref[
       ...]
 
   def body(index, dq):
-    keys = pl.ds(index * pr.block_k, pr.block_k)
+    keys = pl.ds(index * problem.block_k, problem.block_k)
     k = k_ref[keys, :]
-    _, d_logits = pr.block_grads(params_ref, q, k, v_ref[keys, :], d_out,
-                                 lse, delta, first_row, index * pr.block_k)
+    _, d_logits = problem.block_grads(params_ref, q, k, v_ref[keys, :], d_out,
+                                 lse, delta, first_row, index * problem.block_k)
     return dq + plgpu.dot(d_logits.astype(k.dtype), k)
 
-  dq = jax.lax.fori_loop(0, pr.padded_keys // pr.block_k, body,
+  dq = jax.lax.fori_loop(0, problem.padded_keys // problem.block_k, body,
                          jnp.zeros(q.shape, jnp.float32))
-  dq_ref[...] = (dq * pr.scale).astype(dq_ref.dtype)
+  dq_ref[...] = (dq * problem.scale).astype(dq_ref.dtype)
 
 
 def _spec(shape, block=None):
@@ -318,18 +316,19 @@ def _pallas_call(kernel, problem, name, num_blocks, matmuls, in_specs,
 
 def _forward(q, k, v, params, dropout_rate, interpret):
   """(out, lse [B, heads, padded T]) of the forward kernel."""
-  pr = _Problem(q.shape, k.shape[1], dropout_rate)
-  q_padded = pr.pad(q, pr.padded_queries)
-  k_padded, v_padded = (pr.pad(x, pr.padded_keys) for x in (k, v))
+  problem = _AttentionShape(q.shape, k.shape[1], dropout_rate)
+  q_padded = problem.pad(q, problem.padded_queries)
+  k_padded, v_padded = (problem.pad(x, problem.padded_keys) for x in (k, v))
   out, lse = _pallas_call(
-      _forward_kernel, pr, 'attention_forward',
-      pr.padded_queries // pr.block_q, 2,
-      [_spec(q_padded.shape, pr.block_q), _spec(k_padded.shape),
+      _forward_kernel, problem, 'attention_forward',
+      problem.padded_queries // problem.block_q, 2,
+      [_spec(q_padded.shape, problem.block_q), _spec(k_padded.shape),
        _spec(v_padded.shape)],
-      [((q_padded.shape, q.dtype), pr.block_q),
-       (((pr.batch, pr.heads, pr.padded_queries), jnp.float32), pr.block_q)],
+      [((q_padded.shape, q.dtype), problem.block_q),
+       (((problem.batch, problem.heads, problem.padded_queries),
+         jnp.float32), problem.block_q)],
       interpret)(params, q_padded, k_padded, v_padded)
-  return pr.unpad(out, pr.queries), lse
+  return problem.unpad(out, problem.queries), lse
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -346,31 +345,33 @@ def _fused_forward(q, k, v, params, dropout_rate, interpret):
 
 def _fused_backward(dropout_rate, interpret, residuals, d_out):
   q, k, v, params, out, lse = residuals
-  pr = _Problem(q.shape, k.shape[1], dropout_rate)
+  problem = _AttentionShape(q.shape, k.shape[1], dropout_rate)
   # sum_s dP * P over a row is d_out . out, with or without dropout.
   delta = jnp.einsum('btnh,btnh->bnt', out.astype(jnp.float32),
                      d_out.astype(jnp.float32))
-  delta = jnp.pad(delta, ((0, 0), (0, 0), (0, pr.padded_queries - pr.queries)))
-  q_padded, d_out_padded = (pr.pad(x, pr.padded_queries) for x in (q, d_out))
-  k_padded, v_padded = (pr.pad(x, pr.padded_keys) for x in (k, v))
+  delta = jnp.pad(delta, ((0, 0), (0, 0),
+                          (0, problem.padded_queries - problem.queries)))
+  q_padded, d_out_padded = (problem.pad(x, problem.padded_queries)
+                            for x in (q, d_out))
+  k_padded, v_padded = (problem.pad(x, problem.padded_keys) for x in (k, v))
   args = (params, q_padded, k_padded, v_padded, d_out_padded, lse, delta)
   dk, dv = _pallas_call(
-      _key_grads_kernel, pr, 'attention_key_grads',
-      pr.padded_keys // pr.block_k, 4,
-      [_spec(q_padded.shape), _spec(k_padded.shape, pr.block_k),
-       _spec(v_padded.shape, pr.block_k), _spec(d_out_padded.shape),
+      _key_grads_kernel, problem, 'attention_key_grads',
+      problem.padded_keys // problem.block_k, 4,
+      [_spec(q_padded.shape), _spec(k_padded.shape, problem.block_k),
+       _spec(v_padded.shape, problem.block_k), _spec(d_out_padded.shape),
        _spec(lse.shape), _spec(delta.shape)],
-      [((k_padded.shape, k.dtype), pr.block_k),
-       ((v_padded.shape, v.dtype), pr.block_k)], interpret)(*args)
+      [((k_padded.shape, k.dtype), problem.block_k),
+       ((v_padded.shape, v.dtype), problem.block_k)], interpret)(*args)
   (dq,) = _pallas_call(
-      _query_grads_kernel, pr, 'attention_query_grads',
-      pr.padded_queries // pr.block_q, 3,
-      [_spec(q_padded.shape, pr.block_q), _spec(k_padded.shape),
-       _spec(v_padded.shape), _spec(d_out_padded.shape, pr.block_q),
-       _spec(lse.shape, pr.block_q), _spec(delta.shape, pr.block_q)],
-      [((q_padded.shape, q.dtype), pr.block_q)], interpret)(*args)
-  return (pr.unpad(dq, pr.queries), pr.unpad(dk, pr.keys),
-          pr.unpad(dv, pr.keys), None)
+      _query_grads_kernel, problem, 'attention_query_grads',
+      problem.padded_queries // problem.block_q, 3,
+      [_spec(q_padded.shape, problem.block_q), _spec(k_padded.shape),
+       _spec(v_padded.shape), _spec(d_out_padded.shape, problem.block_q),
+       _spec(lse.shape, problem.block_q), _spec(delta.shape, problem.block_q)],
+      [((q_padded.shape, q.dtype), problem.block_q)], interpret)(*args)
+  return (problem.unpad(dq, problem.queries), problem.unpad(dk, problem.keys),
+          problem.unpad(dv, problem.keys), None)
 
 
 _fused.defvjp(_fused_forward, _fused_backward)

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jingle_jax import baselines
 from jingle_jax.models import attention
+from jingle_jax.models import baselines
 from jingle_jax.models.config import ModelConfig
 from jingle_jax.models.dropout import Dropout
 from jingle_jax.models.layers import linear
@@ -213,7 +213,7 @@ class CascadeOutput:
 class CascadeTransformer(nn.Module):
   """Masks the pair (creative agent or a fixed baseline), then S stages.
 
-  The config's choices are checked by jingle_jax.run_config; the inputs
+  The config's choices are checked by jingle_jax.config.run_config; the inputs
   here.
   """
 

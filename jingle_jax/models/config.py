@@ -6,9 +6,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jingle_jax import baselines
-from jingle_jax.config_fields import field
+from jingle_jax.config.fields import field
 from jingle_jax.models import attention
+from jingle_jax.models import baselines
 
 REMAT_CHOICES = ('none', 'attention', 'layers')
 

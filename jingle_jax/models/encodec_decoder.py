@@ -5,8 +5,8 @@ section 2), channels last: a causal conv 128 -> 512 (kernel 7), a 2-layer
 LSTM with a skip, four upsampling stages (ELU, transposed conv, residual
 block with a 1x1 conv shortcut) and a causal conv 32 -> 1 (kernel 7).
 Weight norm is folded into plain kernels when EnCodec's weights are
-converted (jingle_jax.encodec_decoding), so the parameters here are kernels
-and biases only. Frames [B, T, 128] give audio [B, T x 320].
+converted (jingle_jax.inference.encodec_decoding), so the parameters here
+are kernels and biases only. Frames [B, T, 128] give audio [B, T x 320].
 """
 
 import math

@@ -2,7 +2,8 @@
 
 No loss of the recipe uses it (DESIGN.md 4.2): it is kept because its
 weights belong to the model, so that the original's checkpoints load
-(jingle_jax.torch_checkpoint) and the parameter count is the original's.
+(jingle_jax.training.torch_checkpoint) and the parameter count is the
+original's.
 """
 
 import flax.linen as nn

@@ -4,18 +4,18 @@ checked once at a command's entry, and recorded in the workdir.
 `default_config()` is the seed recipe as an ml_collections config, which
 configs/*.py change and `--config.FIELD=VALUE` overrides; `parse` turns it
 into the frozen `Config` that the rest of the code takes its parts of.
-A workdir records it (jingle_jax/run_dir.py); a config recorded before a
-field existed reads as that field's `recorded_before` value.
+A workdir records it (jingle_jax/training/run_dir.py); a config recorded
+before a field existed reads as that field's `recorded_before` value.
 """
 
 import dataclasses
 
 import ml_collections
 
-from jingle_jax.config_fields import build
-from jingle_jax.config_fields import ConfigError
-from jingle_jax.config_fields import field
-from jingle_jax.config_fields import part
+from jingle_jax.config.fields import build
+from jingle_jax.config.fields import ConfigError
+from jingle_jax.config.fields import field
+from jingle_jax.config.fields import part
 from jingle_jax.models.config import ModelConfig
 
 __all__ = ['Config', 'ConfigError', 'LossConfig', 'ModelConfig', 'OptimConfig']

@@ -12,7 +12,7 @@ frames).
 Batches hold the latents as stored (float16 as precompute writes them):
 threads copy each window with one pread into a batch buffer that is used
 again for the next batch, and the compiled steps convert, check and
-normalise them (jingle_jax.latent_space). A fault the step reports is
+normalise them (jingle_jax.data.latent_space). A fault the step reports is
 named here (Pairs.fault_error).
 
 The batch of step k is a pure function of (seed, k): step k lies in epoch
@@ -30,10 +30,10 @@ import threading
 import jax
 import numpy as np
 
-from jingle_jax import audio_losses
-from jingle_jax import latents
-from jingle_jax import parallel
-from jingle_jax import run_config
+from jingle_jax.config import run_config
+from jingle_jax.core import parallel
+from jingle_jax.data import latents
+from jingle_jax.training import audio_losses
 
 # Threads that copy a batch's windows: reads from a cold page cache or a
 # network disk overlap (docs/BENCHMARKS.md: 4 to 32 read alike here).

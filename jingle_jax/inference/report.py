@@ -12,9 +12,9 @@ import urllib.parse
 
 import numpy as np
 
-from jingle_jax import decode
-from jingle_jax import files
-from jingle_jax import latents
+from jingle_jax.core import files
+from jingle_jax.data import latents
+from jingle_jax.inference import wav_files
 
 _STYLE = '''
 body { font-family: sans-serif; margin: 2em auto; max-width: 70em;
@@ -89,7 +89,7 @@ def encodec_weights_note(identity: str) -> str:
 def write_audio(path, samples) -> None:
   """24 kHz mono audio as 16-bit WAV (half the size of float; what a
   listening page needs), clipped to full scale."""
-  decode.write_wav(path, np.clip(samples, -1.0, 1.0), subtype='PCM_16')
+  wav_files.write_wav(path, np.clip(samples, -1.0, 1.0), subtype='PCM_16')
 
 
 def write_page(path, title: str, sections) -> None:

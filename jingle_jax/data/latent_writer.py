@@ -1,4 +1,4 @@
-"""Writing a latent dataset (jingle_jax.latents): one song's shard (and
+"""Writing a latent dataset (jingle_jax.data.latents): one song's shard (and
 maybe its audio) at a time as they arrive, then the manifest; every file
 atomically. numpy only."""
 
@@ -9,8 +9,8 @@ import os
 
 import numpy as np
 
-from jingle_jax import files
-from jingle_jax import latents
+from jingle_jax.core import files
+from jingle_jax.data import latents
 
 
 class DatasetWriter:

@@ -2,8 +2,8 @@
 
   WORKDIR/config.json     the run's config (run_config.Config), recorded
                           when training opens the workdir
-  WORKDIR/checkpoints/    Orbax checkpoints (jingle_jax/checkpoints.py)
-  WORKDIR/metrics.jsonl   the metrics (jingle_jax/run_log.py)
+  WORKDIR/checkpoints/    Orbax checkpoints (jingle_jax/training/checkpoints.py)
+  WORKDIR/metrics.jsonl   the metrics (jingle_jax/training/run_log.py)
   WORKDIR/tensorboard/    TensorBoard's events
 
 `open_for_training` is the way in for training (and for converting an
@@ -28,16 +28,16 @@ import re
 from absl import logging
 import jax
 
-from jingle_jax import checkpoints
-from jingle_jax import files
-from jingle_jax import optimizers
-from jingle_jax import run_config
-from jingle_jax import train_step
-from jingle_jax.checkpoints import CheckpointError
-from jingle_jax.checkpoints import CheckpointExtras
-from jingle_jax.config_fields import flat
+from jingle_jax.config import run_config
+from jingle_jax.config.fields import flat
+from jingle_jax.core import files
 from jingle_jax.models.cascade import stack_layers
 from jingle_jax.models.cascade import unstack_layers
+from jingle_jax.training import checkpoints
+from jingle_jax.training import optimizers
+from jingle_jax.training import train_step
+from jingle_jax.training.checkpoints import CheckpointError
+from jingle_jax.training.checkpoints import CheckpointExtras
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'

@@ -14,14 +14,16 @@ PADDED_FRAMES frames is padded with zeros to 1,200 and its audio cut back
 
 import functools
 import os
+from typing import Any
 
 import flax.serialization
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jingle_jax import files
-from jingle_jax import latents
+from jingle_jax.core import files
+from jingle_jax.data import latents
 from jingle_jax.models import encodec_decoder
 
 DECODER_FILE = 'decoder.msgpack'
@@ -86,10 +88,17 @@ def read(dataset: latents.LatentDataset) -> dict:
   return tree['params']
 
 
-def for_training(loss_weights, dataset, space):
-  """The train step's `decoder` when config.loss weights audio terms:
-  {'params', 'mean', 'std'} (the model's latents -> raw ones, of the
-  latent_space.LatentSpace `space`); else None."""
+class DecoderBundle(flax.struct.PyTreeNode):
+  """EnCodec's frozen decoder as the train and eval steps take it."""
+  params: Any  # EncodecDecoder's parameters
+  mean: jax.Array  # [D]: latents x std + mean are the raw ones it decodes
+  std: jax.Array
+
+
+def step_decoder(loss_weights, dataset, space):
+  """The train step's DecoderBundle when config.loss weights audio terms
+  (the model's latents turned raw with the latent_space.LatentSpace
+  `space`); else None."""
   if not loss_weights.uses_audio:
     return None
   try:
@@ -97,7 +106,7 @@ def for_training(loss_weights, dataset, space):
   except DecoderError as e:
     raise DecoderError(f'config.loss weights audio-domain terms, which need '
                        f'the dataset\'s decoder weights: {e}') from None
-  return {'params': params, 'mean': space.mean, 'std': space.std}
+  return DecoderBundle(params, space.mean, space.std)
 
 
 @functools.cache

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jingle_jax import latents
+from jingle_jax.data import latents
 
 NO_FAULT = (-1, -1)
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jingle_jax import losses
+from jingle_jax.training import losses
 
 ENVELOPE_FRAMES = 5  # 67 ms at 75 frames/s: smooths jitter, keeps 8 onsets/s
 RHYTHM_THRESHOLD = 0.3

@@ -11,9 +11,9 @@ from absl import logging
 import jax
 import numpy as np
 
-from jingle_jax import encodec_decoding
-from jingle_jax import inference
-from jingle_jax import latents
+from jingle_jax.data import latents
+from jingle_jax.inference import encodec_decoding
+from jingle_jax.inference import trained_model
 
 CLIPS = ('input', 'target', 'output')
 
@@ -24,7 +24,7 @@ class ValidationMedia:
   def __init__(self, config, val_pairs, dataset: latents.LatentDataset,
                space, step_decoder=None):
     """space: the run's latent_space.LatentSpace; step_decoder: the train
-    step's decoder (encodec_decoding.for_training), whose parameters are
+    step's decoder (encodec_decoding.step_decoder), whose parameters are
     used instead of reading them again."""
     self.every = config.media_every_evals
     count = min(config.media_pairs, len(val_pairs))
@@ -32,9 +32,9 @@ class ValidationMedia:
     self.pairs = val_pairs
     self.batch = val_pairs.read(self.indices, self.indices) if count else None
     self.space = space
-    self.run = inference.compiled_run(config.model)
+    self.run = trained_model.compiled_run(config.model)
     self.decoder_params = (None if step_decoder is None
-                           else step_decoder['params'])
+                           else step_decoder.params)
     if count and jax.process_index() == 0 and self.decoder_params is None:
       try:
         self.decoder_params = encodec_decoding.read(dataset)
@@ -47,7 +47,8 @@ class ValidationMedia:
 
   def write(self, log, step: int, state) -> None:
     """Runs the model on the pairs and logs what it gives at `step`."""
-    from jingle_jax import plots  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from jingle_jax.inference import plots
     out, fault = self.run({'params': state.params,
                            'batch_stats': state.batch_stats}, self.space,
                           self.batch['input'], self.batch['target'])

@@ -28,8 +28,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from jingle_jax import orbax_quiet
-from jingle_jax import parallel
+from jingle_jax.core import orbax_quiet
+from jingle_jax.core import parallel
 
 UNREADABLE_SUFFIX = '.unreadable'
 

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jingle_jax import losses
+from jingle_jax.data import latents
+from jingle_jax.training import losses
 
-SAMPLE_RATE = 24_000
 # (n_fft, hop) of the multi-resolution STFT loss; windows are n_fft long.
 STFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
 MEL_N_FFT, MEL_HOP, MEL_BANDS, MEL_F_MAX = 1024, 256, 80, 8000.0
@@ -71,7 +71,7 @@ def mel_filterbank() -> np.ndarray:
   def mel(hz):
     return 2595.0 * np.log10(1.0 + hz / 700.0)
 
-  frequencies = np.linspace(0, SAMPLE_RATE // 2, MEL_N_FFT // 2 + 1)
+  frequencies = np.linspace(0, latents.SAMPLE_RATE // 2, MEL_N_FFT // 2 + 1)
   points = np.linspace(mel(0.0), mel(MEL_F_MAX), MEL_BANDS + 2)
   points = 700.0 * (10.0 ** (points / 2595.0) - 1.0)
   widths = np.diff(points)
@@ -130,7 +130,7 @@ def spectral_outlier(output):
   differentiated (a selection).
   """
   spectrum = magnitude(output, OUTLIER_N_FFT, OUTLIER_HOP)
-  frequencies = np.fft.rfftfreq(OUTLIER_N_FFT, 1.0 / SAMPLE_RATE)
+  frequencies = np.fft.rfftfreq(OUTLIER_N_FFT, 1.0 / latents.SAMPLE_RATE)
   total = 0.0
   for low, high in OUTLIER_BANDS:
     bins = np.flatnonzero((frequencies >= low) & (frequencies <= high))

@@ -4,10 +4,10 @@ The step functions are pure and mesh-agnostic: bind the config (a
 run_config.Config) with functools.partial and jit them with whatever
 shardings the caller uses, donating the state (argument 0) of `train_step`.
 
-With audio-domain loss weights (DESIGN.md 4.5a), the steps take `decoder`:
-{'params': EnCodec decoder parameters, 'mean', 'std': [D] that turn the
-model's latents into raw ones}; the frozen decoder then runs inside the
-step. Without them it is None and nothing of it is compiled.
+With audio-domain loss weights (DESIGN.md 4.5a), the steps take `decoder`, an
+encodec_decoding.DecoderBundle; the frozen decoder then runs inside the
+step. Without them
+it is None and nothing of it is compiled.
 """
 
 from typing import Any
@@ -17,14 +17,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jingle_jax import audio_losses
-from jingle_jax import losses
-from jingle_jax import optimizers
 from jingle_jax.models import CascadeTransformer
 from jingle_jax.models import encodec_decoder
 from jingle_jax.models import hashed_random
 from jingle_jax.models import LatentDiscriminator
 from jingle_jax.models.cascade import copy_first_layers
+from jingle_jax.training import audio_losses
+from jingle_jax.training import losses
+from jingle_jax.training import optimizers
 
 INIT_FRAMES = 16  # parameter shapes do not depend on the clip length
 
@@ -122,10 +122,10 @@ def discriminator_update(state: TrainState, batch, output, rng, config):
 
 def decode_latents(decoder, latents, model_config):
   """Audio [B, T x 320] of latents [B, T, D] in the model's space."""
-  raw = latents.astype(jnp.float32) * decoder['std'] + decoder['mean']
+  raw = latents.astype(jnp.float32) * decoder.std + decoder.mean
   return encodec_decoder.EncodecDecoder(
       model_config.dtype, remat=model_config.remat != 'none').apply(
-          {'params': decoder['params']}, raw)
+          {'params': decoder.params}, raw)
 
 
 def audio_loss(output, batch, decoder, config, validation=False):

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import tqdm
 
-from jingle_jax import files
+from jingle_jax.core import files
 
 
 def _tensorboardx_without_torch():

@@ -51,11 +51,11 @@ import flax.traverse_util
 import jax
 import numpy as np
 
-from jingle_jax import optimizers
-from jingle_jax import train_step
 from jingle_jax.models.cascade import sinusoidal_positions
 from jingle_jax.models.cascade import stack_layers
 from jingle_jax.models.cascade import unstack_layers
+from jingle_jax.training import optimizers
+from jingle_jax.training import train_step
 
 _DDP_PREFIX = 'module.'
 # The torch table is computed in float32: arguments up to 2000 rad carry
@@ -230,21 +230,7 @@ def convert(checkpoint, config, source='checkpoint', *, rng=None):
                      (o.learning_rate, (0.9, 0.999), o.weight_decay), source)
   state = state.replace(params=variables['params'],
                         batch_stats=variables['batch_stats'])
-  disc_moments = None
-  if has_gan:
-    disc_state_dict = strip_ddp_prefix(checkpoint['discriminator_state_dict'])
-    disc_module = lambda path: _LATENT_DISCRIMINATOR_MODULES[path[0]]
-    disc_params = _fill(
-        {'params': state.disc_params}, disc_state_dict, disc_module,
-        f'{source} discriminator_state_dict')['params']
-    state = state.replace(disc_params=disc_params)
-    disc_moments = _moments(
-        checkpoint, 'disc_optimizer_state_dict', disc_state_dict, disc_module,
-        disc_params, (o.disc_learning_rate, (o.disc_b1, o.disc_b2),
-                      o.disc_weight_decay), source)
-  else:
-    logging.info('%s: no discriminator_state_dict; the GAN discriminator '
-                 'starts fresh', source)
+  state, disc_moments = _discriminator(checkpoint, state, config, source)
   # The optimisers' flat arrays follow the stacked parameters' order.
   state = stack_layers(state)
   tx, disc_tx = optimizers.make_optimizers(o)
@@ -256,6 +242,25 @@ def convert(checkpoint, config, source='checkpoint', *, rng=None):
       state = state.replace(**{name: optimizers.with_moments(
           tx, params, count, *stack_layers((mu, nu)))})
   return config, jax.device_put(state)
+
+
+def _discriminator(checkpoint, state, config, source):
+  """(state with the GAN discriminator's weights, its AdamW moments or None)
+  from the checkpoint's discriminator_state_dict, when it has one."""
+  if 'discriminator_state_dict' not in checkpoint:
+    logging.info('%s: no discriminator_state_dict; the GAN discriminator '
+                 'starts fresh', source)
+    return state, None
+  disc_state_dict = strip_ddp_prefix(checkpoint['discriminator_state_dict'])
+  disc_module = lambda path: _LATENT_DISCRIMINATOR_MODULES[path[0]]
+  disc_params = _fill(
+      {'params': state.disc_params}, disc_state_dict, disc_module,
+      f'{source} discriminator_state_dict')['params']
+  o = config.optim
+  return state.replace(disc_params=disc_params), _moments(
+      checkpoint, 'disc_optimizer_state_dict', disc_state_dict, disc_module,
+      disc_params, (o.disc_learning_rate, (o.disc_b1, o.disc_b2),
+                    o.disc_weight_decay), source)
 
 
 def _moments(checkpoint, name, state_dict, module_name, params,

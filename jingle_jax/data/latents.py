@@ -1,7 +1,8 @@
 """The latent dataset on disk: EnCodec latents of whole songs in .npy shards.
 
-precompute.encode writes it with jingle_jax.latent_writer; training reads it
-with LatentDataset (numpy and the standard library). A dataset directory holds
+precompute.encode writes it with jingle_jax.data.latent_writer; training reads
+it with LatentDataset (numpy and the standard library). A dataset directory
+holds
 
   song-<id>.npy     [frames, 128]: the latents of one song (a shard)
   song-<id>.audio.npy  [frames, 320] float16, optional: the song's 24 kHz
@@ -21,7 +22,7 @@ with LatentDataset (numpy and the standard library). A dataset directory holds
     mean, std: [128] per-channel statistics of the training latents,
     skipped: [{source, reason}] the audio files left out,
     decoder: the file of EnCodec's decoder weights for JAX
-    (jingle_jax.encodec_decoding), or null.
+    (jingle_jax.inference.encodec_decoding), or null.
 
 The reader takes any shard layout the songs' shard and offset describe (a
 shard may hold several songs one after another, as older datasets do).
@@ -30,7 +31,7 @@ Values are checked when written (latent_writer refuses non-finite latents
 and those OUTLIER_STDS from the training mean) and when read, never all at
 once: opening a dataset reads the manifest and the files' sizes only.
 Training copies windows as stored (Song.read_into: one pread each, no file
-kept open) and checks them in its compiled steps (jingle_jax.latent_space);
+kept open) and checks them in its compiled steps (jingle_jax.data.latent_space);
 Song.read checks on the host, through memory maps opened as songs are read,
 at most OPEN_MAPS at a time. `python -m jingle_jax.verify` reads every
 value on demand.
@@ -42,8 +43,8 @@ import os
 
 import numpy as np
 
-from jingle_jax import files
-from jingle_jax import npy_rows
+from jingle_jax.core import files
+from jingle_jax.data import npy_rows
 
 FORMAT_VERSION = 1
 SAMPLE_RATE = 24_000

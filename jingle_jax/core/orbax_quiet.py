@@ -1,11 +1,11 @@
 """Keeps Orbax's chatter out of the commands' output.
 
-Orbax logs every save and restore through absl at INFO, and warns of
-things that are so here (e.g. a read-only manager); absl has one logger for
-every library, so its records are told apart by the file that logs them.
-The reads that a failed restore abandons print pages when they end or are
-collected. What goes wrong with a checkpoint, jingle_jax.checkpoints reports
-in one line. Imports no Orbax: commands that never load it stay light.
+Orbax logs every save and restore through absl at INFO, and warns of things
+that are so here (e.g. a read-only manager); absl has one logger for every
+library, so its records are told apart by the file that logs them. The reads
+that a failed restore abandons print pages when they end or are collected. What
+goes wrong with a checkpoint, jingle_jax.training.checkpoints reports in one
+line. Imports no Orbax: commands that never load it stay light.
 """
 
 import contextlib

@@ -10,14 +10,14 @@ import functools
 import jax
 import numpy as np
 
-from jingle_jax import baselines
-from jingle_jax import compile_cache
-from jingle_jax import input_pipeline
-from jingle_jax import latent_space
-from jingle_jax import latents
-from jingle_jax import run_config
-from jingle_jax import run_dir
+from jingle_jax.config import run_config
+from jingle_jax.core import compile_cache
+from jingle_jax.data import input_pipeline
+from jingle_jax.data import latent_space
+from jingle_jax.data import latents
+from jingle_jax.models import baselines
 from jingle_jax.models import CascadeTransformer
+from jingle_jax.training import run_dir
 
 # What TrainedModel.with_masking runs: the trained agent, no masks, or a
 # fixed baseline (DESIGN.md 4.6) in front of the trained cascade.
@@ -98,6 +98,12 @@ class TrainedModel:
       parts.append({name: np.asarray(x)[:used] for name, x in out.items()})
     return {name: np.concatenate([part[name] for part in parts])
             for name in parts[0]}
+
+  def run_pair(self, raw_input, raw_target) -> dict[str, np.ndarray]:
+    """run() on one pair of raw clips [frames, D]: input, target, output
+    (in the model's space) and the masks, each [frames, D]."""
+    run = self.run(raw_input[None], raw_target[None])
+    return {name: values[0] for name, values in run.items()}
 
 
 def _fault_error(fault, count: int, dim: int) -> latents.LatentDataError:

@@ -9,9 +9,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 
-from jingle_jax import files
-from jingle_jax import latents
-from jingle_jax import metrics
+from jingle_jax.core import files
+from jingle_jax.data import latents
+from jingle_jax.inference import metrics
 
 DPI = 100
 MASK_FIGSIZE = (10.0, 8.0)  # inches: 1000 x 800 pixels at DPI

@@ -1,0 +1,1 @@
+"""A run's config: its fields declared once, the schema, parsing."""

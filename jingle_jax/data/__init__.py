@@ -1,0 +1,1 @@
+"""The latent dataset: its format, writer and reader, and the batches training and inference read from it."""

@@ -1,0 +1,1 @@
+"""A trained model run on pairs, its outputs decoded, measured, drawn and reported."""
