@@ -16,7 +16,7 @@
 #   arrange        python -m jingle_jax.arrange ARGS (two songs -> a wav)
 #   convert        python -m jingle_jax.convert_torch ARGS (an original .pt)
 #   bench          python -m jingle_jax.bench ARGS (the train step's speed)
-#   bench-torch    python tests/torch_reference.py ARGS (the original's step)
+#   bench-torch    python benchmarks/torch_step.py ARGS (the original's step)
 #   demo           demo songs -> precompute -> train -> sample -> evaluate
 
 set -euo pipefail
@@ -95,7 +95,7 @@ demo() {
   "$PY" -m jingle_jax.synth --out-dir "$run/audio"
   "$PY" -m precompute.encode --audio-dir "$run/audio" --out-dir "$run/latents" "${weights[@]}"
   "$PY" -m jingle_jax.train --config configs/demo.py --workdir "$run/train" \
-    --config.data_dir="$run/latents"
+    --config.data.dir="$run/latents"
   "$PY" -m jingle_jax.sample --wav --workdir "$run/train" --num-samples 2 \
     --out-dir "$run/samples"
   "$PY" -m jingle_jax.evaluate --workdir "$run/train" --out-dir "$run/evaluation"
@@ -130,7 +130,7 @@ case $verb in
   arrange) setup; exec "$PY" -m jingle_jax.arrange "$@" ;;
   convert) setup; exec "$PY" -m jingle_jax.convert_torch "$@" ;;
   bench) setup; exec "$PY" -m jingle_jax.bench "$@" ;;
-  bench-torch) setup; exec "$PY" tests/torch_reference.py "$@" ;;
+  bench-torch) setup; exec "$PY" benchmarks/torch_step.py "$@" ;;
   demo) setup; demo ;;
   # The comment block at the top, from its second line to its end.
   *) sed -n '2,/^$/s/^# \{0,1\}//p' "$0"; exit 2 ;;

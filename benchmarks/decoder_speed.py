@@ -25,7 +25,7 @@ from jingle_jax.data import latents
 from jingle_jax.inference import encodec_decoding
 from jingle_jax.models import encodec_decoder
 from precompute import encodec_weights
-from precompute import export_decoder
+from precompute import decoder_weights
 
 _BATCH_SIZES = flags.DEFINE_list('batch-sizes', ['1', '16'],
                                  'Clips of 16 s per decoder call.')
@@ -50,11 +50,11 @@ def median_seconds(run, repeats: int) -> float:
   return float(np.median(times))
 
 
-def run(f):
-  del f
+def run(flag_values):
+  del flag_values
   model = encodec_weights.random_model(0).eval()
   encodec_weights.device('cpu')  # precompute's CPU tuning
-  params = jax.device_put(export_decoder.decoder_params(model))
+  params = jax.device_put(decoder_weights.decoder_params(model))
   decoder = encodec_decoder.EncodecDecoder(jnp.dtype(_DTYPE.value),
                                            _REMAT.value)
   forward = jax.jit(decoder.apply)

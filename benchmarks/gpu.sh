@@ -95,7 +95,7 @@ for index in range(50):  # 11 pairs of 16 s per song; 2 songs for validation
 writer.finish(records, [])
 PYTHON
   timeout 200 $PY -m jingle_jax.train "${SEED[@]}" --workdir "$WORK/run" \
-    --config.data_dir="$WORK/latents" --config.model.attention_impl=fused \
+    --config.data.dir="$WORK/latents" --config.model.attention_impl=fused \
     --config.num_train_steps=300 --config.log_every_steps=50 \
     --config.eval_every_steps=100000 --config.checkpoint_every_steps=100000 \
     --config.media_pairs=0 --config.early_stopping_patience=0 \

@@ -43,9 +43,10 @@ from jingle_jax.core import parallel
 from jingle_jax.data import input_pipeline
 data_dir, steps, devices = sys.argv[1], int(sys.argv[2]), sys.argv[3] == '1'
 config = creative.get_config()
-config.data_dir = data_dir
+config.data.dir = data_dir
 batch_size = 64
-_, train, _ = input_pipeline.training_pairs(config, batch_size)
+_, train, _ = input_pipeline.training_pairs(
+    config.data, config.num_frames, config.model.latent_dim, 1, False)
 batches = input_pipeline.train_batches(
     train, seed=0, global_batch_size=batch_size, rows=slice(0, batch_size),
     start_step=0, shuffle_targets=True)
@@ -128,7 +129,7 @@ def loop(data_dir, steps: int) -> None:
   env = dict(os.environ, PYTHONPATH=REPO)
   subprocess.run(
       [sys.executable, '-m', 'jingle_jax.train', f'--config={config}',
-       f'--workdir={workdir}', f'--config.data_dir={data_dir}',
+       f'--workdir={workdir}', f'--config.data.dir={data_dir}',
        f'--config.num_train_steps={steps}', '--config.log_every_steps=5',
        f'--config.eval_every_steps={10 * steps}',
        f'--config.checkpoint_every_steps={10 * steps}',

@@ -38,8 +38,9 @@ import sys
 from configs import demo
 from jingle_jax.data import input_pipeline
 config = demo.get_config()
-config.data_dir = sys.argv[1]
-_, train, val = input_pipeline.training_pairs(config, 8)
+config.data.dir = sys.argv[1]
+_, train, val = input_pipeline.training_pairs(
+    config.data, config.num_frames, config.model.latent_dim, 1, False)
 print(len(train), len(val))
 """
 
@@ -85,7 +86,7 @@ def measure(data_dirs, repeats: int, drop_caches: bool, code: str) -> None:
   def train(data_dir):
     shutil.rmtree(workdir, ignore_errors=True)
     return [sys.executable, '-m', 'jingle_jax.train',
-            '--config', 'configs/demo.py', f'--config.data_dir={data_dir}',
+            '--config', 'configs/demo.py', f'--config.data.dir={data_dir}',
             '--config.num_train_steps=1', f'--workdir={workdir}']
 
   timed(train(data_dirs[0]), env, False)  # fills the compilation cache

@@ -10,14 +10,14 @@ from configs import creative
 def get_config():
   config = creative.get_config()
   # Where run_tpu_or_gpu.sh demo puts them, relative to the repository.
-  config.data_dir = 'runs/demo/latents'  # the demo latents.
+  config.data.dir = 'runs/demo/latents'  # the demo latents.
   config.workdir = 'runs/demo/train'  # the demo run.
   config.num_frames = 150  # 2 s clips: 23 pairs per 48 s demo song.
   # Standardised latents (the seed feeds raw ones): the seeded random
   # EnCodec's are tiny and almost constant per channel (RMS 0.03, per-channel
   # std 6e-4), and raw, the masks learn a fixed channel split that ignores
   # the music.
-  config.normalise_latents = True
+  config.data.normalise_latents = True
   config.per_device_batch_size = 8  # 1 CPU device: 8 pairs per step.
 
   config.num_epochs = 10  # of 20 steps (161 pairs of 7 training songs).

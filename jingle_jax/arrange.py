@@ -54,13 +54,12 @@ def encodec_model(dataset, checkpoint, random_seed):
   None) records."""
   # pylint: disable=g-import-not-at-top
   from precompute import encodec_weights
-  from precompute import torch_decode
   if dataset is None:
-    logging.warning('the run records no latent dataset (config.data_dir): '
+    logging.warning('the run records no latent dataset (config.data.dir): '
                     'the EnCodec weights given are not checked against one')
     return encodec_weights.load(checkpoint, random_seed)
-  return (torch_decode.matching_weights(dataset, checkpoint, random_seed),
-          dataset.manifest['encodec_weights'])
+  return (encodec_weights.matching_weights(dataset, checkpoint, random_seed),
+          dataset.manifest.encodec_weights)
 
 
 def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
@@ -71,7 +70,6 @@ def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
   # pylint: disable=g-import-not-at-top
   from precompute import codec
   from precompute import encodec_weights
-  from precompute import torch_decode
   stem, suffix = os.path.splitext(out_path)
   if suffix.lower() != '.wav':
     raise ValueError(f'--out {out_path}: expected a .wav file name')
@@ -79,7 +77,7 @@ def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
   seconds = config.num_frames / latents.FRAME_RATE
   clips = [read_clip(input_path, '--input', input_start, seconds),
            read_clip(target_path, '--target', target_start, seconds)]
-  data_dir = data_dir or config.data_dir
+  data_dir = data_dir or config.data.dir
   dataset = latents.LatentDataset(data_dir) if data_dir else None
   model, weights = encodec_model(dataset, checkpoint, random_seed)
   torch_device = encodec_weights.device(device)
@@ -90,7 +88,7 @@ def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
       for clip in clips)
   trained = trained_model.TrainedModel.load(workdir, which, dataset=dataset)
   arrays = trained.run_pair(raw_input, raw_target)
-  torch_decode.decode_to_wavs(
+  codec.decode_to_wavs(
       model, [(os.path.basename(stem),
                np.asarray(trained.space.denormalise(arrays['output'])))],
       os.path.dirname(os.path.abspath(out_path)), device=torch_device,
@@ -131,19 +129,21 @@ def define_flags():
                      'starts at.', lower_bound=0.0)
 
 
-def run(f) -> None:
+def run(flag_values) -> None:
   # The model and EnCodec share the accelerator: JAX takes memory as needed.
   os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+  cli.set_environment(cli.TORCH_ENVIRONMENT, 'torch')  # loaded later
   step = arrange(
-      f.workdir, f.input, f.target, f.out,
-      input_start=f['input-start'].value,
-      target_start=f['target-start'].value,
-      which=cli.checkpoint_choice(f.checkpoint),
-      data_dir=f['data-dir'].value,
-      checkpoint=f['encodec-checkpoint'].value,
-      random_seed=f['random-encodec'].value, device=f.device)
-  print(f'checkpoint step {step}: {f.out}')
-  print(os.path.splitext(f.out)[0] + '.html')
+      flag_values.workdir, flag_values.input, flag_values.target,
+      flag_values.out, input_start=flag_values['input-start'].value,
+      target_start=flag_values['target-start'].value,
+      which=cli.checkpoint_choice(flag_values.checkpoint),
+      data_dir=flag_values['data-dir'].value,
+      checkpoint=flag_values['encodec-checkpoint'].value,
+      random_seed=flag_values['random-encodec'].value,
+      device=flag_values.device)
+  print(f'checkpoint step {step}: {flag_values.out}')
+  print(os.path.splitext(flag_values.out)[0] + '.html')
 
 
 if __name__ == '__main__':

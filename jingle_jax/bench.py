@@ -111,9 +111,9 @@ def peak_flops(device, dtype):
   """The device's dense peak for `dtype`, where known (bfloat16 only)."""
   if dtype != jnp.bfloat16:
     return None
-  for kind, flops in PEAK_BF16_FLOPS:
+  for kind, peak in PEAK_BF16_FLOPS:
     if kind in device.device_kind:
-      return flops
+      return peak
   return None
 
 
@@ -283,31 +283,32 @@ def figures(config, step, times, cpu_times) -> dict:
   }
 
 
-def run(f):
-  if f.preset:
-    PRESETS[f.preset].apply(f.config,
-                            config_flags.get_override_values(f['config']))
-  config = run_config.parse(f.config)
+def run(flag_values):
+  if flag_values.preset:
+    PRESETS[flag_values.preset].apply(
+        flag_values.config,
+        config_flags.get_override_values(flag_values['config']))
+  config = run_config.parse(flag_values.config)
   compile_cache.use(config.compilation_cache)
-  if f['params-only'].value:
+  if flag_values['params-only'].value:
     shapes = jax.eval_shape(functools.partial(
         train_step.create_train_state, config), jax.random.key(config.seed))
     print(json.dumps({'generator_params': count_params(shapes.params),
                       'discriminator_params': count_params(
                           shapes.disc_params)}))
     return
-  step = compile_step(config, steps=f.steps, target_audio=(
-      f['target-audio'].value and audio_losses.weighted(
+  step = compile_step(config, steps=flag_values.steps, target_audio=(
+      flag_values['target-audio'].value and audio_losses.weighted(
           config.loss, audio_losses.TARGET_TERMS)))
   space, decoder = step['space'], step['decoder']
   times, cpu_times = time_steps(
       lambda state, batch, rng: step['compiled'](state, batch, rng, space,
                                                  decoder),
-      step['state'], step['batch'], step['step_rngs'], f.profile)
-  if f.profile and times:
-    files.write_text(os.path.join(f.profile, 'top_ops.txt'),
-                     profiling.top_ops(f.profile, len(times)))
-  print(json.dumps({'preset': f.preset,
+      step['state'], step['batch'], step['step_rngs'], flag_values.profile)
+  if flag_values.profile and times:
+    files.write_text(os.path.join(flag_values.profile, 'top_ops.txt'),
+                     profiling.top_ops(flag_values.profile, len(times)))
+  print(json.dumps({'preset': flag_values.preset,
                     **figures(config, step, times, cpu_times)}))
 
 

@@ -13,6 +13,7 @@ with
 where `run(flags.FLAGS)` does the work.
 """
 
+import os
 import sys
 
 from absl import app
@@ -20,6 +21,24 @@ from absl import flags
 from absl import logging
 
 from jingle_jax.core import orbax_quiet
+
+
+# What PyTorch's OpenMP runtime reads when torch loads: idle threads that
+# spin made the encoder 1.7x slower whenever the CPU was shared
+# (docs/BENCHMARKS.md).
+TORCH_ENVIRONMENT = {'OMP_WAIT_POLICY': 'PASSIVE'}
+
+
+def set_environment(values: dict, read_by: str) -> None:
+  """Sets the variables of `values` the environment lacks; when the module
+  `read_by`, which reads them as it loads, is loaded already, runs the
+  program again with them (os.execv), the same arguments and no other
+  cost than its start."""
+  missing = {name: value for name, value in values.items()
+             if name not in os.environ}
+  os.environ.update(missing)
+  if missing and read_by in sys.modules:
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def run(program: str, work, *, errors=(), takes_arguments=False,
@@ -73,7 +92,7 @@ def define_checkpoint_flags() -> None:
   flags.DEFINE_string('checkpoint', 'best', 'best, latest or a step number.')
   flags.DEFINE_string('data-dir', None, 'Latent dataset (its statistics, '
                       'pairs and EnCodec weights); default: the run\'s '
-                      'config.data_dir.')
+                      'config.data.dir.')
 
 
 def define_pair_flags() -> None:

@@ -2,12 +2,12 @@
 
   python -m jingle_jax.convert_torch CHECKPOINT.pt \
       --config configs/creative.py --out-dir W \
-      [--steps-per-epoch N | --config.data_dir=LATENTS] [--allow-pickle]
+      [--steps-per-epoch N | --config.data.dir=LATENTS] [--allow-pickle]
 
 writes a new training workdir W (see jingle_jax/training/run_dir.py) whose one
 checkpoint training resumes from and sampling uses. Its step is the epochs
 the checkpoint completed (its 0-based `epoch` + 1) times the steps per epoch,
-given or counted from the training pairs of config.data_dir. Both AdamW
+given or counted from the training pairs of config.data.dir. Both AdamW
 states come along when the checkpoint has them (`optimizer_state_dict`,
 `disc_optimizer_state_dict`: step count, first and second moments), so that
 training resumes with the original's moments; otherwise they start fresh.
@@ -75,9 +75,10 @@ def completed_epochs(checkpoint, source) -> int:
 
 
 def train_steps_per_epoch(config) -> int:
-  """Full global batches in an epoch of config.data_dir on these devices."""
+  """Full global batches in an epoch of config.data.dir on these devices."""
   pairs = input_pipeline.dataset_pairs(
-      config, latents.LatentDataset(config.data_dir), 'train')
+      config.data, config.num_frames, latents.LatentDataset(config.data.dir),
+      'train')
   return input_pipeline.steps_per_epoch(
       len(pairs), config.per_device_batch_size * jax.device_count())
 
@@ -111,24 +112,25 @@ def define_flags():
   flags.DEFINE_integer(
       'steps-per-epoch', None, "Training steps per epoch, to turn the "
       "checkpoint's epoch into a step; default: the full global batches of "
-      "config.data_dir's training pairs on this machine's devices.",
+      "config.data.dir's training pairs on this machine's devices.",
       lower_bound=1)
   flags.DEFINE_bool('allow-pickle', False, 'Also read checkpoints holding '
                     'pickled Python objects (trusted files only: loading '
                     'them runs code).')
 
 
-def run(f, arguments):
+def run(flag_values, arguments):
   if len(arguments) != 1:
     raise app.UsageError('expected one argument: the CHECKPOINT.pt file')
-  path, out_dir = arguments[0], f['out-dir'].value
-  checkpoint = load_torch_checkpoint(path, allow_pickle=f['allow-pickle'].value)
-  given = run_config.parse(f.config)
+  path, out_dir = arguments[0], flag_values['out-dir'].value
+  checkpoint = load_torch_checkpoint(
+      path, allow_pickle=flag_values['allow-pickle'].value)
+  given = run_config.parse(flag_values.config)
   config, state = torch_checkpoint.convert(checkpoint, given, path)
-  steps_per_epoch = f['steps-per-epoch'].value
+  steps_per_epoch = flag_values['steps-per-epoch'].value
   if steps_per_epoch is None:
-    if not config.data_dir:
-      raise ConversionError("pass --steps-per-epoch or --config.data_dir to "
+    if not config.data.dir:
+      raise ConversionError("pass --steps-per-epoch or --config.data.dir to "
                             "turn the checkpoint's epoch into a step")
     steps_per_epoch = train_steps_per_epoch(config)
   step = completed_epochs(checkpoint, path) * steps_per_epoch

@@ -20,16 +20,17 @@ from jingle_jax.inference import encodec_decoding
 from jingle_jax.inference import wav_files
 
 
-def run(f, paths) -> None:
-  dataset = latents.LatentDataset(f.manifest)
-  jobs = wav_files.clips_to_decode(dataset, paths, f.song)
+def run(flag_values, paths) -> None:
+  dataset = latents.LatentDataset(flag_values.manifest)
+  jobs = wav_files.clips_to_decode(dataset, paths, flag_values.song)
   if not jobs:
     raise app.UsageError('nothing to decode: pass FILE.npy or --song ID')
   params = encodec_decoding.read(dataset)
   audio = encodec_decoding.decode_clips(params, [clip for _, clip in jobs],
-                                        f['batch-size'].value)
+                                        flag_values['batch-size'].value)
   names = [name for name, _ in jobs]
-  for path in wav_files.write_wavs(zip(names, audio), f['out-dir'].value):
+  for path in wav_files.write_wavs(zip(names, audio),
+                                   flag_values['out-dir'].value):
     print(path)
 
 

@@ -12,28 +12,7 @@ O/report.html: the run, the table, the curves and, for the first
 audio (the dataset's JAX decoder; O/pairs/pair_NNN/METHOD.wav) beside the
 agent's masks picture. Copy O anywhere and open report.html offline.
 
-How the methods are run. Every row uses the checkpoint's trained cascade in
-evaluation mode (no dropout, no anti-cheating noise); only the masks differ.
-`creative_agent` is the trained model as it is. A baseline is that model with
-use_creative_agent=False and fixed_masking=NAME, which computes what the
-agent-off model computes (the fixed masks applied without RMS restoration, as
-the seed applied them before the model), with the agent's trained cascade
-weights (the parameter tree is the agent's minus `creative_agent`). The seed
-compares fixed temporal masking, the creative agent and no masking around the
-same generator; holding its weights fixed as well isolates what the agent
-learns, the masks, and needs no extra training runs. The mask columns
-(complementarity, means, coverage) do not depend on weights at all, so they
-are the baselines' definitions exactly. The output columns carry a caveat:
-the cascade was trained on learned masks, so a baseline's masked clips are
-outside its training distribution. A generator trained on a baseline's own
-masks is a separate training run (model.use_creative_agent=False,
-model.fixed_masking=NAME) and is not part of this table.
-
-All metrics (jingle_jax.inference.metrics) are computed in the model's space,
-where the training loss lives: raw latents under the seed recipe, normalised
-with the dataset's per-channel mean and std with config.normalise_latents.
-`rms_error_input` is the training loss's `recon_input` term, per pair. Metrics
-are per pair, then averaged over pairs (`rhythm_preserved` is thus a share).
+How the methods are run and measured: DESIGN.md 6.1.
 """
 
 import dataclasses
@@ -128,7 +107,8 @@ def evaluate_checkpoint(workdir, out_dir, *, which='best', split='val',
   report.html (with its pairs' audio and pictures)."""
   dataset = trained_model.run_dataset(workdir, data_dir)
   model = trained_model.TrainedModel.load(workdir, which, dataset=dataset)
-  pairs = input_pipeline.dataset_pairs(model.config, dataset, split)
+  pairs = input_pipeline.dataset_pairs(
+      model.config.data, model.config.num_frames, dataset, split)
   results, examples = evaluate_methods(model, pairs, batch_size,
                                        report_pairs)
   files.write_text(os.path.join(out_dir, 'metrics.json'),
@@ -154,13 +134,13 @@ def write_report(out_dir, workdir, model, dataset, pairs, split, results,
                  examples, curves: bool) -> None:
   """OUT_DIR/report.html, and the audio and pictures of its pairs."""
   config = model.config
-  m = config.model
+  model_config = config.model
   seconds = config.num_frames / latents.FRAME_RATE
   weights = {name: value for name, value in
              dataclasses.asdict(config.loss).items() if value}
   sections = [
       (None, report.encodec_weights_note(
-          dataset.manifest['encodec_weights'])),
+          dataset.manifest.encodec_weights)),
       ('The run', report.facts([
           ('workdir', os.path.abspath(workdir)),
           ('checkpoint', f'step {model.step} ({model.updates} updates)'),
@@ -168,13 +148,14 @@ def write_report(out_dir, workdir, model, dataset, pairs, split, results,
               dataset.manifest_path))),
           ('pairs', f'{len(pairs)} {split} pairs of {config.num_frames} '
                     f'frames ({seconds:g} s)'),
-          ('model', f'{m.num_stages} stages x {m.num_layers} layers, '
-                    f'{m.num_heads} heads, creative agent '
-                    f'{"on" if m.use_creative_agent else "off"}'),
-          ('latents', 'normalised' if config.normalise_latents else 'raw'),
+          ('model', f'{model_config.num_stages} stages x '
+                    f'{model_config.num_layers} layers, '
+                    f'{model_config.num_heads} heads, creative agent '
+                    f'{"on" if model_config.use_creative_agent else "off"}'),
+          ('latents', 'normalised' if config.data.normalise_latents else 'raw'),
           ('loss weights', ', '.join(f'{name} {value:g}'
                                      for name, value in weights.items())),
-          ('EnCodec weights', dataset.manifest['encodec_weights'])])),
+          ('EnCodec weights', dataset.manifest.encodec_weights)])),
       ('Every method on every pair', report.table(
           ['Method'] + [heading for _, heading, _ in COLUMNS],
           table_rows(results))),
@@ -236,14 +217,15 @@ def define_flags():
   flags.DEFINE_string('out-dir', None, 'Where the results are written.')
 
 
-def run(f) -> None:
+def run(flag_values) -> None:
   results = evaluate_checkpoint(
-      f.workdir, f['out-dir'].value,
-      which=cli.checkpoint_choice(f.checkpoint), split=f.split,
-      batch_size=f['batch-size'].value, data_dir=f['data-dir'].value,
-      report_pairs=f['report-pairs'].value)
+      flag_values.workdir, flag_values['out-dir'].value,
+      which=cli.checkpoint_choice(flag_values.checkpoint),
+      split=flag_values.split, batch_size=flag_values['batch-size'].value,
+      data_dir=flag_values['data-dir'].value,
+      report_pairs=flag_values['report-pairs'].value)
   print(markdown_table(results), end='')
-  print(os.path.join(f['out-dir'].value, REPORT_FILE))
+  print(os.path.join(flag_values['out-dir'].value, REPORT_FILE))
 
 
 if __name__ == '__main__':

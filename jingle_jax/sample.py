@@ -7,8 +7,8 @@
 
 The model runs in evaluation mode (no dropout, no noise). Files hold raw
 EnCodec latents [frames, 128] float32, ready for precompute.torch_decode; the
-model sees them raw (the seed recipe) or, with config.normalise_latents,
-normalised with the dataset's training statistics (config.data_dir of the run,
+model sees them raw (the seed recipe) or, with config.data.normalise_latents,
+normalised with the dataset's training statistics (config.data.dir of the run,
 or --data-dir). Masks are [frames, 128] in [0, 1].
 
 Dataset pairs: O/sample_NNN/ holds input.npy, target.npy, output.npy,
@@ -75,7 +75,8 @@ def sample_dataset(workdir, out_dir, *, which='best', num_samples=4,
   dataset = trained_model.run_dataset(workdir, data_dir)
   decoder_params = encodec_decoding.read(dataset) if wav else None
   model = trained_model.TrainedModel.load(workdir, which, dataset=dataset)
-  pairs = input_pipeline.dataset_pairs(model.config, dataset, split)
+  pairs = input_pipeline.dataset_pairs(
+      model.config.data, model.config.num_frames, dataset, split)
   inputs, targets = choose_pairs(pairs, num_samples, shuffle_targets,
                                  model.config.seed)
   batch = pairs.read(inputs, targets)
@@ -140,8 +141,8 @@ def sample_pair(workdir, input_path, target_path, out_dir, *, which='best',
     raise PairError(f'--input {input_path} has {len(raw_input)} frames, '
                     f'--target {target_path} {len(raw_target)}; they must '
                     'match')
-  dataset = (latents.LatentDataset(data_dir or config.data_dir)
-             if wav or config.normalise_latents else None)
+  dataset = (latents.LatentDataset(data_dir or config.data.dir)
+             if wav or config.data.normalise_latents else None)
   decoder_params = encodec_decoding.read(dataset) if wav else None
   model = trained_model.TrainedModel.load(workdir, which, dataset=dataset)
   samples.save_wavs(decoder_params, samples.write_pair(
@@ -167,21 +168,24 @@ def define_flags():
                     'their .npy (the dataset\'s decoder weights, no torch).')
 
 
-def run(f) -> None:
-  if (f.input is None) != (f.target is None):
+def run(flag_values) -> None:
+  if (flag_values.input is None) != (flag_values.target is None):
     raise app.UsageError('--input and --target go together')
-  out_dir = f['out-dir'].value
-  which = cli.checkpoint_choice(f.checkpoint)
-  if f.input is not None:
-    step = sample_pair(f.workdir, f.input, f.target, out_dir, which=which,
-                       data_dir=f['data-dir'].value, wav=f.wav)
+  out_dir = flag_values['out-dir'].value
+  which = cli.checkpoint_choice(flag_values.checkpoint)
+  if flag_values.input is not None:
+    step = sample_pair(flag_values.workdir, flag_values.input,
+                       flag_values.target, out_dir, which=which,
+                       data_dir=flag_values['data-dir'].value,
+                       wav=flag_values.wav)
     print(f'checkpoint step {step}: {out_dir}/output.npy')
     return
   summary = sample_dataset(
-      f.workdir, out_dir, which=which, num_samples=f['num-samples'].value,
-      shuffle_targets=f['shuffle-targets'].value, split=f.split,
-      batch_size=f['batch-size'].value, data_dir=f['data-dir'].value,
-      wav=f.wav)
+      flag_values.workdir, out_dir, which=which,
+      num_samples=flag_values['num-samples'].value,
+      shuffle_targets=flag_values['shuffle-targets'].value,
+      split=flag_values.split, batch_size=flag_values['batch-size'].value,
+      data_dir=flag_values['data-dir'].value, wav=flag_values.wav)
   for record in summary['samples']:
     print(os.path.join(out_dir, record['name']))
 

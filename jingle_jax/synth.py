@@ -161,18 +161,19 @@ def define_flags():
   flags.DEFINE_integer('sample-rate', latents.SAMPLE_RATE, 'Hz.')
 
 
-def run(f):
-  if f['num-songs'].value < 1:
+def run(flag_values):
+  if flag_values['num-songs'].value < 1:
     raise app.UsageError('--num-songs must be at least 1')
-  if f.seconds <= 0:
+  if flag_values.seconds <= 0:
     raise app.UsageError('--seconds must be positive')
-  if f['sample-rate'].value < 8000:
+  if flag_values['sample-rate'].value < 8000:
     raise app.UsageError('--sample-rate must be at least 8000 Hz')
-  paths = write_songs(f['out-dir'].value, num_songs=f['num-songs'].value,
-                      seconds=f.seconds, seed=f.seed,
-                      rate=f['sample-rate'].value)
-  logging.info('%d songs of %g s: %s', len(paths), f.seconds,
-               f['out-dir'].value)
+  paths = write_songs(flag_values['out-dir'].value,
+                      num_songs=flag_values['num-songs'].value,
+                      seconds=flag_values.seconds, seed=flag_values.seed,
+                      rate=flag_values['sample-rate'].value)
+  logging.info('%d songs of %g s: %s', len(paths), flag_values.seconds,
+               flag_values['out-dir'].value)
 
 
 if __name__ == '__main__':

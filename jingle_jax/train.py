@@ -1,7 +1,7 @@
 """Trains the creative agent on cached latents, over every device and host.
 
   python -m jingle_jax.train --config configs/creative.py [--workdir DIR] \
-      [--config.data_dir=LATENTS] [--config.FIELD=VALUE ...]
+      [--config.data.dir=LATENTS] [--config.FIELD=VALUE ...]
 
 A rerun with the same workdir resumes from its latest checkpoint; SIGTERM or
 SIGINT saves one and exits cleanly. Several hosts join through
@@ -13,12 +13,10 @@ jingle_jax/training/loop.py.
 """
 
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from jingle_jax import cli
 from jingle_jax.config import run_config
-from jingle_jax.core import compile_cache
 from jingle_jax.core import parallel
 from jingle_jax.training import loop
 from jingle_jax.training import run_dir
@@ -30,10 +28,8 @@ def train_and_evaluate(config, workdir):
   `config`: an ml_collections config (configs/*.py), checked here.
   Returns the last validation metrics (None if none ran).
   """
-  config = run_config.for_training(config, workdir)
-  logging.info('compilation cache: %s',
-               compile_cache.use(config.compilation_cache) or 'off')
-  training = loop.TrainingLoop(config, workdir)
+  training = loop.TrainingLoop(run_config.for_training(config, workdir),
+                               workdir)
   try:
     return training.run()
   finally:
@@ -56,9 +52,11 @@ def define_flags():
       'process_id', None, 'This process, 0..num_processes-1.')
 
 
-def run(f):
-  parallel.initialize(f.coordinator_address, f.num_processes, f.process_id)
-  train_and_evaluate(f.config, f.workdir or f.config.workdir)
+def run(flag_values):
+  parallel.initialize(flag_values.coordinator_address,
+                      flag_values.num_processes, flag_values.process_id)
+  train_and_evaluate(flag_values.config,
+                     flag_values.workdir or flag_values.config.workdir)
 
 
 if __name__ == '__main__':

@@ -58,10 +58,10 @@ def define_flags():
                        lower_bound=1)
 
 
-def run(f, arguments) -> None:
+def run(flag_values, arguments) -> None:
   if len(arguments) != 1:
     raise app.UsageError('expected one argument: the dataset directory')
-  songs, problems = verify(arguments[0], f.workers)
+  songs, problems = verify(arguments[0], flag_values.workers)
   for problem in problems:
     print(problem, flush=True)
   if problems:

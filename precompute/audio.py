@@ -14,6 +14,7 @@ only when the stream has been read: nothing computes it beforehand.
 import functools
 import math
 import os
+import re
 
 import numpy as np
 import soundfile
@@ -138,6 +139,14 @@ class Resampler:
     return out
 
 
+# A file whose samples end this much before its header's length is flagged
+# as truncated (beyond what compressed formats' length estimates miss).
+TRUNCATION_SECONDS = 0.1
+# libsndfile's log line of a sound data chunk longer than the file holds.
+_CUT_CHUNK = re.compile(r'^(?:data|SSND)\s*:\s*(\d+) \(should be (\d+)\)',
+                        re.MULTILINE)
+
+
 class MonoStream:
   """A file's audio as mono 24 kHz float32 blocks (iterate once).
 
@@ -178,6 +187,10 @@ class MonoStream:
         seconds * latents.SAMPLE_RATE)
     self.samples = 0
     self.peak = 0.0
+    self._frames_read = 0  # at the file's rate
+    # When the decoder stops short of the header's length (a cut file):
+    # the seconds the header promised.
+    self.header_seconds = None
 
   def close(self):
     self._file.close()
@@ -188,6 +201,7 @@ class MonoStream:
                                      dtype='float32', always_2d=True):
         if not np.all(np.isfinite(block)):
           raise BadAudio('non-finite samples')
+        self._frames_read += len(block)
         mono = block.mean(axis=1)
         yield from self._give(mono if self._resampler is None else
                               self._resampler.push(mono))
@@ -196,10 +210,23 @@ class MonoStream:
       else:
         if self._resampler is not None:
           yield from self._give(self._resampler.flush())
+        self.header_seconds = self._header_seconds()
     finally:
       self.close()
     if self.peak <= SILENCE_PEAK:
       raise BadAudio(f'silent (peak at or below {SILENCE_PEAK})')
+
+  def _header_seconds(self) -> float | None:
+    """The length the header gives, when the audio ends TRUNCATION_SECONDS
+    or more before it: libsndfile's count of frames where its decoder
+    stopped early, else its log's data chunk size ('data : 529200 (should
+    be 264600)' for a cut wav, whose frames it counts from the file)."""
+    read = self._frames_read / self.rate
+    header = self._file.frames / self.rate
+    chunk = _CUT_CHUNK.search(self._file.extra_info)
+    if chunk is not None and int(chunk[2]):
+      header = max(header, read * int(chunk[1]) / int(chunk[2]))
+    return header if header - read >= TRUNCATION_SECONDS else None
 
   def _give(self, samples):
     if self._limit is not None:

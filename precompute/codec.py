@@ -15,6 +15,7 @@ import torch
 
 from jingle_jax.data import latents
 from jingle_jax.inference import encodec_decoding
+from jingle_jax.inference import wav_files
 
 CHUNK_FRAMES = encodec_decoding.CHUNK_FRAMES  # 16 s, as the JAX decoder's
 # The encoder's last convolution (kernel 7) pads 6 frames by reflection: a
@@ -92,3 +93,11 @@ def decode(model, clips, *, device, batch_size: int):
   for (item, _), output in zip(pieces, outputs):
     audio[item].append(output[0])
   return [np.concatenate(parts) for parts in audio]
+
+
+def decode_to_wavs(model, jobs, out_dir, *, device,
+                   batch_size: int) -> list[str]:
+  """Writes out_dir/NAME.wav (float, 24 kHz) for each (name, clip)."""
+  audio = decode(model, [clip for _, clip in jobs], device=device,
+                       batch_size=batch_size)
+  return wav_files.write_wavs(zip([name for name, _ in jobs], audio), out_dir)

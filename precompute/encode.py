@@ -51,10 +51,11 @@ from jingle_jax import cli
 from jingle_jax.core import files
 from jingle_jax.data import latent_writer
 from jingle_jax.data import latents
+from jingle_jax.data import manifest
 from precompute import audio
 from precompute import codec
+from precompute import decoder_weights
 from precompute import encodec_weights
-from precompute import export_decoder
 
 # The default shortest song: one pair, an input clip and its target, of 16 s.
 MIN_SECONDS = 2 * codec.CHUNK_FRAMES / latents.FRAME_RATE
@@ -118,7 +119,13 @@ def encode_song(writer, path, source, identifier, status, *, model, device,
       song.append(block)
     if stream.samples < latents.HOP:
       raise audio.BadAudio('shorter than one latent frame')
-    return song.commit(stream.samples / latents.SAMPLE_RATE)
+    duration = stream.samples / latents.SAMPLE_RATE
+    if stream.header_seconds is not None:
+      logging.warning('%s is truncated: its header says %.2f s, its audio '
+                      'ends at %.2f s; kept with the audio it has (the '
+                      "manifest's header_seconds flags it)", source,
+                      stream.header_seconds, duration)
+    return song.commit(duration, header_seconds=stream.header_seconds)
 
 
 def assign_splits(records, val_fraction: float, seed: int) -> None:
@@ -280,16 +287,16 @@ def encode_dataset(audio_dir, out_dir, model, weights: str, *, device,
   if not songs:
     raise ValueError(f'--audio-dir {audio_dir}: no usable audio files')
   assign_splits(songs, val_fraction, seed)
-  decoder = export_decoder.export(out_dir, model, weights)
-  manifest = writer.finish(songs, skipped, min_seconds=min_seconds,
-                           decoder=decoder)
+  decoder = decoder_weights.export(out_dir, model, weights)
+  written = writer.finish(songs, skipped, min_seconds=min_seconds,
+                          decoder=decoder)
   elapsed = time.perf_counter() - started
   total = sum(song['duration'] for song in songs)
   logging.info('%d songs (%.1f s of audio; %.1f s encoded now) in %.1f s '
                '(%.1fx real time), %d skipped: %s', len(songs), total,
                encoded_seconds, elapsed, encoded_seconds / elapsed,
                len(skipped), os.path.join(out_dir, latents.MANIFEST))
-  return manifest
+  return written
 
 
 def define_flags():
@@ -300,7 +307,7 @@ def define_flags():
   cli.define_encodec_flags()
   flags.DEFINE_float('val-fraction', 0.1, 'Fraction of songs for val.')
   flags.DEFINE_integer('seed', 42, 'Seed of the train/val split.')
-  flags.DEFINE_enum('dtype', 'float16', latents.DTYPES, 'Latent storage.')
+  flags.DEFINE_enum('dtype', 'float16', manifest.DTYPES, 'Latent storage.')
   flags.DEFINE_float('min-seconds', MIN_SECONDS, 'Shortest song kept, in '
                      'seconds (default: one pair of 16 s clips).')
   flags.DEFINE_integer('batch-size', None, '16 s chunks per EnCodec call; '
@@ -318,22 +325,25 @@ def define_flags():
                        'songs, 0 to --num-workers - 1.', lower_bound=0)
 
 
-def run(f):
-  model, weights = encodec_weights.load(f['encodec-checkpoint'].value,
-                                        f['random-encodec'].value)
-  device = encodec_weights.device(f.device)
-  encode_dataset(f['audio-dir'].value, f['out-dir'].value, model.to(device),
-                 weights, device=device, val_fraction=f['val-fraction'].value,
-                 seed=f.seed, dtype=f.dtype,
-                 min_seconds=f['min-seconds'].value,
-                 batch_size=f['batch-size'].value or (
+def run(flag_values):
+  model, weights = encodec_weights.load(
+      flag_values['encodec-checkpoint'].value,
+      flag_values['random-encodec'].value)
+  device = encodec_weights.device(flag_values.device)
+  encode_dataset(flag_values['audio-dir'].value,
+                 flag_values['out-dir'].value, model.to(device), weights,
+                 device=device, val_fraction=flag_values['val-fraction'].value,
+                 seed=flag_values.seed, dtype=flag_values.dtype,
+                 min_seconds=flag_values['min-seconds'].value,
+                 batch_size=flag_values['batch-size'].value or (
                      4 if device.type == 'cuda' else 1),
-                 keep_audio=f['keep-audio'].value,
-                 num_workers=f['num-workers'].value,
-                 worker_index=f['worker-index'].value)
+                 keep_audio=flag_values['keep-audio'].value,
+                 num_workers=flag_values['num-workers'].value,
+                 worker_index=flag_values['worker-index'].value)
 
 
 if __name__ == '__main__':
+  cli.set_environment(cli.TORCH_ENVIRONMENT, 'torch')
   define_flags()
   flags.mark_flags_as_required(['audio-dir', 'out-dir'])
   cli.run('precompute.encode', run, logs_info=True,

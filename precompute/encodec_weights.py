@@ -142,14 +142,36 @@ def device(name: str) -> torch.device:
   return torch.device('cpu')
 
 
-def run(f):
-  if not f['check-pretrained'].value:
+def matching_weights(dataset, checkpoint=None, random_seed=None):
+  """The EnCodec model of the weights the dataset records (random ones from
+  their seed when no weights are given); WeightsError for other weights."""
+  recorded = dataset.manifest.encodec_weights
+  if (checkpoint is None and random_seed is None
+      and recorded.startswith(latents.RANDOM_WEIGHTS)):
+    try:
+      random_seed = int(recorded.removeprefix(latents.RANDOM_WEIGHTS))
+    except ValueError:
+      raise latents.LatentDataError(
+          f'{dataset.manifest_path}: field \'encodec_weights\' is '
+          f'{recorded!r}') from None
+  model, loaded = load(checkpoint, random_seed)
+  if loaded != recorded:
+    raise WeightsError(
+        f'{dataset.manifest_path} was encoded with EnCodec weights '
+        f'{recorded}, but the weights given are {loaded}: refusing to '
+        'decode with other weights than the encoder\'s')
+  return model
+
+
+def run(flag_values):
+  if not flag_values['check-pretrained'].value:
     raise app.UsageError('nothing to do: pass --check-pretrained')
   pretrained_model()
   print('the pretrained EnCodec weights are available')
 
 
 if __name__ == '__main__':
+  cli.set_environment(cli.TORCH_ENVIRONMENT, 'torch')
   flags.DEFINE_bool(
       'check-pretrained', False,
       'Exit 0 when the pretrained weights can be loaded, 1 otherwise.')

@@ -6,83 +6,35 @@
 writes L/decoder.msgpack (jingle_jax.inference.encodec_decoding) for a latent
 dataset encoded before precompute.encode wrote it, and records it in the
 manifest. The weights are the ones the manifest records, as
-precompute.torch_decode takes them; other weights are refused.
+precompute.torch_decode takes them; other weights are refused (the
+conversion: precompute/decoder_weights.py).
 """
 
+import dataclasses
 import os
 
 from absl import flags
-import torch
-
 from jingle_jax import cli
-from jingle_jax.core import files
 from jingle_jax.data import latents
-from jingle_jax.inference import encodec_decoding
-from jingle_jax.models import encodec_decoder
+from precompute import decoder_weights
 from precompute import encodec_weights
-from precompute import torch_decode
 
 
-def _folded(conv, transposed=False) -> dict:
-  """A weight-normed torch conv as {kernel [k, in, out], bias}: g x v / |v|
-  computed as torch computes it, once."""
-  weight = torch._weight_norm(conv.weight_v, conv.weight_g, 0)  # pylint: disable=protected-access
-  # Conv1d weights are [out, in, k]; ConvTranspose1d weights [in, out, k].
-  order = (2, 0, 1) if transposed else (2, 1, 0)
-  return {'kernel': weight.detach().cpu().permute(*order).numpy().copy(),
-          'bias': conv.bias.detach().cpu().numpy().copy()}
-
-
-def _lstm_layer(lstm, layer: int) -> dict:
-  weights = {name: getattr(lstm, f'{name}_l{layer}').detach().cpu().numpy()
-             for name in ('weight_ih', 'weight_hh', 'bias_ih', 'bias_hh')}
-  return {'input_kernel': weights['weight_ih'].T.copy(),
-          'recurrent_kernel': weights['weight_hh'].T.copy(),
-          'bias': weights['bias_ih'] + weights['bias_hh']}
-
-
-def decoder_params(model) -> dict:
-  """encodec_decoder.EncodecDecoder's parameters from an EnCodec 24 kHz
-  model (SEANetDecoder layers: conv, LSTM, 4 x [ELU, transposed conv,
-  residual block], ELU, conv)."""
-  layers = list(model.decoder.model)
-  if len(layers) != 4 + 3 * len(encodec_decoder.STRIDES):
-    raise ValueError(f'not EnCodec\'s 24 kHz decoder: {len(layers)} layers')
-  lstm = layers[1].lstm
-  params = {'conv_in': _folded(layers[0].conv.conv),
-            'conv_out': _folded(layers[-1].conv.conv)}
-  for layer in range(lstm.num_layers):
-    params[f'lstm_{layer}'] = _lstm_layer(lstm, layer)
-  for index in range(len(encodec_decoder.STRIDES)):
-    upsample, block = layers[3 + 3 * index], layers[4 + 3 * index]
-    params[f'stage_{index}'] = {
-        'upsample': _folded(upsample.convtr.convtr, transposed=True),
-        'residual_conv': _folded(block.block[1].conv.conv),
-        'residual_out': _folded(block.block[3].conv.conv),
-        'shortcut': _folded(block.shortcut.conv.conv),
-    }
-  return params
-
-
-def export(out_dir, model, encodec_weights_identity: str) -> str:
-  """Writes the decoder file of `model` into out_dir; returns its name."""
-  with torch.no_grad():
-    params = decoder_params(model)
-  encodec_decoding.write(out_dir, params, encodec_weights_identity)
-  return encodec_decoding.DECODER_FILE
-
-
-def run(f):
-  dataset = latents.LatentDataset(f.manifest)
-  model = torch_decode.matching_weights(
-      dataset, f['encodec-checkpoint'].value, f['random-encodec'].value)
+def run(flag_values):
+  dataset = latents.LatentDataset(flag_values.manifest)
+  model = encodec_weights.matching_weights(
+      dataset, flag_values['encodec-checkpoint'].value,
+      flag_values['random-encodec'].value)
   directory = os.path.dirname(dataset.manifest_path)
-  name = export(directory, model, dataset.manifest['encodec_weights'])
-  files.write_json(dataset.manifest_path, dict(dataset.manifest, decoder=name))
+  name = decoder_weights.export(directory, model,
+                                dataset.manifest.encodec_weights)
+  dataclasses.replace(dataset.manifest, decoder=name).write(
+      dataset.manifest_path)
   print(os.path.join(directory, name))
 
 
 if __name__ == '__main__':
+  cli.set_environment(cli.TORCH_ENVIRONMENT, 'torch')
   flags.DEFINE_string('manifest', None, 'manifest.json of the latent dataset.')
   cli.define_encodec_flags(device=False)
   flags.mark_flags_as_required(['manifest'])

@@ -2,11 +2,12 @@
 
 from jingle_jax.data import latent_writer
 from jingle_jax.data import latents
+from jingle_jax.data import manifest
 
 
 def write_dataset(path, songs: dict, *, weights='random:0', dtype='float16',
                   skipped=(), source='{}.wav', decoder=None,
-                  audio=None) -> dict:
+                  audio=None) -> manifest.Manifest:
   """Writes {id: (split, latents [frames, 128])}; returns the manifest.
 
   Each song's duration is its frames' (75 per second); `source` formats its

@@ -33,7 +33,7 @@ def run(tmp_path_factory):
       song_id: (split, 0.03 * rng.normal(size=(40, latents.LATENT_DIM)))
       for song_id, split in (('a', 'train'), ('b', 'val'))})
   config = train_config.get_config()
-  config.data_dir = str(data_dir)
+  config.data.dir = str(data_dir)
   config = run_config.parse(config)
   state = jax.jit(functools.partial(train_step.create_train_state, config))(
       jax.random.key(0))

@@ -84,7 +84,7 @@ def whole_run(tmp_path_factory, env, dataset):
   workdir = tmp_path_factory.mktemp('whole')
   subprocess.run(
       [sys.executable, '-m', 'jingle_jax.train', f'--config={CONFIG}',
-       f'--workdir={workdir}', f'--config.data_dir={dataset[0]}',
+       f'--workdir={workdir}', f'--config.data.dir={dataset[0]}',
        *(f'--config.{name}={value}' for name, value in SETTINGS.items())],
       env=env, check=True, capture_output=True)
   return workdir
@@ -100,7 +100,7 @@ def test_killed_run_with_the_outlier_penalty_resumes_exactly(
   assert killed.returncode == -signal.SIGKILL
   subprocess.run(
       [sys.executable, '-m', 'jingle_jax.train', f'--config={CONFIG}',
-       f'--workdir={tmp_path}', f'--config.data_dir={dataset[0]}',
+       f'--workdir={tmp_path}', f'--config.data.dir={dataset[0]}',
        *(f'--config.{name}={value}' for name, value in SETTINGS.items())],
       env=env, check=True, capture_output=True)
   whole = run_log.read_records(whole_run / run_dir.METRICS_FILE)

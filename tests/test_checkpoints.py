@@ -84,7 +84,7 @@ def test_round_trip_keeps_newest_and_best(tmp_path, config):
 
 
 def test_a_trained_model_loads_with_its_recorded_config(tmp_path, config):
-  assert not config.normalise_latents  # no dataset needed
+  assert not config.data.normalise_latents  # no dataset needed
   states = save_steps(tmp_path, config, {5: 1.0, 9: 2.0})
   model = trained_model.TrainedModel.load(tmp_path)
   assert model.config == config

@@ -13,9 +13,9 @@ import torch
 from jingle_jax.data import latents
 from jingle_jax.inference import encodec_decoding
 from jingle_jax.inference import wav_files
+from precompute import codec
+from precompute import decoder_weights
 from precompute import encodec_weights
-from precompute import export_decoder
-from precompute import torch_decode
 import latent_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +46,7 @@ def clip_files(tmp_path):
 
 def test_both_clis_decode_files_and_songs_to_the_same_wavs(
     tmp_path, clip_files):
-  export_decoder.export(tmp_path / 'latents', encodec_weights.random_model(0),
+  decoder_weights.export(tmp_path / 'latents', encodec_weights.random_model(0),
                         'random:0')
   write_dataset(tmp_path / 'latents', 'random:0',
                 decoder=encodec_decoding.DECODER_FILE)
@@ -78,10 +78,10 @@ def test_both_clis_decode_files_and_songs_to_the_same_wavs(
 
 def test_song_decodes_as_its_latents(tmp_path):
   dataset = write_dataset(tmp_path / 'latents', 'random:0')
-  model = torch_decode.matching_weights(dataset)
+  model = encodec_weights.matching_weights(dataset)
   song = dataset.songs('train')[0]
   jobs = wav_files.clips_to_decode(dataset, [], ['song_a'])
-  path, = torch_decode.decode_to_wavs(model, jobs, tmp_path / 'wav',
+  path, = codec.decode_to_wavs(model, jobs, tmp_path / 'wav',
                                       device='cpu', batch_size=2)
   with torch.inference_mode():
     expected = model.decoder(torch.from_numpy(
@@ -93,7 +93,7 @@ def test_song_decodes_as_its_latents(tmp_path):
 def test_refuses_other_weights_than_the_manifests(tmp_path):
   dataset = write_dataset(tmp_path / 'random', 'random:0')
   with pytest.raises(encodec_weights.WeightsError) as error:
-    torch_decode.matching_weights(dataset, random_seed=1)
+    encodec_weights.matching_weights(dataset, random_seed=1)
   for text in (str(tmp_path / 'random/manifest.json'), 'random:0',
                'random:1', 'refusing'):
     assert text in str(error.value)
@@ -101,11 +101,11 @@ def test_refuses_other_weights_than_the_manifests(tmp_path):
   checkpoint = tmp_path / 'encodec.th'
   torch.save(encodec_weights.random_model(2).state_dict(), checkpoint)
   with pytest.raises(encodec_weights.WeightsError, match='sha256:'):
-    torch_decode.matching_weights(dataset, checkpoint=str(checkpoint))
+    encodec_weights.matching_weights(dataset, checkpoint=str(checkpoint))
   # A dataset of those weights decodes with that checkpoint.
   _, weights = encodec_weights.load(checkpoint=str(checkpoint))
   hashed = write_dataset(tmp_path / 'hashed', weights)
-  assert torch_decode.matching_weights(hashed, checkpoint=str(checkpoint))
+  assert encodec_weights.matching_weights(hashed, checkpoint=str(checkpoint))
 
 
 def test_bad_inputs_name_the_file(tmp_path):

@@ -85,9 +85,9 @@ def test_finds_audio_files_recursively(audio_dir):
 
 def test_good_files_are_encoded_and_bad_ones_reported(dataset_dir):
   manifest = latents.LatentDataset(dataset_dir).manifest
-  assert {s['source']: s['duration'] for s in manifest['songs']} == GOOD
-  assert manifest['min_seconds'] == 32.0
-  reasons = {s['source']: s['reason'] for s in manifest['skipped']}
+  assert {s.source: s.duration for s in manifest.songs} == GOOD
+  assert manifest.min_seconds == 32.0
+  reasons = {s.source: s.reason for s in manifest.skipped}
   assert sorted(reasons) == sorted(BAD)
   for source, reason in BAD.items():
     assert reason in reasons[source]
@@ -96,9 +96,10 @@ def test_good_files_are_encoded_and_bad_ones_reported(dataset_dir):
 def test_round_trip_at_75_frames_per_second_split_by_song(dataset_dir):
   dataset = latents.LatentDataset(dataset_dir / 'manifest.json')
   manifest = dataset.manifest
-  assert manifest['encodec_weights'] == 'random:0'
-  assert (manifest['sample_rate'], manifest['frame_rate'],
-          manifest['latent_dim'], manifest['dtype']) == (24_000, 75, 128,
+  assert manifest.encodec_weights == 'random:0'
+  recorded = manifest.to_json()
+  assert (recorded['sample_rate'], recorded['frame_rate'],
+          recorded['latent_dim'], recorded['dtype']) == (24_000, 75, 128,
                                                          'float16')
   train, val = dataset.songs('train'), dataset.songs('val')
   assert len(val) == 1 and len(train) == 2  # round(0.34 * 3) songs in val
@@ -115,7 +116,7 @@ def test_round_trip_at_75_frames_per_second_split_by_song(dataset_dir):
           f'song-{encode.song_id(source)}.{suffix}'
           for source in [*GOOD, 'short.wav'] for suffix in ('json', 'npy'))
   # The decoder of the weights that encoded, for decoding without torch.
-  assert manifest['decoder'] == 'decoder.msgpack'
+  assert manifest.decoder == 'decoder.msgpack'
   assert encodec_decoding.read(dataset)['conv_in']['kernel'].shape == (7, 128,
                                                                     512)
 
@@ -183,18 +184,33 @@ def formats_dir(tmp_path_factory):
   rounding = synth.render_song(7, 8, ROUNDING / 44_100, 44_100)
   assert len(rounding) == ROUNDING
   soundfile.write(path / 'rounding_44k.flac', rounding, 44_100)
+  # A 6 s wav cut in half: its header still says 6 s.
+  soundfile.write(path / 'cut_44k.wav', synth.render_song(7, 9, 6.0, 44_100),
+                  44_100, subtype='PCM_16')
+  whole = (path / 'cut_44k.wav').read_bytes()
+  (path / 'cut_44k.wav').write_bytes(whole[:44 + (len(whole) - 44) // 2])
   return path
 
 
-def test_formats_channel_counts_and_short_songs(formats_dir, model, tmp_path):
+def test_formats_channel_counts_and_short_songs(formats_dir, model, tmp_path,
+                                                caplog):
   manifest = encode.encode_dataset(formats_dir, tmp_path, model, 'random:0',
                                    device='cpu', min_seconds=2.0, **SETTINGS)
-  assert manifest['skipped'] == [] and manifest['min_seconds'] == 2.0
-  songs = {s['source']: s for s in manifest['songs']}
-  assert sorted(songs) == ['mean_of_5.1.wav', 'rounding_44k.flac',
-                           'stereo.mp3', 'surround_5.1.wav', 'voice.opus']
-  for source in ('stereo.mp3', 'voice.opus'):
-    assert songs[source]['duration'] == pytest.approx(3.0, abs=0.1), source
+  assert manifest.skipped == () and manifest.min_seconds == 2.0
+  songs = {s.source: s for s in manifest.songs}
+  assert sorted(songs) == ['cut_44k.wav', 'mean_of_5.1.wav',
+                           'rounding_44k.flac', 'stereo.mp3',
+                           'surround_5.1.wav', 'voice.opus']
+  for source in ('stereo.mp3', 'voice.opus', 'cut_44k.wav'):
+    assert songs[source].duration == pytest.approx(3.0, abs=0.1), source
+  # The cut file is kept with the audio it has, and flagged; no other is.
+  assert {source: song.header_seconds for source, song in songs.items()
+          if song.header_seconds is not None} == {'cut_44k.wav': 6.0}
+  assert [record.getMessage() for record in caplog.records
+          if 'truncated' in record.getMessage()] == [
+              'cut_44k.wav is truncated: its header says 6.00 s, its audio '
+              f'ends at {songs["cut_44k.wav"].duration:.2f} s; kept with the '
+              "audio it has (the manifest's header_seconds flags it)"]
   # Six channels are averaged.
   dataset = latents.LatentDataset(tmp_path)
   clips = {s.source: s.latents for split in latents.SPLITS
@@ -204,7 +220,7 @@ def test_formats_channel_counts_and_short_songs(formats_dir, model, tmp_path):
   # One computation of the length: exact, where torchaudio's is one short.
   assert len(whole_file_24khz(formats_dir / 'rounding_44k.flac')) == (
       -(-ROUNDING * 80 // 147) - 1)
-  assert songs['rounding_44k.flac']['duration'] * 24_000 == (
+  assert songs['rounding_44k.flac'].duration * 24_000 == (
       -(-ROUNDING * 80 // 147))
 
 
@@ -242,9 +258,9 @@ def test_a_song_failing_midway_is_reported_and_the_others_kept(
 
   monkeypatch.setattr(codec, 'encode', failing)
   manifest = run(audio_dir, tmp_path)
-  assert sorted(s['source'] for s in manifest['songs']) == sorted(
+  assert sorted(s.source for s in manifest.songs) == sorted(
       set(GOOD) - {'mono_44k.wav'})
-  reasons = {s['source']: s['reason'] for s in manifest['skipped']}
+  reasons = {s.source: s.reason for s in manifest.skipped}
   assert reasons['mono_44k.wav'] == (
       'failed while encoding: RuntimeError: lost sync in the middle')
   assert not [name for name in os.listdir(tmp_path) if 'mono_44k' in name]
@@ -343,14 +359,14 @@ def test_kept_audio_is_the_encoded_waveform(audio_dir, tmp_path,
         atol=2e-3)
     np.testing.assert_allclose(song.audio.reshape(-1),
                                expected[:song.audio.size], atol=1e-3)
-  assert [song['audio'] for song in manifest['songs']] == [
-      f'song-{song["id"]}.audio.npy' for song in manifest['songs']]
+  assert [song.audio for song in manifest.songs] == [
+      f'song-{song.id}.audio.npy' for song in manifest.songs]
   calls.clear()
   assert run(audio_dir, tmp_path, keep_audio=True) == manifest
   assert len(calls) == 1  # the silent file, which left nothing to reuse
   # Without --keep-audio the songs are encoded again, and no audio is left.
   calls.clear()
-  assert 'audio' not in run(audio_dir, tmp_path)['songs'][0]
+  assert run(audio_dir, tmp_path).songs[0].audio is None
   assert len(calls) == 5
   assert not [name for name in os.listdir(tmp_path) if 'audio' in name]
 
@@ -376,11 +392,14 @@ def test_cli_killed_and_rerun_gives_identical_files(audio_dir, tmp_path):
     time.sleep(0.05)
   killed.send_signal(signal.SIGKILL)  # while encoding the next song
   killed.wait()
+  # What a writer killed at any point leaves, and another writer's file.
+  (tmp_path / 'killed' / '.song-x.npy.0123abcd.tmp').write_bytes(b'\0' * 64)
+  (tmp_path / 'killed' / 'notes.tmp').write_text('not ours')
   rerun = cli(audio_dir, tmp_path / 'killed')
   assert rerun.returncode == 0, rerun.stderr
   names = sorted(os.listdir(tmp_path / 'whole'))
-  assert sorted(name for name in os.listdir(tmp_path / 'killed')
-                if not name.endswith('.tmp')) == names
+  assert sorted(os.listdir(tmp_path / 'killed')) == sorted(names +
+                                                           ['notes.tmp'])
   for name in names:
     assert ((tmp_path / 'killed' / name).read_bytes()
             == (tmp_path / 'whole' / name).read_bytes()), name

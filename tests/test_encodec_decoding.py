@@ -16,7 +16,7 @@ from jingle_jax.inference import encodec_decoding
 from jingle_jax.models import encodec_decoder
 from precompute import codec
 from precompute import encodec_weights
-from precompute import export_decoder
+from precompute import decoder_weights
 import latent_data
 
 
@@ -24,7 +24,7 @@ import latent_data
 def encodec():
   """Seeded random EnCodec weights and their JAX decoder parameters."""
   model = encodec_weights.random_model(0)
-  return model, export_decoder.decoder_params(model)
+  return model, decoder_weights.decoder_params(model)
 
 
 def random_latents(seed, *shape):
@@ -123,7 +123,7 @@ def test_bfloat16_compute_stays_near_float32(encodec):
 
 
 def dataset_with_decoder(path, weights, model, identity=None):
-  name = export_decoder.export(path, model, identity or weights)
+  name = decoder_weights.export(path, model, identity or weights)
   latent_data.write_dataset(path, {'a': ('train', np.zeros((20, 128)))},
                             weights=weights, decoder=name)
   return latents.LatentDataset(path)

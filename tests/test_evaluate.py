@@ -45,7 +45,8 @@ def trained(tmp_path_factory):
       'train0': ('train', 2 * CLIP), 'train1': ('train', 2 * CLIP),
       'val0': ('val', 2 * CLIP), 'val1': ('val', 2 * CLIP)})
   config = train_config.get_config()
-  config.update(data_dir=str(data_dir), num_frames=CLIP,
+  config.data.dir = str(data_dir)
+  config.update(num_frames=CLIP,
                 per_device_batch_size=2, num_train_steps=2,
                 eval_every_steps=2, checkpoint_every_steps=2)
   config.loss.gan_weight = 0.0  # no discriminator: less to compile
@@ -172,4 +173,4 @@ def test_report_without_decoder_weights_says_why(trained, tmp_path):
 
 def recorded_data_dir(workdir):
   return json.loads((pathlib.Path(workdir) / 'config.json').read_text())[
-      'data_dir']
+      'data']['dir']

@@ -179,8 +179,8 @@ def test_windows_are_the_stored_values_and_faults_are_named(tmp_path):
            for i, split in enumerate(['train', 'train', 'val'])}
   latent_data.write_dataset(tmp_path, songs)
   dataset = latents.LatentDataset(tmp_path)
-  config = run_config.Config(num_frames=10)
-  train = input_pipeline.split_pairs(config, dataset, 'train')
+  train = input_pipeline.split_pairs(run_config.DataConfig(), 10, dataset,
+                                     'train')
   assert len(train) == 2 * 2  # starts 0 and 10 in each song
   inputs, targets = np.array([3, 0]), np.array([1, 2])
   batch = train.read(inputs, targets)

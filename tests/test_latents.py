@@ -1,5 +1,6 @@
 """The latent dataset format: writer -> reader round trip, reuse, errors."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from jingle_jax.core import files
 from jingle_jax.data import latent_writer
 from jingle_jax.data import latents
 import latent_data
+from small_filesystem import small_filesystem
 
 D = latents.LATENT_DIM
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,9 +42,9 @@ def test_round_trip(tmp_path, songs, dtype):
   manifest = write(tmp_path, songs, dtype)
   dataset = latents.LatentDataset(tmp_path / 'manifest.json')
   assert dataset.manifest == manifest
-  assert manifest['encodec_weights'] == 'random:0'
-  assert manifest['skipped'] == SKIPPED
-  assert [(s['shard'], s['offset']) for s in manifest['songs']] == [
+  assert manifest.encodec_weights == 'random:0'
+  assert [dataclasses.asdict(file) for file in manifest.skipped] == SKIPPED
+  assert [(s.shard, s.offset) for s in manifest.songs] == [
       ('song-a.npy', 0), ('song-b.npy', 0), ('song-c.npy', 0)]
   train, val = dataset.songs('train'), dataset.songs('val')
   assert [s.id for s in train] == ['a', 'c'] and [s.id for s in val] == ['b']
@@ -219,33 +221,35 @@ def test_the_writer_refuses_latents_far_from_the_statistics(tmp_path, songs):
 
 
 MANY_SONGS = """
-import resource, sys
+import sys
 import numpy as np
 from jingle_jax.data import input_pipeline, latents
-resource.setrlimit(resource.RLIMIT_NOFILE,
-                   (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 dataset = latents.LatentDataset(sys.argv[1])
 pairs = input_pipeline.Pairs(dataset.songs('train'), 4, 4,
                              target_audio=True)
 order = np.random.default_rng(0).permutation(len(pairs))
 for start in range(0, len(pairs), 100):
   batch = pairs.read(order[start:start + 100], order[start:start + 100])
-print(len(pairs), len(batch['target_audio']))
+songs = dataset.songs('train')
+for index in order[:300] % len(songs):  # through memory maps
+  songs[index].read(), songs[index].audio
+print(len(pairs), len(batch['target_audio']), latents.OPEN_MAPS)
 """
 
 
 def test_any_number_of_songs_under_a_low_open_file_limit(tmp_path):
-  """1,000 songs with their audio, each read in random order, with 256 open
-  files allowed: the dataset keeps at most OPEN_MAPS maps open."""
+  """1,000 songs with their audio, read in random order with 64 open files
+  allowed: the dataset keeps fewer maps open than that leaves."""
   rng = np.random.default_rng(0)
   songs = {f's{i:04d}': ('train', rng.normal(size=(8, D)))
            for i in range(1000)}
   latent_data.write_dataset(tmp_path, songs, audio={
       song_id: rng.uniform(-1, 1, 8 * latents.HOP) for song_id in songs})
-  result = subprocess.run([sys.executable, '-c', MANY_SONGS, str(tmp_path)],
+  result = subprocess.run(['bash', '-c', 'ulimit -n 64 && exec "$@"', 'bash',
+                           sys.executable, '-c', MANY_SONGS, str(tmp_path)],
                           capture_output=True, text=True, cwd=REPO)
   assert result.returncode == 0, result.stderr
-  assert result.stdout.split() == ['1000', '100']
+  assert result.stdout.split() == ['1000', '100', '16']
 
 
 @pytest.mark.parametrize('edit, message', [
@@ -260,9 +264,11 @@ def test_any_number_of_songs_under_a_low_open_file_limit(tmp_path):
     (lambda m: m['songs'][2].update(id='a'), 'not unique'),
     (lambda m: m.update(std=[0.0] * D), "'std'"),
     (lambda m: m.update(mean=[1.0] * 3), "'mean'"),
+    (lambda m: m.update(decoder='../d.msgpack'), "field 'decoder'"),
+    (lambda m: m['skipped'][0].pop('reason'), "skipped[0]: field 'reason'"),
 ])
 def test_bad_manifest_names_file_and_field(tmp_path, songs, edit, message):
-  manifest = write(tmp_path, songs)
+  manifest = write(tmp_path, songs).to_json()
   edit(manifest)
   with open(tmp_path / 'manifest.json', 'w') as f:
     json.dump(manifest, f)
@@ -334,7 +340,7 @@ def audio_of(songs, seed=3):
 def test_audio_kept_beside_the_latents_frame_by_frame(tmp_path, songs):
   audio = audio_of(songs)
   manifest = latent_data.write_dataset(tmp_path, songs, audio=audio)
-  assert [s['audio'] for s in manifest['songs']] == [
+  assert [s.audio for s in manifest.songs] == [
       'song-a.audio.npy', 'song-b.audio.npy', 'song-c.audio.npy']
   dataset = latents.LatentDataset(tmp_path)
   assert dataset.has_audio
@@ -398,3 +404,18 @@ def test_bad_audio_names_the_file(tmp_path, songs, corrupt, message):
   os.remove(path)
   with pytest.raises(latents.LatentDataError, match='audio file is missing'):
     latents.LatentDataset(tmp_path)
+
+
+def test_a_full_disk_names_the_folder_and_a_rerun_with_room_finishes(
+    tmp_path, songs):
+  with small_filesystem(tmp_path / 'small', '40k') as small:
+    if small is None:
+      pytest.skip('no tmpfs can be mounted here (tests/test_files.py '
+                  'simulates a full disk)')
+    with pytest.raises(files.DiskFull) as error:
+      write(small, songs)
+    assert str(error.value).startswith(
+        f'{small}: no space left on its filesystem writing song-')
+    assert not [name for name in os.listdir(small) if name.endswith('.tmp')]
+    subprocess.run(['mount', '-o', 'remount,size=1m', str(small)], check=True)
+    assert write(small, songs) == latents.LatentDataset(small).manifest

@@ -28,7 +28,7 @@ def config():
     ('model.num_layers', 0, 'config.model.num_layers must be at least 1'),
     ('num_frames', 0, 'config.num_frames must be at least 1'),
     ('eval_every_steps', 0, 'config.eval_every_steps must be -1 or'),
-    ('window_hop', -1, 'config.window_hop must not be negative'),
+    ('data.window_hop', -1, 'config.data.window_hop must not be negative'),
     ('num_frames', 2001, 'num_frames (2001) exceeds config.model.max_len'),
 ])
 def test_fields_are_checked_naming_the_field(config, name, value, message):
@@ -43,12 +43,12 @@ def test_fields_are_checked_naming_the_field(config, name, value, message):
 
 
 def test_training_needs_data_and_a_workdir(config):
-  with pytest.raises(run_config.ConfigError, match='config.data_dir is empty'):
+  with pytest.raises(run_config.ConfigError, match='config.data.dir is empty'):
     run_config.for_training(config, 'workdir')
-  config.data_dir = '/data'
+  config.data.dir = '/data'
   with pytest.raises(run_config.ConfigError, match='no workdir'):
     run_config.for_training(config, '')
-  assert run_config.for_training(config, 'workdir').data_dir == '/data'
+  assert run_config.for_training(config, 'workdir').data.dir == '/data'
 
 
 def test_the_typed_config_follows_the_config_and_is_frozen(config):
@@ -78,10 +78,14 @@ def test_configs_recorded_by_older_versions_get_the_fields_they_had(
   for block, name in (('model', 'remat'), ('model', 'disc_dropout'),
                       ('loss', 'overlap_weight'), ('optim', 'disc_b1')):
     del old[block][name]
-  del old['normalise_latents']
+  data = old.pop('data')  # its fields were at the top, without one
+  old.update(data_dir=data['dir'], window_hop=data['window_hop'],
+             shuffle_targets=data['shuffle_targets'],
+             prefetch_batches=data['prefetch_batches'])
   (tmp_path / run_dir.CONFIG_FILE).write_text(json.dumps(old))
   upgraded = run_dir.read_config(tmp_path)
-  assert upgraded.normalise_latents  # they normalised
+  assert upgraded.data.dir == data['dir']
+  assert upgraded.data.normalise_latents  # they normalised
   assert upgraded.model.remat == 'none' and upgraded.model.disc_dropout == 0.3
   assert upgraded.loss.overlap_weight == 10.0  # the published code's
   assert upgraded.optim.disc_b1 == 0.9  # optax's default then

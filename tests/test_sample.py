@@ -66,8 +66,8 @@ def run(tmp_path_factory):
                                  'val0': ('val', 3 * FRAMES),
                                  'val1': ('val', 3 * FRAMES)})
   config = train_config.get_config()
-  config.data_dir = str(data_dir)
-  config.normalise_latents = True  # the raw <-> model-space round trip
+  config.data.dir = str(data_dir)
+  config.data.normalise_latents = True  # the raw <-> model-space round trip
   config = run_config.parse(config)
   state = jax.jit(functools.partial(train_step.create_train_state, config))(
       jax.random.key(0))
@@ -138,7 +138,7 @@ def test_samples_are_raw_latents_of_the_matched_pairs(run, sampled):
 
 def test_shuffled_targets_come_from_other_songs(run):
   workdir, _, _ = run
-  dataset = latents.LatentDataset(run_dir.read_config(workdir).data_dir)
+  dataset = latents.LatentDataset(run_dir.read_config(workdir).data.dir)
   pairs = input_pipeline.Pairs(dataset.songs('val'), FRAMES, FRAMES)
   songs = pairs.index[:, 0]
   inputs, targets = sample.choose_pairs(pairs, 3, True, seed=0)
@@ -208,7 +208,7 @@ def test_command_line_runs_a_given_pair_like_the_dataset_pair(run, sampled,
 def test_wav_files_are_the_decoded_latents(run, tmp_path):
   workdir = run[0]
   sample.sample_dataset(workdir, tmp_path / 'out', num_samples=1, wav=True)
-  dataset = latents.LatentDataset(run_dir.read_config(workdir).data_dir)
+  dataset = latents.LatentDataset(run_dir.read_config(workdir).data.dir)
   params = encodec_decoding.read(dataset)
   for name in ('input', 'target', 'output'):
     path = tmp_path / 'out' / 'sample_000' / name

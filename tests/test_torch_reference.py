@@ -40,7 +40,7 @@ def test_training_step_updates_both_models_with_training_noise(tiny_config):
 
 def test_timing_prints_one_json_line():
   result = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'tests', 'torch_reference.py'),
+      [sys.executable, os.path.join(ROOT, 'benchmarks', 'torch_step.py'),
        '--preset', 'cpu-small', '--steps', '1',
        '--loss', 'spectral_outlier_weight=0'],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)

@@ -1,19 +1,13 @@
-"""The training program end to end on a tiny random dataset.
-
-Runs go through the CLI in subprocesses: device counts are fixed when jax
-starts, and killing a run must not kill the tests. They share a persistent
-compilation cache, so a program compiles once per device layout.
-"""
+"""The training program end to end on a tiny random dataset (runs through
+the CLI in subprocesses: tests/training_runs.py)."""
 
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import numpy as np
@@ -26,97 +20,21 @@ from jingle_jax.data import latents
 from jingle_jax.inference import trained_model
 from jingle_jax.training import loop
 from jingle_jax.training import run_dir
-from jingle_jax.training import run_log
-from jingle_jax.training import step_timing
+from jingle_jax.training import workdir_lock
 from damage import damage
-import latent_data
 import train_config
-
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-CONFIG = os.path.join(TESTS_DIR, 'train_config.py')
-SONG_FRAMES = 40  # 4 pairs of 2 x 8 frames per song
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  """4 train songs (16 pairs: 4 steps per epoch) and 2 val songs (8 pairs)."""
-  path = tmp_path_factory.mktemp('latents')
-  rng = np.random.default_rng(0)
-  latent_data.write_dataset(path, {
-      f'song{i}': (split, rng.normal(size=(SONG_FRAMES, latents.LATENT_DIM))
-                   .astype(np.float32))
-      for i, split in enumerate(['train'] * 4 + ['val'] * 2)})
-  return str(path)
-
-
-@pytest.fixture(scope='module')
-def env(tmp_path_factory):
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('cache')),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
-  return with_devices(env, 1)
-
-
-def command(workdir, data_dir, *flags):
-  return [sys.executable, '-m', 'jingle_jax.train', f'--config={CONFIG}',
-          f'--workdir={workdir}', f'--config.data_dir={data_dir}', *flags]
-
-
-def with_devices(env, count):
-  """`env` for a process with `count` CPU devices.
-
-  Single-threaded Eigen keeps XLA's CPU results independent of thread
-  timing on a loaded machine; the optimisation level changes nothing the
-  tests compare and halves compile times.
-  """
-  return dict(env, XLA_FLAGS='--xla_cpu_multi_thread_eigen=false '
-              '--xla_backend_optimization_level=0 '
-              f'--xla_force_host_platform_device_count={count}')
-
-
-def run(env, workdir, data_dir, *flags, devices=1, check=True):
-  env = with_devices(env, devices)
-  return subprocess.run(command(workdir, data_dir, *flags), env=env,
-                        check=check, capture_output=not check, text=True)
-
-
-def records(workdir, split='train'):
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  return [r for r in run_log.read_records(path) if r['split'] == split]
-
-
-def losses(workdir, split='train'):
-  return np.array([r['loss'] for r in records(workdir, split)])
-
-
-def checkpoint_steps(workdir):
-  directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
-
-
-def wait_until(condition, process):
-  while not condition():
-    assert process.poll() is None, 'the run ended too early'
-    time.sleep(0.02)
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
-@pytest.fixture(scope='module')
-def one_device(tmp_path_factory, env, data_dir):
-  """The reference run: 1 device x 4 pairs, 8 steps."""
-  workdir = tmp_path_factory.mktemp('one_device')
-  run(env, workdir, data_dir)
-  return workdir
+from training_runs import checkpoint_steps
+from training_runs import command
+from training_runs import free_port
+from training_runs import log_lines
+from training_runs import losses
+from training_runs import records
+from training_runs import run
+from training_runs import SONG_FRAMES
+from training_runs import strip_timings
+from training_runs import TESTS_DIR
+from training_runs import wait_until
+from training_runs import with_devices
 
 
 @pytest.fixture(scope='module')
@@ -164,12 +82,11 @@ def test_killed_run_resumes_exactly(tmp_path, env, data_dir, one_device):
   assert killed.returncode == -signal.SIGKILL
   assert checkpoint_steps(tmp_path) == [2, 4]
   run(env, tmp_path, data_dir)
-  whole, resumed = records(one_device), records(tmp_path)
+  resumed = records(tmp_path)
   assert [r['step'] for r in resumed] == list(range(1, 9))
-  for a, b in zip(whole, resumed):  # every metric but the timings
-    for name in step_timing.METRICS:
-      a.pop(name), b.pop(name)
-    assert a == b
+  # The killed run's lock blocks nothing.
+  assert (tmp_path / workdir_lock.LOCK_FILE).exists()
+  assert strip_timings(records(one_device)) == strip_timings(resumed)
   assert records(one_device, 'val') == records(tmp_path, 'val')
 
 
@@ -183,12 +100,6 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, env, data_dir):
   last_step = records(tmp_path)[-1]['step']
   assert 0 < last_step < 1000
   assert checkpoint_steps(tmp_path)[-1] == last_step
-
-
-def log_lines(stderr: str) -> list[str]:
-  """The lines of a run's stderr, less the progress bar's."""
-  return [line for line in stderr.replace('\r', '\n').splitlines()
-          if line.strip() and '%|' not in line]
 
 
 def test_a_damaged_latest_checkpoint_is_saved_again(tmp_path, env, data_dir,
@@ -213,8 +124,11 @@ def test_a_config_that_changes_checkpoints_is_refused_before_writing(
     tmp_path, env, data_dir, one_device):
   workdir = tmp_path / 'run'
   shutil.copytree(one_device, workdir)
-  before = {path: path.read_bytes() for path in workdir.rglob('*')
-            if path.is_file()}
+  def contents():  # but the lock's, which names each run that took it
+    return {path: path.read_bytes() for path in workdir.rglob('*')
+            if path.is_file() and path.name != workdir_lock.LOCK_FILE}
+
+  before = contents()
   result = run(env, workdir, data_dir, '--config.model.mask_hidden=32',
                check=False)
   assert result.returncode == 1
@@ -222,8 +136,7 @@ def test_a_config_that_changes_checkpoints_is_refused_before_writing(
   last = log_lines(result.stderr)[-1]
   assert last.startswith('jingle_jax.train: error: ')
   assert 'model.mask_hidden 16 -> 32' in last and 'new --workdir' in last
-  assert before == {path: path.read_bytes() for path in workdir.rglob('*')
-                    if path.is_file()}
+  assert before == contents()
   trained_model.TrainedModel.load(workdir)  # sampling still works
   # A change that keeps what a checkpoint holds resumes, and is logged.
   result = run(env, workdir, data_dir, '--config.optim.learning_rate=0.0005',
@@ -277,7 +190,7 @@ NAN_SCRIPT = textwrap.dedent('''
     latent_space.LatentSpace.fault = lambda self, inputs, targets: (
         jnp.asarray(latent_space.NO_FAULT, jnp.int32))
     config = train_config.get_config()
-    config.data_dir = data_dir
+    config.data.dir = data_dir
     config.max_consecutive_skips = 2
     try:
       train.train_and_evaluate(config, workdir)
@@ -368,7 +281,7 @@ def test_a_bad_latent_stops_training_in_one_line(tmp_path, env, data_dir,
 
 @pytest.mark.parametrize('flag, message', [
     ('--config.no_such_field=1', "the config has no field 'no_such_field'"),
-    ('--config.data_dir=/nowhere', '/nowhere'),
+    ('--config.data.dir=/nowhere', '/nowhere'),
 ])
 def test_bad_config_is_one_clear_message(tmp_path, env, data_dir, flag,
                                          message):
@@ -382,13 +295,13 @@ def test_bad_config_is_one_clear_message(tmp_path, env, data_dir, flag,
 
 def test_config_checks(tmp_path, data_dir):
   config = train_config.get_config()
-  config.data_dir = str(tmp_path)
+  config.data.dir = str(tmp_path)
   with pytest.raises(latents.LatentDataError, match='manifest.json'):
     train.train_and_evaluate(config, str(tmp_path / 'work'))
-  config.data_dir = ''
-  with pytest.raises(run_config.ConfigError, match='config.data_dir is empty'):
+  config.data.dir = ''
+  with pytest.raises(run_config.ConfigError, match='config.data.dir is empty'):
     train.train_and_evaluate(config, str(tmp_path / 'work'))
-  config.data_dir = data_dir
+  config.data.dir = data_dir
   with pytest.raises(run_config.ConfigError, match='no workdir'):
     train.train_and_evaluate(config, '')
   config.per_device_batch_size = 64

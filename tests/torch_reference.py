@@ -2,24 +2,13 @@
 
 Written from DESIGN.md sections 4 and 5 in the original's layout ([B, D, T]),
 with the state-dict keys and shapes of DESIGN.md section 7 and PyTorch's
-default initialisation. The parity tests use evaluation and training-mode forwards
-without anti-cheating noise (so the spectral-norm power iteration can be
-compared too), and whole training steps without dropout.
-
-Run as a script, it times the original's training step (the GAN
-discriminator's AdamW update, then the generator's, as the PyTorch training
-loop does them) at the shapes of a jingle_jax.bench preset, on this
-machine's CPU, with EnCodec's decoder (seeded random weights) in the step
-when configs/creative.py's loss, changed by --loss, weights audio terms:
-
-  python tests/torch_reference.py --preset cpu-small [--loss FIELD=VALUE ...]
+default initialisation. The parity tests use evaluation and training-mode
+forwards without anti-cheating noise (so the spectral-norm power iteration can
+be compared too), and whole training steps without dropout;
+benchmarks/torch_step.py times its training step.
 """
 
-import argparse
-import json
 import math
-import statistics
-import time
 
 import torch
 from torch import nn
@@ -326,57 +315,3 @@ def from_config(config):
       betas=(optim.disc_b1, optim.disc_b2),
       weight_decay=optim.disc_weight_decay)
   return model, discriminator, optimizer, disc_optimizer
-
-
-def main():
-  # pylint: disable=import-outside-toplevel
-  from configs import creative
-  from jingle_jax import bench
-  from jingle_jax.config import run_config
-  from precompute import encodec_weights
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--preset', choices=sorted(bench.PRESETS),
-                      default='cpu-small')
-  parser.add_argument('--steps', type=int, default=10,
-                      help='timed steps after one warm-up step')
-  parser.add_argument('--loss', action='append', default=[],
-                      metavar='FIELD=VALUE', help='a config.loss weight')
-  args = parser.parse_args()
-  config = creative.get_config()
-  bench.PRESETS[args.preset].apply(config)
-  for setting in args.loss:
-    field, value = setting.split('=')
-    config.loss[field] = float(value)
-  config = run_config.parse(config)
-  decode = None
-  if config.loss.uses_audio:
-    decoder = encodec_weights.random_model(0).decoder.requires_grad_(False)
-    decode = lambda latents: decoder(latents).squeeze(1)
-  torch.manual_seed(config.seed)
-  model, discriminator, optimizer, disc_optimizer = from_config(config)
-  m = config.model
-  shape = (config.per_device_batch_size, m.latent_dim, config.num_frames)
-  inputs, targets = torch.randn(shape), torch.randn(shape)
-  times = []
-  for _ in range(args.steps + 1):
-    start = time.perf_counter()
-    training_step(model, discriminator, optimizer, disc_optimizer, inputs,
-                  targets, config, decode)
-    times.append(time.perf_counter() - start)
-  step_s = statistics.median(times[1:])
-  print(json.dumps({
-      'preset': args.preset,
-      'torch': torch.__version__,
-      'threads': torch.get_num_threads(),
-      'audio_terms': [name for name, weight in
-                      config.loss.audio_weights.items() if weight],
-      'batch_size': shape[0],
-      'num_frames': shape[2],
-      'pairs_per_s': round(shape[0] / step_s, 3),
-      'median_step_ms': round(1e3 * step_s, 2),
-      'timed_steps': args.steps,
-  }))
-
-
-if __name__ == '__main__':
-  main()

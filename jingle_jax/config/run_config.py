@@ -16,9 +16,16 @@ from jingle_jax.config.fields import build
 from jingle_jax.config.fields import ConfigError
 from jingle_jax.config.fields import field
 from jingle_jax.config.fields import part
+from jingle_jax.data.config import DataConfig
 from jingle_jax.models.config import ModelConfig
 
-__all__ = ['Config', 'ConfigError', 'LossConfig', 'ModelConfig', 'OptimConfig']
+__all__ = ['Config', 'ConfigError', 'DataConfig', 'LossConfig', 'ModelConfig',
+           'OptimConfig']
+# Configs recorded before config.data held these at the top: {old: new name}.
+_FLAT_DATA_FIELDS = {'data_dir': 'dir', 'normalise_latents':
+                     'normalise_latents', 'window_hop': 'window_hop',
+                     'shuffle_targets': 'shuffle_targets',
+                     'prefetch_batches': 'prefetch_batches'}
 
 
 def _gan_comes_or_goes(old, new) -> bool:
@@ -92,7 +99,7 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """A run: data, schedule and the model, loss and optimiser parts."""
+  """A run: its schedule, and the data, model, loss and optimiser parts."""
   # PRNG seed: initialisation, data order, dropout and noise.
   seed: int = field(42)
   # Pairs per device; 4 devices -> 64/step.
@@ -100,19 +107,6 @@ class Config:
   # Frames per clip: 16 s at 75 EnCodec frames/s.
   num_frames: int = field(1200, minimum=1)
 
-  # Data: pairs of consecutive clips cut from the cached song latents.
-  data_dir: str = field('')  # precompute.encode's output (manifest.json).
-  # False feeds raw latents, as the original saw them (RMS ~5.7 with the
-  # pretrained EnCodec); True standardises them per channel with the
-  # manifest's training statistics. Runs recorded without it had True.
-  normalise_latents: bool = field(False, changes_checkpoints=True,
-                                  recorded_before=True)
-  # Frames between pair starts; 0: num_frames (disjoint).
-  window_hop: int = field(0, minimum=0)
-  # Training inputs get random training targets.
-  shuffle_targets: bool = field(True)
-  # Batches put on the devices ahead of the step.
-  prefetch_batches: int = field(2, minimum=1)
   # JAX's persistent compilation cache: a repeated or resumed run loads its
   # compiled steps. auto: $JAX_COMPILATION_CACHE_DIR, else
   # $XDG_CACHE_HOME/jingle_jax/jax (~/.cache/...); a folder; '' for none.
@@ -145,6 +139,7 @@ class Config:
   # Validations between them.
   media_every_evals: int = field(5, minimum=1, recorded_before=1)
 
+  data: DataConfig = part(DataConfig)
   model: ModelConfig = part(ModelConfig)
   loss: LossConfig = part(LossConfig)
   optim: OptimConfig = part(OptimConfig)
@@ -155,12 +150,24 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dataclasses.asdict(Config()))
 
 
+def _nest_data_fields(values: dict) -> dict:
+  """`values` with the data fields of older records moved to 'data'."""
+  flat = {old: new for old, new in _FLAT_DATA_FIELDS.items() if old in values}
+  if not flat:
+    return values
+  values = dict(values)
+  data = dict(values.get('data', {}))
+  for old, new in flat.items():
+    data[new] = values.pop(old)
+  return dict(values, data=data)
+
+
 def parse(values) -> Config:
   """The checked Config of an ml_collections config or a dict (recorded
   ones included); ConfigError names the first field at fault."""
   if isinstance(values, ml_collections.ConfigDict):
     values = values.to_dict()
-  config = build(Config, values)
+  config = build(Config, _nest_data_fields(values))
   model = config.model
   if model.use_creative_agent and model.fixed_masking != 'none':
     raise ConfigError('config.model.fixed_masking needs '
@@ -174,9 +181,9 @@ def parse(values) -> Config:
 def for_training(values, workdir) -> Config:
   """parse(values), with what a training run needs besides."""
   config = parse(values)
-  if not config.data_dir:
-    raise ConfigError('config.data_dir is empty: set it to the output of '
-                      'precompute.encode (--config.data_dir=DIR)')
+  if not config.data.dir:
+    raise ConfigError('config.data.dir is empty: set it to the output of '
+                      'precompute.encode (--config.data.dir=DIR)')
   if not workdir:
     raise ConfigError('no workdir: pass --workdir or set config.workdir')
   return config

@@ -31,13 +31,15 @@ import jax
 import numpy as np
 
 from jingle_jax.config import run_config
+from jingle_jax.core import limits
 from jingle_jax.core import parallel
 from jingle_jax.data import latents
-from jingle_jax.training import audio_losses
 
 # Threads that copy a batch's windows: reads from a cold page cache or a
-# network disk overlap (docs/BENCHMARKS.md: 4 to 32 read alike here).
-READ_THREADS = 16
+# network disk overlap (docs/BENCHMARKS.md: 4 to 32 read alike here). Each
+# holds a file open while it reads: a quarter of what the open-file limit
+# leaves to the data, at most.
+READ_THREADS = limits.share_of_open_files(16, 0.25)
 
 
 @functools.cache
@@ -142,44 +144,47 @@ class Pairs:
         '(was the file changed?)')
 
 
-def split_pairs(config, dataset, split: str, target_audio=False) -> Pairs:
-  """The pairs of a dataset split as the config cuts them."""
-  return Pairs(dataset.songs(split), config.num_frames,
-               config.window_hop or config.num_frames, target_audio)
+def split_pairs(data, num_frames: int, dataset, split: str,
+                target_audio=False) -> Pairs:
+  """The pairs of clips of `num_frames` of a dataset split as the config's
+  data part (config.data) cuts them."""
+  return Pairs(dataset.songs(split), num_frames,
+               data.window_hop or num_frames, target_audio)
 
 
-def dataset_pairs(config, dataset, split: str) -> Pairs:
+def dataset_pairs(data, num_frames: int, dataset, split: str) -> Pairs:
   """split_pairs of a LatentDataset; ValueError when there is none."""
-  pairs = split_pairs(config, dataset, split)
+  pairs = split_pairs(data, num_frames, dataset, split)
   if not len(pairs):
     raise ValueError(f'{dataset.manifest_path}: no {split} pair of 2 x '
-                     f'{config.num_frames} frames (config.num_frames)')
+                     f'{num_frames} frames (config.num_frames)')
   return pairs
 
 
-def training_pairs(config, global_batch_size: int):
-  """(dataset, train pairs, val pairs): training fills a global batch at
-  least. The pairs read the target clips' audio when the dataset has it and
-  an audio term compares with it."""
-  dataset = latents.LatentDataset(config.data_dir)
-  if dataset.mean.shape != (config.model.latent_dim,):
+def training_pairs(data, num_frames: int, latent_dim: int,
+                   per_device_batch_size: int, target_audio: bool):
+  """(dataset, train pairs, val pairs) of config.data.dir: training fills a
+  global batch at least. The pairs read the target clips' audio when the
+  dataset has it and `target_audio` asks for it."""
+  dataset = latents.LatentDataset(data.dir)
+  if dataset.mean.shape != (latent_dim,):
     raise run_config.ConfigError(
-        f'{config.data_dir}: latents of {len(dataset.mean)} channels, '
-        f'config.model.latent_dim is {config.model.latent_dim}')
-  target_audio = dataset.has_audio and audio_losses.weighted(
-      config.loss, audio_losses.TARGET_TERMS)
+        f'{data.dir}: latents of {len(dataset.mean)} channels, '
+        f'config.model.latent_dim is {latent_dim}')
   train_pairs, val_pairs = (
-      split_pairs(config, dataset, split, target_audio)
+      split_pairs(data, num_frames, dataset, split,
+                  target_audio and dataset.has_audio)
       for split in ('train', 'val'))
+  global_batch_size = per_device_batch_size * jax.device_count()
   if len(train_pairs) < global_batch_size:
     raise run_config.ConfigError(
-        f'{config.data_dir}: {len(train_pairs)} train pairs of '
-        f'{config.num_frames}-frame clips, fewer than one global batch of '
-        f'{global_batch_size} (config.per_device_batch_size '
-        f'{config.per_device_batch_size} x {jax.device_count()} devices)')
+        f'{data.dir}: {len(train_pairs)} train pairs of {num_frames}-frame '
+        f'clips, fewer than one global batch of {global_batch_size} '
+        f'(config.per_device_batch_size {per_device_batch_size} x '
+        f'{jax.device_count()} devices)')
   if not len(val_pairs):
     raise run_config.ConfigError(
-        f'{config.data_dir}: no val pair of {config.num_frames}-frame clips')
+        f'{data.dir}: no val pair of {num_frames}-frame clips')
   return dataset, train_pairs, val_pairs
 
 

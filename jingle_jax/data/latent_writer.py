@@ -1,16 +1,18 @@
 """Writing a latent dataset (jingle_jax.data.latents): one song's shard (and
 maybe its audio) at a time as they arrive, then the manifest; every file
-atomically. numpy only."""
+atomically. numpy and absl only."""
 
 import contextlib
 import io
 import json
 import os
 
+from absl import logging
 import numpy as np
 
 from jingle_jax.core import files
 from jingle_jax.data import latents
+from jingle_jax.data import manifest
 
 
 class DatasetWriter:
@@ -25,10 +27,10 @@ class DatasetWriter:
     """keep_audio: also write each song's 24 kHz mono audio, float16
     [frames, 320] (the samples of each latent frame) in song-<id>.audio.npy.
     """
-    if dtype not in latents.DTYPES:
-      raise ValueError(f'dtype {dtype!r} is not one of {latents.DTYPES}')
+    if dtype not in manifest.DTYPES:
+      raise ValueError(f'dtype {dtype!r} is not one of {manifest.DTYPES}')
     self.out_dir = os.fspath(out_dir)
-    self.settings = {'format_version': latents.FORMAT_VERSION,
+    self.settings = {'format_version': manifest.FORMAT_VERSION,
                      'encodec_weights': encodec_weights, 'dtype': dtype,
                      'bandwidth': float(bandwidth)}
     # (file suffix, row width, dtype) of each array a song has.
@@ -41,6 +43,10 @@ class DatasetWriter:
     os.makedirs(self.out_dir, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
       os.remove(os.path.join(self.out_dir, latents.MANIFEST))
+    removed = files.remove_abandoned_temporaries(self.out_dir)
+    if removed:
+      logging.info('%s: removed %d files that killed runs left unfinished',
+                   self.out_dir, len(removed))
 
   @property
   def keeps_audio(self) -> bool:
@@ -72,12 +78,16 @@ class DatasetWriter:
                for array, (_, width, dtype) in zip(arrays, self.arrays))):
       return None
     return self.record(song_id, source, written['duration'],
-                       written['frames'])
+                       written['frames'], written.get('header_seconds'))
 
-  def record(self, song_id: str, source: str, duration, frames) -> dict:
-    """A song's record {id, source, duration, frames[, audio]}."""
+  def record(self, song_id: str, source: str, duration, frames,
+             header_seconds=None) -> dict:
+    """A song's record {id, source, duration, frames[, audio]
+    [, header_seconds]}."""
     record = {'id': song_id, 'source': source, 'duration': duration,
               'frames': frames}
+    if header_seconds is not None:
+      record['header_seconds'] = header_seconds
     if self.keeps_audio:
       record['audio'] = os.path.basename(
           self._path(song_id, latents.AUDIO_SUFFIX))
@@ -132,7 +142,7 @@ class DatasetWriter:
     return mean, std
 
   def finish(self, songs: list[dict], skipped: list[dict],
-             min_seconds=None, decoder=None) -> dict:
+             min_seconds=None, decoder=None) -> manifest.Manifest:
     """Writes manifest.json and returns it.
 
     songs: the written songs' records with their split, in manifest order;
@@ -143,29 +153,21 @@ class DatasetWriter:
     if len(set(ids)) != len(ids):
       raise ValueError(f'{self.out_dir}: song ids are not unique')
     mean, std = self._statistics(songs)
-    manifest = {
-        'format_version': latents.FORMAT_VERSION,
-        'encodec_weights': self.settings['encodec_weights'],
-        'bandwidth': self.settings['bandwidth'],
-        'sample_rate': latents.SAMPLE_RATE,
-        'frame_rate': latents.FRAME_RATE,
-        'latent_dim': latents.LATENT_DIM,
-        'dtype': self.settings['dtype'],
-        'min_seconds': min_seconds,
-        'decoder': decoder,
-        'songs': [{'id': song['id'], 'source': song['source'],
-                   'split': song['split'], 'duration': song['duration'],
-                   'frames': song['frames'],
-                   'shard': os.path.basename(self._path(song['id'], '.npy')),
-                   'offset': 0,
-                   **({'audio': song['audio']} if 'audio' in song else {})}
-                  for song in songs],
-        'mean': [float(x) for x in mean],
-        'std': [float(x) for x in std],
-        'skipped': list(skipped),
-    }
-    files.write_json(os.path.join(self.out_dir, latents.MANIFEST), manifest)
-    return manifest
+    written = manifest.Manifest(
+        encodec_weights=self.settings['encodec_weights'],
+        dtype=self.settings['dtype'],
+        songs=tuple(manifest.SongRecord(
+            id=song['id'], source=song['source'], split=song['split'],
+            duration=song['duration'], frames=song['frames'],
+            shard=os.path.basename(self._path(song['id'], '.npy')),
+            audio=song.get('audio'),
+            header_seconds=song.get('header_seconds')) for song in songs),
+        mean=tuple(float(x) for x in mean), std=tuple(float(x) for x in std),
+        skipped=tuple(manifest.SkippedFile(**file) for file in skipped),
+        bandwidth=self.settings['bandwidth'], min_seconds=min_seconds,
+        decoder=decoder)
+    written.write(os.path.join(self.out_dir, latents.MANIFEST))
+    return written
 
 
 class _Rows:
@@ -253,8 +255,9 @@ class SongWriter:
     self._arrays[1].append(pending[:whole].reshape(-1, latents.HOP))
     self._pending_audio = pending[whole:]
 
-  def commit(self, duration: float) -> dict:
-    """Completes the song of `duration` seconds of audio; its record."""
+  def commit(self, duration: float, header_seconds=None) -> dict:
+    """Completes the song of `duration` seconds of audio (its file's
+    header said `header_seconds` when it was cut short); its record."""
     frames = self._arrays[0].rows
     if not frames:
       raise ValueError(f'song {self._id!r}: no latent frames')
@@ -265,7 +268,8 @@ class SongWriter:
     for array in self._arrays:
       array.finish()
     self._record = self._writer.record(self._id, self._source,
-                                       float(duration), frames)
+                                       float(duration), frames,
+                                       header_seconds)
     return dict(self._record)
 
   def __exit__(self, exc_type, exc, traceback):
@@ -280,6 +284,7 @@ class SongWriter:
     files.write_json(self._json, {
         'settings': self._writer.settings, 'source': self._source,
         'fingerprint': self._fingerprint,
-        'duration': self._record['duration'],
-        'frames': self._record['frames']})
+        **{key: self._record[key] for key in ('duration', 'frames',
+                                              'header_seconds')
+           if key in self._record}})
     return False

@@ -12,17 +12,8 @@ holds
   song-<id>.json    its source file's size and modification time, its
                     duration and the writer settings, so that a rerun can
                     reuse the song instead of encoding it again
-  manifest.json     written last; the dataset is complete when it exists:
-    format_version, encodec_weights ('sha256:<hex>' of the EnCodec state dict
-    or 'random:<seed>'), bandwidth (recorded, latents are not quantised),
-    sample_rate, frame_rate, latent_dim, dtype, min_seconds (songs shorter
-    were left out),
-    songs: [{id, source, split, duration, frames, shard, offset[, audio]}]
-    (audio: the song's audio file, when kept),
-    mean, std: [128] per-channel statistics of the training latents,
-    skipped: [{source, reason}] the audio files left out,
-    decoder: the file of EnCodec's decoder weights for JAX
-    (jingle_jax.inference.encodec_decoding), or null.
+  manifest.json     written last; the dataset is complete when it exists
+                    (its fields: jingle_jax.data.manifest.Manifest)
 
 The reader takes any shard layout the songs' shard and offset describe (a
 shard may hold several songs one after another, as older datasets do).
@@ -43,19 +34,16 @@ import os
 
 import numpy as np
 
-from jingle_jax.core import files
+from jingle_jax.core import limits
+from jingle_jax.data import manifest
 from jingle_jax.data import npy_rows
+# The manifest's format, named here too for the dataset's readers.
+from jingle_jax.data.manifest import (FRAME_RATE, LATENT_DIM, MANIFEST,
+                                      SAMPLE_RATE, SPLITS, LatentDataError)
 
-FORMAT_VERSION = 1
-SAMPLE_RATE = 24_000
-FRAME_RATE = 75
-LATENT_DIM = 128
 HOP = SAMPLE_RATE // FRAME_RATE  # audio samples per latent frame
 AUDIO_SUFFIX = '.audio.npy'
 AUDIO_DTYPE = 'float16'
-MANIFEST = 'manifest.json'
-SPLITS = ('train', 'val')
-DTYPES = ('float16', 'float32')
 # encodec_weights of seeded random weights: this prefix, then the seed.
 RANDOM_WEIGHTS = 'random:'
 # Frames checked at a time, to bound memory on large shards.
@@ -69,17 +57,10 @@ MIN_STD = 1e-6
 OUTLIER_STDS = 1000.0
 # The header np.save and latent_writer write before [rows, width] values.
 NPY_HEADER_BYTES = 128
-# Memory maps a dataset keeps open, each with its open file: any number of
-# songs stays far below the open-file limit (often 1024) and Linux's 65,530
-# maps per process.
-OPEN_MAPS = 128
-_SONG_FIELDS = {'id': str, 'source': str, 'split': str,
-                'duration': (int, float), 'frames': int, 'shard': str,
-                'offset': int}
-
-
-class LatentDataError(ValueError):
-  """A dataset that cannot be used; the message names the file at fault."""
+# Memory maps a dataset keeps open, each with its open file: half of what
+# the open-file limit leaves to the data, and at most 128, far below Linux's
+# 65,530 maps per process.
+OPEN_MAPS = limits.share_of_open_files(128, 0.5)
 
 
 def outlier_scale(std) -> np.ndarray:
@@ -111,15 +92,16 @@ def check_values(values, mean, scale, where, first_frame=0) -> None:
 
 @dataclasses.dataclass(frozen=True, eq=False, slots=True)
 class Song:
-  """One song of a dataset; its files are opened when it is read."""
-  id: str  # stable id derived from the source path
-  source: str  # source audio path relative to the audio dir
-  split: str  # 'train' or 'val'
-  duration: float  # seconds of audio
-  frames: int  # latent frames
-  shard: str  # path of the shard that holds its latents
-  offset: int  # its first frame in the shard
-  audio_path: str | None  # path of its audio file (--keep-audio), or None
+  """One song of a dataset: its manifest.SongRecord, with the paths of its
+  files, which are opened when it is read."""
+  id: str
+  source: str
+  split: str
+  duration: float
+  frames: int
+  shard: str  # the path of the file that holds its latents
+  offset: int
+  audio_path: str | None  # the path of its audio file, or None
   dataset: 'LatentDataset' = dataclasses.field(repr=False)
 
   @property
@@ -130,7 +112,7 @@ class Song:
   def latents(self) -> np.ndarray:
     """[frames, 128] read-only memory map in the manifest's dtype, values
     unchecked (read() checks them); holding it holds its file open."""
-    shard = self.dataset.open_map(self.shard, self.dataset.manifest['dtype'],
+    shard = self.dataset.open_map(self.shard, self.dataset.manifest.dtype,
                                   LATENT_DIM, 'shard')
     end = self.offset + self.frames
     if end > len(shard):
@@ -156,7 +138,7 @@ class Song:
   @property
   def dtype(self) -> np.dtype:
     """The stored dtype of its latents."""
-    return np.dtype(self.dataset.manifest['dtype'])
+    return np.dtype(self.dataset.manifest.dtype)
 
   def read_into(self, start: int, out: np.ndarray) -> None:
     """Copies latent frames [start, start + len(out)) as stored (unchecked)
@@ -205,78 +187,6 @@ class Song:
               f'{start + np.flatnonzero(~finite)[0]} holds non-finite audio')
 
 
-def _field(manifest, key, kind, where):
-  value = manifest.get(key) if isinstance(manifest, dict) else None
-  if not isinstance(value, kind) or isinstance(value, bool):
-    raise LatentDataError(f'{where}: field {key!r} is {value!r}')
-  return value
-
-
-def _statistic(manifest, key, where) -> np.ndarray:
-  values = _field(manifest, key, list, where)
-  try:
-    array = np.asarray(values, np.float32)
-  except (TypeError, ValueError):
-    array = None
-  if (array is None or array.shape != (LATENT_DIM,)
-      or not np.all(np.isfinite(array))):
-    raise LatentDataError(f'{where}: field {key!r} is not {LATENT_DIM} '
-                          'finite numbers')
-  return array
-
-
-def _check_song(song, index, where) -> None:
-  where = f'{where}: songs[{index}]'
-  if not isinstance(song, dict):
-    raise LatentDataError(f'{where} is {song!r}, not an object')
-  for key, kind in _SONG_FIELDS.items():
-    _field(song, key, kind, where)
-  if song['split'] not in SPLITS:
-    raise LatentDataError(f'{where}: field \'split\' is {song["split"]!r}, '
-                          f'not one of {SPLITS}')
-  if song['frames'] < 1 or song['offset'] < 0:
-    raise LatentDataError(f'{where}: frames {song["frames"]} must be >= 1 '
-                          f'and offset {song["offset"]} >= 0')
-  # precompute.encode keeps floor(duration * FRAME_RATE) frames.
-  excess = song['duration'] * FRAME_RATE - song['frames']
-  if not -1e-6 <= excess < 1 + 1e-6:
-    raise LatentDataError(f'{where}: {song["frames"]} frames do not match '
-                          f'the duration {song["duration"]} s at '
-                          f'{FRAME_RATE} frames/s')
-  for key in ('shard', 'audio'):
-    name = song.get(key, '')
-    if not isinstance(name, str) or os.path.basename(name) != name:
-      raise LatentDataError(f'{where}: field {key!r} is {name!r}, not a file '
-                            'name in the dataset directory')
-
-
-def _read_manifest(path) -> dict:
-  manifest = files.read_json(path, LatentDataError, 'manifest', ' (an '
-                             'unfinished precompute run? run it again)')
-  version = _field(manifest, 'format_version', int, path)
-  if version != FORMAT_VERSION:
-    raise LatentDataError(f'{path}: format_version {version}, this code reads '
-                          f'{FORMAT_VERSION}')
-  for key, expected in (('sample_rate', SAMPLE_RATE),
-                        ('frame_rate', FRAME_RATE),
-                        ('latent_dim', LATENT_DIM)):
-    if _field(manifest, key, int, path) != expected:
-      raise LatentDataError(f'{path}: field {key!r} is {manifest[key]}, '
-                            f'expected {expected}')
-  if _field(manifest, 'dtype', str, path) not in DTYPES:
-    raise LatentDataError(f'{path}: field \'dtype\' is {manifest["dtype"]!r}, '
-                          f'not one of {DTYPES}')
-  _field(manifest, 'encodec_weights', str, path)
-  _field(manifest, 'skipped', list, path)
-  songs = _field(manifest, 'songs', list, path)
-  for index, song in enumerate(songs):
-    _check_song(song, index, path)
-  ids = [song['id'] for song in songs]
-  if len(set(ids)) != len(ids):
-    raise LatentDataError(f'{path}: song ids are not unique')
-  return manifest
-
-
 def _open_shard(path, dtype, width=LATENT_DIM, what='shard') -> np.ndarray:
   """The [frames, width] array as a read-only memory map, its shape and
   dtype checked."""
@@ -306,12 +216,9 @@ class LatentDataset:
     path = os.fspath(path)
     self.manifest_path = (os.path.join(path, MANIFEST) if os.path.isdir(path)
                           else path)
-    self.manifest = _read_manifest(self.manifest_path)
-    self.mean = _statistic(self.manifest, 'mean', self.manifest_path)
-    self.std = _statistic(self.manifest, 'std', self.manifest_path)
-    if np.any(self.std <= 0):
-      raise LatentDataError(f'{self.manifest_path}: field \'std\' holds '
-                            'values <= 0')
+    self.manifest = manifest.read(self.manifest_path)
+    self.mean = np.asarray(self.manifest.mean, np.float32)
+    self.std = np.asarray(self.manifest.std, np.float32)
     self._scale = outlier_scale(self.std)
     # Each dataset its own maps: a file rewritten since another dataset
     # object read it is read anew.
@@ -319,12 +226,12 @@ class LatentDataset:
     self.rows = npy_rows.Reader(LatentDataError)
     directory = os.path.dirname(self.manifest_path)
     self._songs = [Song(
-        id=song['id'], source=song['source'], split=song['split'],
-        duration=float(song['duration']), frames=song['frames'],
-        shard=os.path.join(directory, song['shard']), offset=song['offset'],
-        audio_path=(os.path.join(directory, song['audio'])
-                    if 'audio' in song else None),
-        dataset=self) for song in self.manifest['songs']]
+        id=song.id, source=song.source, split=song.split,
+        duration=float(song.duration), frames=song.frames,
+        shard=os.path.join(directory, song.shard), offset=song.offset,
+        audio_path=(os.path.join(directory, song.audio)
+                    if song.audio is not None else None),
+        dataset=self) for song in self.manifest.songs]
     # A file of another size than expected is opened: its header tells
     # whether it is damaged or only laid out otherwise (another header,
     # several songs).
@@ -333,7 +240,7 @@ class LatentDataset:
       kept = last.get(song.shard)
       if kept is None or song.offset + song.frames > kept.offset + kept.frames:
         last[song.shard] = song
-    dtype = self.manifest['dtype']
+    dtype = self.manifest.dtype
     for song in last.values():
       if not _size_fits(song.shard, dtype, LATENT_DIM,
                         song.offset + song.frames, 'shard'):

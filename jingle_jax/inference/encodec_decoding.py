@@ -51,16 +51,12 @@ def write(out_dir, params, encodec_weights: str) -> str:
 def read(dataset: latents.LatentDataset) -> dict:
   """The decoder parameters a dataset records, its weights' identity
   checked against the manifest's."""
-  manifest = dataset.manifest
-  name = manifest.get('decoder')
+  name = dataset.manifest.decoder
   if name is None:
     raise DecoderError(
         f'{dataset.manifest_path} records no decoder: run python -m '
         'precompute.export_decoder --manifest on it (or precompute.encode '
         'again) to write one')
-  if not isinstance(name, str) or os.path.basename(name) != name:
-    raise DecoderError(f'{dataset.manifest_path}: field \'decoder\' is '
-                       f'{name!r}, not a file name')
   path = os.path.join(os.path.dirname(dataset.manifest_path), name)
   try:
     with open(path, 'rb') as f:
@@ -69,7 +65,7 @@ def read(dataset: latents.LatentDataset) -> dict:
     raise DecoderError(f'{path}: decoder weights are missing') from None
   except Exception as e:  # pylint: disable=broad-except
     raise DecoderError(f'{path}: unreadable decoder weights: {e}') from None
-  recorded = manifest['encodec_weights']
+  recorded = dataset.manifest.encodec_weights
   if not isinstance(tree, dict) or 'params' not in tree:
     raise DecoderError(f'{path}: not a decoder weights file')
   if tree.get('encodec_weights') != recorded:

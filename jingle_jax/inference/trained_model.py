@@ -42,13 +42,13 @@ class TrainedModel:
     """
     config, state, extras = run_dir.load(workdir, which)
     compile_cache.use(config.compilation_cache)
-    if config.normalise_latents and dataset is None:
-      dataset = latents.LatentDataset(config.data_dir)
+    if config.data.normalise_latents and dataset is None:
+      dataset = latents.LatentDataset(config.data.dir)
     return cls(config, {'params': state.params,
                         'batch_stats': state.batch_stats},
                extras.data_position, extras.updates,
-               latent_space.LatentSpace.of(config.normalise_latents, dataset,
-                                           config.model.latent_dim))
+               latent_space.LatentSpace.of(config.data.normalise_latents,
+                                           dataset, config.model.latent_dim))
 
   def with_masking(self, masking: str) -> 'TrainedModel':
     """The trained cascade behind another masking (one of MASKINGS).
@@ -119,7 +119,7 @@ def _fault_error(fault, count: int, dim: int) -> latents.LatentDataError:
 def run_dataset(workdir, data_dir=None) -> latents.LatentDataset:
   """The latent dataset at data_dir, by default the one the run trained on."""
   return latents.LatentDataset(
-      data_dir or run_dir.read_config(workdir).data_dir)
+      data_dir or run_dir.read_config(workdir).data.dir)
 
 
 @functools.cache

@@ -96,19 +96,19 @@ class EncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, _):
-    c = self.config
+    config = self.config
     width = x.shape[-1]
     norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPSILON,
-                             dtype=c.dtype)
-    drop = Dropout(c.dropout, deterministic=self.deterministic)
+                             dtype=config.dtype)
+    drop = Dropout(config.dropout, deterministic=self.deterministic)
     attended = MultiheadAttention(
-        c.num_heads, c.attention_dropout, c.dtype, c.attention,
-        c.remat != 'none', name='self_attn')(
+        config.num_heads, config.attention_dropout, config.dtype,
+        config.attention, config.remat != 'none', name='self_attn')(
             x, deterministic=self.deterministic)
     x = norm(name='norm1')(x + drop(attended))
-    hidden = nn.gelu(linear(4 * width, width, dtype=c.dtype,
+    hidden = nn.gelu(linear(4 * width, width, dtype=config.dtype,
                             name='linear1')(x), approximate=False)
-    hidden = linear(width, 4 * width, dtype=c.dtype,
+    hidden = linear(width, 4 * width, dtype=config.dtype,
                     name='linear2')(drop(hidden))
     return norm(name='norm2')(x + drop(hidden)), None
 
@@ -121,22 +121,22 @@ class CascadeStage(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     """x [B, T, d] (d = 2D or 3D) -> [B, T, D] in the compute dtype."""
-    c = self.config
-    x = x + sinusoidal_positions(c.max_len, x.shape[-1])[:x.shape[1]]
-    x = Dropout(c.dropout, deterministic=not train)(x)
+    config = self.config
+    x = x + sinusoidal_positions(config.max_len, x.shape[-1])[:x.shape[1]]
+    x = Dropout(config.dropout, deterministic=not train)(x)
     norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPSILON,
-                             dtype=c.dtype)
+                             dtype=config.dtype)
     x = norm(name='input_norm')(x)
     layer = EncoderLayer
-    if c.remat == 'layers':  # keep matmul outputs, recompute the rest
+    if config.remat == 'layers':  # keep matmul outputs, recompute the rest
       layer = nn.remat(EncoderLayer, prevent_cse=False, policy=LAYER_POLICY)
     # One compiled layer for all L: parameters and dropout draws per layer.
     layers = nn.scan(layer, variable_axes={'params': 0},
                      split_rngs={'params': True, 'dropout': True},
-                     length=c.num_layers)
-    x, _ = layers(c, not train, name='layers')(x, None)
+                     length=config.num_layers)
+    x, _ = layers(config, not train, name='layers')(x, None)
     x = norm(name='post_norm')(x)
-    return SpectralNormDense(c.latent_dim, dtype=c.dtype,
+    return SpectralNormDense(config.latent_dim, dtype=config.dtype,
                              name='output_proj')(x, update_stats=train)
 
 
@@ -222,16 +222,16 @@ class CascadeTransformer(nn.Module):
   @nn.compact
   def __call__(self, inputs, targets, *, train: bool) -> CascadeOutput:
     """inputs, targets: float32 latents [B, T, D]."""
-    c = self.config
+    config = self.config
     if inputs.shape != targets.shape:
       raise ValueError(f'inputs {inputs.shape} and targets {targets.shape} '
                        'differ in shape')
-    if inputs.shape[1] > c.max_len:
+    if inputs.shape[1] > config.max_len:
       raise ValueError(f'{inputs.shape[1]} frames exceed max_len '
-                       f'{c.max_len} of the positional table')
-    if c.use_creative_agent:
-      x, y, input_mask, target_mask = CreativeAgent(c, name='creative_agent')(
-          inputs, targets, train=train)
+                       f'{config.max_len} of the positional table')
+    if config.use_creative_agent:
+      x, y, input_mask, target_mask = CreativeAgent(
+          config, name='creative_agent')(inputs, targets, train=train)
     else:
       input_mask, target_mask = self._fixed_masks(inputs, targets, train)
       x, y = inputs * input_mask, targets * target_mask
@@ -241,7 +241,7 @@ class CascadeTransformer(nn.Module):
     reference_rms = jnp.sqrt((example_rms(x) ** 2 + example_rms(y) ** 2) / 2)
     noisy_x = self._anti_cheating_noise(x, train)  # once, shared by stages
     previous, scales = None, []
-    for stage in range(c.num_stages):
+    for stage in range(config.num_stages):
       if previous is None:
         stage_input = jnp.concatenate([noisy_x, y], axis=-1)
         residual = (x + y) / 2
@@ -249,7 +249,7 @@ class CascadeTransformer(nn.Module):
         stage_input = jnp.concatenate(
             [noisy_x, previous, self._anti_cheating_noise(y, train)], axis=-1)
         residual = (x + previous + y) / 3
-      projected = CascadeStage(c, name=f'cascade_stages_{stage}')(
+      projected = CascadeStage(config, name=f'cascade_stages_{stage}')(
           stage_input, train=train)
       out = projected.astype(jnp.float32) + residual
       # Each stage's output is rescaled, and the next stage sees it scaled.

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jingle_jax.config.fields import field
+from jingle_jax.data import manifest
 from jingle_jax.models import attention
 from jingle_jax.models import baselines
 
@@ -21,8 +22,10 @@ class ModelConfig:
   num_layers: int = field(6, minimum=1, changes_checkpoints=True)
   # Attention heads in the cascade.
   num_heads: int = field(8, minimum=1, changes_checkpoints=True)
-  # EnCodec latent channels D.
-  latent_dim: int = field(128, minimum=1, changes_checkpoints=True)
+  # Latent channels D: EnCodec's, as the datasets store them (smaller only
+  # for tests of the model alone).
+  latent_dim: int = field(manifest.LATENT_DIM, minimum=1,
+                          changes_checkpoints=True)
   # Dropout after positions, attention and feed-forward.
   dropout: float = field(0.1, minimum=0.0)
   # Dropout on attention weights (training).

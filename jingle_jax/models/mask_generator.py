@@ -30,27 +30,27 @@ class AttentionMaskGenerator(nn.Module):
   config: ModelConfig
 
   def setup(self):
-    c = self.config
+    config = self.config
 
     def conv(features, kernel_size, in_channels):
       return conv1d(features, kernel_size, in_channels, padding='SAME',
-                    dtype=c.dtype)
+                    dtype=config.dtype)
 
-    hidden = c.mask_hidden
+    hidden = config.mask_hidden
 
     def analyzer():
-      return nn.Sequential([conv(hidden, 3, c.latent_dim), nn.relu,
+      return nn.Sequential([conv(hidden, 3, config.latent_dim), nn.relu,
                             conv(hidden, 3, hidden), nn.relu])
 
     def mask_head():  # mask logits; the sigmoid comes after
       return nn.Sequential([conv(hidden // 2, 3, hidden), nn.relu,
-                            conv(c.latent_dim, 1, hidden // 2)])
+                            conv(config.latent_dim, 1, hidden // 2)])
 
     self.input_analyzer = analyzer()
     self.target_analyzer = analyzer()
     self.cross_attention = MultiheadAttention(
-        c.mask_heads, c.attention_dropout, c.dtype, c.attention,
-        c.remat != 'none')
+        config.mask_heads, config.attention_dropout, config.dtype,
+        config.attention, config.remat != 'none')
     self.input_mask_generator = mask_head()
     self.target_mask_generator = mask_head()
 

@@ -80,6 +80,16 @@ def _val_loss(metrics) -> float:
   return metrics['val_loss']
 
 
+# In the folder name of a checkpoint that Orbax has not finished writing.
+UNFINISHED = '.orbax-checkpoint-tmp'
+
+
+def size(state) -> int:
+  """Bytes a checkpoint of `state` takes, about: its arrays'."""
+  return sum(leaf.nbytes for leaf in jax.tree.leaves(state)
+             if hasattr(leaf, 'nbytes'))
+
+
 def open_manager(directory, *, keep: int = 1,
                  read_only=False) -> ocp.CheckpointManager:
   """The manager of the checkpoints in `directory`, keeping the `keep`

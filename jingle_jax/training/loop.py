@@ -9,17 +9,17 @@ resumed run computes what an uninterrupted one does.
 import dataclasses
 import functools
 import math
-import signal
 import time
 
 from absl import logging
 from flax.training import early_stopping as flax_early_stopping
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 import numpy as np
 
+from jingle_jax.core import compile_cache
 from jingle_jax.core import parallel
+from jingle_jax.core import stop_signal
 from jingle_jax.data import input_pipeline
 from jingle_jax.data import latent_space
 from jingle_jax.inference import encodec_decoding
@@ -112,7 +112,7 @@ def validate(evaluate, state, pairs, config, mesh, batch_size):
       input_pipeline.eval_batches(
           pairs, global_batch_size=batch_size,
           rows=parallel.local_rows(split, batch_size)),
-      size=config.prefetch_batches, sharding=split,
+      size=config.data.prefetch_batches, sharding=split,
       global_batch_size=batch_size)
   totals, faults = None, []
   for index, batch in enumerate(batches):
@@ -129,35 +129,6 @@ def validate(evaluate, state, pairs, config, mesh, batch_size):
     raise pairs.fault_error(fault, indices, indices)
   return {name: float(value) / len(pairs)
           for name, value in parallel.host_values(totals).items()}
-
-
-class StopSignal:
-  """Within `with`, SIGTERM and SIGINT ask the loop to stop instead of killing.
-
-  All processes must stop at the same step: with several, `requested` agrees
-  through a collective, so call it at the same steps everywhere.
-  """
-
-  def __enter__(self):
-    self.received = None  # the signal's name
-    self._previous = {sig: signal.signal(sig, self._receive)
-                      for sig in (signal.SIGTERM, signal.SIGINT)}
-    return self
-
-  def _receive(self, signum, frame):
-    del frame
-    self.received = signal.Signals(signum).name
-    signal.signal(signum, self._previous[signum])  # a second one is not held
-
-  def requested(self) -> bool:
-    here = self.received is not None
-    if jax.process_count() == 1:
-      return here
-    return bool(np.any(multihost_utils.process_allgather(np.int32(here))))
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
 
 
 def early_stopping(patience: int, best_val_loss=None, evals_since_best=0):
@@ -221,11 +192,24 @@ class TrainingLoop:
 
   def __init__(self, config, workdir):
     self.config = config
+    # First, so that a second run on the workdir is refused before any work.
+    self.training_run = run_dir.open_for_training(workdir, config)
+    try:
+      logging.info('compilation cache: %s',
+                   compile_cache.use(config.compilation_cache) or 'off')
+      self._set_up(config)
+    except BaseException:
+      self.training_run.close()
+      raise
+
+  def _set_up(self, config) -> None:
     self.mesh = parallel.make_mesh()
     self.split = parallel.data_sharding(self.mesh)
     self.batch_size = config.per_device_batch_size * jax.device_count()
-    dataset, self.train_pairs, self.val_pairs = (
-        input_pipeline.training_pairs(config, self.batch_size))
+    dataset, self.train_pairs, self.val_pairs = input_pipeline.training_pairs(
+        config.data, config.num_frames, config.model.latent_dim,
+        config.per_device_batch_size,
+        audio_losses.weighted(config.loss, audio_losses.TARGET_TERMS))
     self.schedule = Schedule.from_config(
         config, input_pipeline.steps_per_epoch(len(self.train_pairs),
                                                self.batch_size))
@@ -233,10 +217,9 @@ class TrainingLoop:
                  '%d devices', len(self.train_pairs), len(self.val_pairs),
                  self.schedule.steps_per_epoch, self.batch_size,
                  jax.device_count())
-    self.training_run = run_dir.open_for_training(workdir, config)
     self._init_or_restore()
-    space = latent_space.LatentSpace.of(config.normalise_latents, dataset,
-                                        config.model.latent_dim)
+    space = latent_space.LatentSpace.of(
+        config.data.normalise_latents, dataset, config.model.latent_dim)
     decoder = encodec_decoding.step_decoder(config.loss, dataset, space)
     self.train, self.evaluate = compile_steps(config, self.mesh, self.rng,
                                               space, decoder)
@@ -247,8 +230,9 @@ class TrainingLoop:
             self.train_pairs, seed=config.seed,
             global_batch_size=self.batch_size,
             rows=parallel.local_rows(self.split, self.batch_size),
-            start_step=self.position, shuffle_targets=config.shuffle_targets),
-        size=config.prefetch_batches, sharding=self.split,
+            start_step=self.position,
+            shuffle_targets=config.data.shuffle_targets),
+        size=config.data.prefetch_batches, sharding=self.split,
         global_batch_size=self.batch_size)
     self.log = run_log.RunLog(self.training_run.metrics_path,
                               self.training_run.tensorboard_dir,
@@ -289,6 +273,8 @@ class TrainingLoop:
           "target clips' waveforms" if self.train_pairs.target_audio else
           'decoded target: the dataset keeps no audio (precompute.encode '
           '--keep-audio keeps it)'))
+    if jax.process_index() == 0:
+      self.training_run.log_room(self.state)
     if self.training_run.changes:
       self.log.note(self.position, 'config changed from the recorded one: ' +
                     ', '.join(f'{name} {old!r} -> {new!r}' for name, (
@@ -303,7 +289,7 @@ class TrainingLoop:
           self.position - len(self.step_metrics) + index,
           num_pairs=len(self.train_pairs), seed=self.config.seed,
           global_batch_size=self.batch_size,
-          shuffle_targets=self.config.shuffle_targets))
+          shuffle_targets=self.config.data.shuffle_targets))
 
   def _save(self, val_loss=None) -> None:
     self._check_data()  # no checkpoint follows a batch with a fault
@@ -375,7 +361,7 @@ class TrainingLoop:
   def run(self):
     """Trains until num_train_steps, early stopping or a signal; the last
     validation metrics (None if none ran)."""
-    with StopSignal() as stop:
+    with stop_signal.StopSignal() as stop:
       while (self.position < self.schedule.num_train_steps and
              not self.stopping.should_stop):
         is_log_step = self._step()

@@ -5,6 +5,7 @@
   WORKDIR/checkpoints/    Orbax checkpoints (jingle_jax/training/checkpoints.py)
   WORKDIR/metrics.jsonl   the metrics (jingle_jax/training/run_log.py)
   WORKDIR/tensorboard/    TensorBoard's events
+  WORKDIR/train.lock      held by the run that writes (workdir_lock.py)
 
 `open_for_training` is the way in for training (and for converting an
 original checkpoint into a new workdir); `load` the way in for inference,
@@ -19,14 +20,18 @@ which may read a workdir that is being trained. The rules:
   moments per parameter (before the optimisers ran flat).
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import re
+import shutil
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 from jingle_jax.config import run_config
 from jingle_jax.config.fields import flat
@@ -36,6 +41,7 @@ from jingle_jax.models.cascade import unstack_layers
 from jingle_jax.training import checkpoints
 from jingle_jax.training import optimizers
 from jingle_jax.training import train_step
+from jingle_jax.training import workdir_lock
 from jingle_jax.training.checkpoints import CheckpointError
 from jingle_jax.training.checkpoints import CheckpointExtras
 
@@ -151,6 +157,7 @@ class TrainingRun:
   config: run_config.Config
   changes: dict  # {field: (recorded, requested)}: allowed, to be logged
   manager: object  # the checkpoints' Orbax manager
+  lock: int | None  # workdir_lock's, held until close
 
   @property
   def metrics_path(self) -> str:
@@ -177,18 +184,88 @@ class TrainingRun:
                                move_aside=True)
 
   def save(self, state, extras: CheckpointExtras) -> None:
-    checkpoints.save(self.manager, state, extras)
+    """Starts saving checkpoint extras.data_position; DiskFull when its
+    filesystem lacks the room, or an earlier save found it full."""
+    step = extras.data_position
+    with self._full_disk_named(step):
+      needed = checkpoints.size(state)  # compression only lowers it
+      if _broadcast(shutil.disk_usage(self.checkpoint_dir).free < needed):
+        raise files.disk_full(self.checkpoint_dir, f'checkpoint {step}',
+                              needed)
+      checkpoints.save(self.manager, state, extras)
+
+  def log_room(self, state) -> None:
+    """Says how many checkpoints like `state`'s the filesystem has room
+    for: a warning when fewer than the run keeps."""
+    size = checkpoints.size(state)
+    free = shutil.disk_usage(self.checkpoint_dir).free
+    fits, kept = free // size, self.config.keep_checkpoints + 1
+    (logging.warning if fits < kept else logging.info)(
+        '%s free in %s: room for %d checkpoints of %s (the run keeps %d)',
+        files.megabytes(free), self.checkpoint_dir, fits,
+        files.megabytes(size), kept)
+
+  @contextlib.contextmanager
+  def _full_disk_named(self, step):
+    """A full filesystem met in Orbax's writes as one DiskFull, the
+    checkpoint being written discarded and the earlier ones kept."""
+    try:
+      yield
+    except files.DiskFull:
+      self._discard_unfinished()
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      if not files.is_disk_full(e):
+        raise
+      self._discard_unfinished()
+      raise files.disk_full(self.checkpoint_dir,
+                            f'checkpoint {step} or the one before') from None
+
+  def _discard_unfinished(self) -> None:
+    if jax.process_index() == 0:
+      for name in os.listdir(self.checkpoint_dir):
+        if checkpoints.UNFINISHED in name:
+          shutil.rmtree(os.path.join(self.checkpoint_dir, name),
+                        ignore_errors=True)
 
   def close(self) -> None:
     """Waits for the saves in flight, then closes."""
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      with self._full_disk_named(self.manager.latest_step()):
+        self.manager.wait_until_finished()
+        self.manager.check_for_errors()
+    finally:
+      self.manager.close()
+      workdir_lock.release(self.lock)
+
+
+def _broadcast(flag: bool) -> bool:
+  """Process 0's `flag`, on every process."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
 def open_for_training(workdir, config, *, new=False) -> TrainingRun:
-  """The workdir of a training run: refuses a config that would change
-  what its checkpoints hold, or with `new` any checkpoint at all (before
-  writing anything), then records the config and opens the checkpoints."""
+  """The workdir of a training run, locked against a second writer: refuses
+  another run's workdir, a config that would change what its checkpoints
+  hold, or with `new` any checkpoint at all (before writing anything), then
+  records the config and opens the checkpoints."""
+  lock = workdir_lock.acquire(workdir)
+  try:
+    changes = _allowed_changes(workdir, config, new)
+    record_config(workdir, config)
+    manager = checkpoints.open_manager(os.path.join(workdir, CHECKPOINT_DIR),
+                                       keep=config.keep_checkpoints)
+  except BaseException:
+    workdir_lock.release(lock)
+    raise
+  return TrainingRun(workdir, config, changes, manager, lock)
+
+
+def _allowed_changes(workdir, config, new: bool) -> dict:
+  """The config's changes against the recorded one; CheckpointError when
+  the checkpoints there forbid them (or, with `new`, any checkpoint)."""
   changes = config_changes(workdir, config)
   refused = checkpoint_changes(changes)
   directory = os.path.join(workdir, CHECKPOINT_DIR)
@@ -198,16 +275,14 @@ def open_for_training(workdir, config, *, new=False) -> TrainingRun:
     raise CheckpointError(f'{directory} holds checkpoints already; choose a '
                           'new workdir')
   if refused and has_checkpoints:
-    listed = ', '.join(f'{name} {old!r} -> {new!r}'
-                       for name, (old, new) in refused.items())
+    listed = ', '.join(f'{name} {before!r} -> {after!r}'
+                       for name, (before, after) in refused.items())
     raise CheckpointError(
         f'{directory} holds checkpoints of another model ({listed}): use a '
         'new --workdir, or the recorded values; changes that keep what a '
         'checkpoint holds (e.g. optim.learning_rate, num_train_steps) are '
         'allowed and logged')
-  record_config(workdir, config)
-  return TrainingRun(workdir, config, changes, checkpoints.open_manager(
-      directory, keep=config.keep_checkpoints))
+  return changes
 
 
 def load(workdir, which='best', *, sharding=None):

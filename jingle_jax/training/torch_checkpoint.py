@@ -1,44 +1,6 @@
-"""The original Jingle_D PyTorch checkpoint in this project's terms (DESIGN.md 7).
-
-Key mapping (a `module.` prefix, left by DistributedDataParallel, is dropped):
-
-  cascade_stages.{s}            -> cascade_stages_{s}
-  .transformer.layers.{l}       -> layers_{l} (cascade.unstack_layers' view
-                                   of the scan's stacked `layers`)
-  nn.Sequential member .{i}     -> layers_{i}
-  discriminator.classifier.2    -> discriminator/classifier (after the
-                                   parameter-free AdaptiveAvgPool1d, Flatten)
-  discriminator.style_matcher   -> discriminator/style_matcher (a Linear)
-  Linear/attention weight [out, in] and Conv1d weight [out, in, k]
-                                -> kernel [in, out] and [k, in, out]
-  in_proj_weight [3d, d]        -> in_proj_kernel [d, 3d]
-  LayerNorm weight              -> scale
-  output_proj.weight_orig       -> output_proj/kernel (params)
-  output_proj.weight_u, weight_v -> output_proj/u, v (batch_stats)
-  cascade_stages.{s}.pos_encoding.pe
-                                -> checked against the fixed sinusoids; its
-                                   length sets model.max_len
-
-The spectral-norm vectors map as they are: PyTorch evaluates
-sigma = weight_u . (weight_orig weight_v); SpectralNormDense evaluates
-sigma = v . (kernel u) with kernel = weight_orig^T, the same number when u is
-weight_u and v is weight_v, and its power iteration matches PyTorch's step
-for step.
-
-The number of stages, layers per stage, whether the creative agent is on and
-the position table length come from the keys and override the config (the
-log says so); everything else (heads, widths the keys must then match) comes
-from the config. `discriminator_state_dict`, when present, holds the GAN's
-LatentDiscriminator (DESIGN.md 4.4) in this layout:
-
-  conv_layers.{0,3,6,9}.{weight,bias}  Conv1d, each followed by
-                                       LeakyReLU(0.2) and Dropout(0.3)
-  classifier.{0,3}.{weight,bias}       Linear(256 -> 128), LeakyReLU,
-                                       Dropout, Linear(128 -> 1)
-
-A torch optimiser state (`optimizer_state_dict`, `disc_optimizer_state_dict`)
-lists its parameters by index, in the order of module.parameters(): the state
-dict's order without its buffers. Works on numpy arrays: no torch here.
+"""The original Jingle_D PyTorch checkpoint in this project's terms: its
+keys, spectral-norm vectors and AdamW states mapped as DESIGN.md 7.1 lists.
+Works on numpy arrays: no torch here.
 """
 
 import collections
@@ -208,8 +170,9 @@ def convert(checkpoint, config, source='checkpoint', *, rng=None):
   model_source = f'{source} model_state_dict'
   state_dict = strip_ddp_prefix(checkpoint['model_state_dict'])
   # The original saw raw EnCodec latents.
-  config = dataclasses.replace(_architecture(config, state_dict, model_source),
-                               normalise_latents=False)
+  config = _architecture(config, state_dict, model_source)
+  config = dataclasses.replace(config, data=dataclasses.replace(
+      config.data, normalise_latents=False))
   has_gan = 'discriminator_state_dict' in checkpoint
   if has_gan and config.loss.gan_weight == 0:
     raise ConversionError(
@@ -224,16 +187,17 @@ def convert(checkpoint, config, source='checkpoint', *, rng=None):
   variables = _fill({'params': state.params, 'batch_stats': state.batch_stats},
                     state_dict, _torch_module, model_source, positions)
   _check_positions(state_dict, config, model_source)
-  o = config.optim
+  optim = config.optim
   moments = _moments(checkpoint, 'optimizer_state_dict', state_dict,
                      _torch_module, variables['params'],
-                     (o.learning_rate, (0.9, 0.999), o.weight_decay), source)
+                     (optim.learning_rate, (0.9, 0.999), optim.weight_decay),
+                     source)
   state = state.replace(params=variables['params'],
                         batch_stats=variables['batch_stats'])
   state, disc_moments = _discriminator(checkpoint, state, config, source)
   # The optimisers' flat arrays follow the stacked parameters' order.
   state = stack_layers(state)
-  tx, disc_tx = optimizers.make_optimizers(o)
+  tx, disc_tx = optimizers.make_optimizers(optim)
   for name, tx, params, found in (
       ('opt_state', tx, state.params, moments),
       ('disc_opt_state', disc_tx, state.disc_params, disc_moments)):
@@ -256,11 +220,11 @@ def _discriminator(checkpoint, state, config, source):
   disc_params = _fill(
       {'params': state.disc_params}, disc_state_dict, disc_module,
       f'{source} discriminator_state_dict')['params']
-  o = config.optim
+  optim = config.optim
   return state.replace(disc_params=disc_params), _moments(
       checkpoint, 'disc_optimizer_state_dict', disc_state_dict, disc_module,
-      disc_params, (o.disc_learning_rate, (o.disc_b1, o.disc_b2),
-                    o.disc_weight_decay), source)
+      disc_params, (optim.disc_learning_rate, (optim.disc_b1, optim.disc_b2),
+                    optim.disc_weight_decay), source)
 
 
 def _moments(checkpoint, name, state_dict, module_name, params,
