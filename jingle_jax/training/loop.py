@@ -192,24 +192,26 @@ class TrainingLoop:
 
   def __init__(self, config, workdir):
     self.config = config
-    # First, so that a second run on the workdir is refused before any work.
-    self.training_run = run_dir.open_for_training(workdir, config)
-    try:
-      logging.info('compilation cache: %s',
-                   compile_cache.use(config.compilation_cache) or 'off')
-      self._set_up(config)
-    except BaseException:
-      self.training_run.close()
-      raise
-
-  def _set_up(self, config) -> None:
     self.mesh = parallel.make_mesh()
     self.split = parallel.data_sharding(self.mesh)
     self.batch_size = config.per_device_batch_size * jax.device_count()
+    # A bad dataset is refused before the workdir is opened.
     dataset, self.train_pairs, self.val_pairs = input_pipeline.training_pairs(
         config.data, config.num_frames, config.model.latent_dim,
         config.per_device_batch_size,
         audio_losses.weighted(config.loss, audio_losses.TARGET_TERMS))
+    # Before anything is logged: a second run on the workdir is refused in
+    # one line.
+    self.training_run = run_dir.open_for_training(workdir, config)
+    try:
+      self._set_up(config, dataset)
+    except BaseException:
+      self.training_run.close()
+      raise
+
+  def _set_up(self, config, dataset) -> None:
+    logging.info('compilation cache: %s',
+                 compile_cache.use(config.compilation_cache) or 'off')
     self.schedule = Schedule.from_config(
         config, input_pipeline.steps_per_epoch(len(self.train_pairs),
                                                self.batch_size))
