@@ -76,5 +76,5 @@ def main():
 
 
 if __name__ == '__main__':
-  cli.set_environment(cli.TORCH_ENVIRONMENT, 'torch')
+  cli.set_torch_environment()
   main()

@@ -132,7 +132,6 @@ def define_flags():
 def run(flag_values) -> None:
   # The model and EnCodec share the accelerator: JAX takes memory as needed.
   os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
-  cli.set_environment(cli.TORCH_ENVIRONMENT, 'torch')  # loaded later
   step = arrange(
       flag_values.workdir, flag_values.input, flag_values.target,
       flag_values.out, input_start=flag_values['input-start'].value,
@@ -147,6 +146,7 @@ def run(flag_values) -> None:
 
 
 if __name__ == '__main__':
+  cli.set_torch_environment()  # before precompute loads torch
   define_flags()
   flags.mark_flags_as_required(['workdir', 'input', 'target', 'out'])
   from precompute import encodec_weights  # pylint: disable=g-import-not-at-top

@@ -29,28 +29,31 @@ from jingle_jax.core import orbax_quiet
 TORCH_ENVIRONMENT = {'OMP_WAIT_POLICY': 'PASSIVE'}
 
 
-def set_environment(values: dict, read_by: str) -> None:
-  """Sets the variables of `values` the environment lacks; when the module
-  `read_by`, which reads them as it loads, is loaded already, runs the
-  program again with them (os.execv), the same arguments and no other
-  cost than its start."""
-  missing = {name: value for name, value in values.items()
+def set_torch_environment() -> None:
+  """Sets the variables of TORCH_ENVIRONMENT the environment lacks; when
+  torch, which reads them as it loads, is loaded already, runs the program
+  again with them (os.execv), the same arguments and no other cost than its
+  start."""
+  missing = {name: value for name, value in TORCH_ENVIRONMENT.items()
              if name not in os.environ}
   os.environ.update(missing)
-  if missing and read_by in sys.modules:
+  if missing and 'torch' in sys.modules:
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def run(program: str, work, *, errors=(), takes_arguments=False,
-        logs_info=False):
+        logs_info=False, runs_torch=False):
   """Parses the flags and runs `work` as `program`.
 
   `work(flags.FLAGS)` does the work, or `work(flags.FLAGS, arguments)` when
   the program takes_arguments besides flags. A ValueError, OSError or one of
   `errors` ends the program with 'PROGRAM: error: MESSAGE'. Libraries' INFO
   logs are shown when logs_info (the training's progress) or --verbosity
-  asks for them.
+  asks for them. A program that runs_torch starts in TORCH_ENVIRONMENT.
   """
+  if runs_torch:
+    set_torch_environment()
+
   def main(argv):
     orbax_quiet.install()
     if not logs_info and not flags.FLAGS['verbosity'].present:

@@ -343,8 +343,7 @@ def run(flag_values):
 
 
 if __name__ == '__main__':
-  cli.set_environment(cli.TORCH_ENVIRONMENT, 'torch')
   define_flags()
   flags.mark_flags_as_required(['audio-dir', 'out-dir'])
   cli.run('precompute.encode', run, logs_info=True,
-          errors=(encodec_weights.WeightsError,))
+          errors=(encodec_weights.WeightsError,), runs_torch=True)

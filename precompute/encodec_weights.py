@@ -171,8 +171,8 @@ def run(flag_values):
 
 
 if __name__ == '__main__':
-  cli.set_environment(cli.TORCH_ENVIRONMENT, 'torch')
   flags.DEFINE_bool(
       'check-pretrained', False,
       'Exit 0 when the pretrained weights can be loaded, 1 otherwise.')
-  cli.run('precompute.encodec_weights', run, errors=(WeightsError,))
+  cli.run('precompute.encodec_weights', run, errors=(WeightsError,),
+          runs_torch=True)

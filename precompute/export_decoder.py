@@ -34,9 +34,8 @@ def run(flag_values):
 
 
 if __name__ == '__main__':
-  cli.set_environment(cli.TORCH_ENVIRONMENT, 'torch')
   flags.DEFINE_string('manifest', None, 'manifest.json of the latent dataset.')
   cli.define_encodec_flags(device=False)
   flags.mark_flags_as_required(['manifest'])
   cli.run('precompute.export_decoder', run,
-          errors=(encodec_weights.WeightsError,))
+          errors=(encodec_weights.WeightsError,), runs_torch=True)

@@ -45,8 +45,7 @@ def run(flag_values, paths):
 
 
 if __name__ == '__main__':
-  cli.set_environment(cli.TORCH_ENVIRONMENT, 'torch')
   define_flags()
   flags.mark_flags_as_required(['manifest', 'out-dir'])
   cli.run('precompute.torch_decode', run, takes_arguments=True,
-          errors=(encodec_weights.WeightsError,))
+          errors=(encodec_weights.WeightsError,), runs_torch=True)

@@ -10,7 +10,7 @@ ENTRY = """
 import os, torch
 from jingle_jax import cli
 print('start', flush=True)
-cli.set_environment(cli.TORCH_ENVIRONMENT, 'torch')
+cli.set_torch_environment()
 print(os.environ['OMP_WAIT_POLICY'])
 """
 

@@ -10,6 +10,7 @@ import os
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 import numpy as np
@@ -108,6 +109,13 @@ def host_batch_to_global(batch, sharding, global_batch_size: int):
         shape, sharding, jax.device_put(shards, devices, may_alias=False))
 
   return jax.block_until_ready(jax.tree.map(put, batch))
+
+
+def process_0_says(flag: bool) -> bool:
+  """Process 0's `flag`, on every process."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
 def host_values(tree):

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a TrainState in one folder (jingle_jax/workdir.py
+"""Orbax checkpoints of a TrainState in one folder (training/run_dir.py
 owns the folder and decides what is restored).
 
   <step>/state    the TrainState: generator, spectral-norm vectors,

@@ -30,12 +30,11 @@ import shutil
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
-import numpy as np
 
 from jingle_jax.config import run_config
 from jingle_jax.config.fields import flat
 from jingle_jax.core import files
+from jingle_jax.core import parallel
 from jingle_jax.models.cascade import stack_layers
 from jingle_jax.models.cascade import unstack_layers
 from jingle_jax.training import checkpoints
@@ -189,7 +188,7 @@ class TrainingRun:
     step = extras.data_position
     with self._full_disk_named(step):
       needed = checkpoints.size(state)  # compression only lowers it
-      if _broadcast(shutil.disk_usage(self.checkpoint_dir).free < needed):
+      if parallel.process_0_says(shutil.disk_usage(self.checkpoint_dir).free < needed):
         raise files.disk_full(self.checkpoint_dir, f'checkpoint {step}',
                               needed)
       checkpoints.save(self.manager, state, extras)
@@ -237,13 +236,6 @@ class TrainingRun:
     finally:
       self.manager.close()
       workdir_lock.release(self.lock)
-
-
-def _broadcast(flag: bool) -> bool:
-  """Process 0's `flag`, on every process."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
 def open_for_training(workdir, config, *, new=False) -> TrainingRun:

@@ -19,8 +19,8 @@ import socket
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
-import numpy as np
+
+from jingle_jax.core import parallel
 
 LOCK_FILE = 'train.lock'
 
@@ -67,11 +67,8 @@ def acquire(workdir) -> int | None:
   when another run has it. Returns what release() takes."""
   fd, refusal = _try_lock(workdir) if jax.process_index() == 0 else (None,
                                                                      None)
-  if jax.process_count() > 1:
-    refused = multihost_utils.broadcast_one_to_all(
-        np.int32(refusal is not None))
-    if refused and refusal is None:
-      refusal = f'{workdir} is being written by another run (process 0 says)'
+  if parallel.process_0_says(refusal is not None) and refusal is None:
+    refusal = f'{workdir} is being written by another run (process 0 says)'
   if refusal is not None:
     raise WorkdirInUse(refusal)
   return fd
