@@ -27,16 +27,17 @@ from jingle_jax.models import encodec_decoder
 from precompute import encodec_weights
 from precompute import decoder_weights
 
-_BATCH_SIZES = flags.DEFINE_list('batch-sizes', ['1', '16'],
-                                 'Clips of 16 s per decoder call.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per measurement.')
-_BACKWARD = flags.DEFINE_bool('backward', False,
-                              'Also time JAX forward + backward.')
-_TORCH = flags.DEFINE_bool('torch', True, 'Also time the PyTorch decoder.')
-_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
-                           'JAX compute dtype.')
-_REMAT = flags.DEFINE_bool('remat', False, 'JAX: recompute each stage in '
-                           'the backward pass.')
+def define_flags():
+  """The command line (defined only when run as a program)."""
+  flags.DEFINE_list('batch-sizes', ['1', '16'],
+                    'Clips of 16 s per decoder call.')
+  flags.DEFINE_integer('repeats', 3, 'Timed calls per measurement.')
+  flags.DEFINE_bool('backward', False, 'Also time JAX forward + backward.')
+  flags.DEFINE_bool('torch', True, 'Also time the PyTorch decoder.')
+  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                    'JAX compute dtype.')
+  flags.DEFINE_bool('remat', False, 'JAX: recompute each stage in the '
+                    'backward pass.')
 
 
 def median_seconds(run, repeats: int) -> float:
@@ -51,16 +52,16 @@ def median_seconds(run, repeats: int) -> float:
 
 
 def run(flag_values):
-  del flag_values
+  repeats = flag_values.repeats
   model = encodec_weights.random_model(0).eval()
   encodec_weights.device('cpu')  # precompute's CPU tuning
   params = jax.device_put(decoder_weights.decoder_params(model))
-  decoder = encodec_decoder.EncodecDecoder(jnp.dtype(_DTYPE.value),
-                                           _REMAT.value)
+  decoder = encodec_decoder.EncodecDecoder(jnp.dtype(flag_values.dtype),
+                                           flag_values.remat)
   forward = jax.jit(decoder.apply)
   print(f'jax {jax.__version__} on {jax.devices()[0].device_kind}; torch '
         f'{torch.__version__} on CPU with {torch.get_num_threads()} threads')
-  for batch_size in map(int, _BATCH_SIZES.value):
+  for batch_size in map(int, flag_values['batch-sizes'].value):
     clips = 4 * np.random.default_rng(0).normal(
         size=(batch_size, encodec_decoding.CHUNK_FRAMES, latents.LATENT_DIM)
     ).astype(np.float32)
@@ -72,16 +73,16 @@ def run(flag_values):
     compile_seconds = time.perf_counter() - start
     rows = [('jax', median_seconds(
         lambda: forward({'params': params}, inputs).block_until_ready(),
-        _REPEATS.value))]
-    if _TORCH.value:
+        repeats))]
+    if flag_values.torch:
       batch = torch.from_numpy(clips).transpose(1, 2)
 
       def torch_decode():
         with torch.inference_mode():
           model.decoder(batch)
 
-      rows.append(('pytorch', median_seconds(torch_decode, _REPEATS.value)))
-    if _BACKWARD.value:
+      rows.append(('pytorch', median_seconds(torch_decode, repeats)))
+    if flag_values.backward:
       def loss(z):
         return jnp.sum(decoder.apply({'params': params}, z) ** 2)
 
@@ -89,12 +90,12 @@ def run(flag_values):
       compiled = gradient.lower(inputs).compile()
       planned = compiled.memory_analysis()
       rows.append(('jax fwd+bwd', median_seconds(
-          lambda: gradient(inputs).block_until_ready(), _REPEATS.value)))
+          lambda: gradient(inputs).block_until_ready(), repeats)))
       if planned is not None:
         print(f'  fwd+bwd planned memory: temp '
               f'{planned.temp_size_in_bytes / 2**30:.2f} GiB, arguments '
               f'{planned.argument_size_in_bytes / 2**30:.2f} GiB')
-    print(f'batch {batch_size} x 16 s ({_DTYPE.value}; jax compile '
+    print(f'batch {batch_size} x 16 s ({flag_values.dtype}; jax compile '
           f'{compile_seconds:.1f} s):')
     for name, seconds in rows:
       print(f'  {name:12s} {seconds:8.3f} s per batch, '
@@ -102,4 +103,4 @@ def run(flag_values):
 
 
 if __name__ == '__main__':
-  cli.run('benchmarks.decoder_speed', run, logs_info=True)
+  cli.run('benchmarks.decoder_speed', run, define_flags, logs_info=True)

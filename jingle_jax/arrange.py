@@ -15,8 +15,8 @@ OUT.target.wav) and the output beside the masks.
 A run without a latent dataset (a converted checkpoint) encodes with the
 weights given, the pretrained EnCodec by default, unchecked.
 
-EnCodec runs in PyTorch (precompute/), imported when arranging only, so that
-importing jingle_jax never loads torch.
+EnCodec's encoder runs in PyTorch (precompute/), imported when arranging
+only, so that importing jingle_jax never loads torch.
 """
 
 import os
@@ -26,6 +26,7 @@ from absl import logging
 import numpy as np
 
 from jingle_jax import cli
+from jingle_jax.data import audio
 from jingle_jax.data import latents
 from jingle_jax.inference import report
 from jingle_jax.inference import samples
@@ -35,7 +36,6 @@ from jingle_jax.training import run_dir
 
 def read_clip(path, flag: str, start: float, seconds: float) -> np.ndarray:
   """`seconds` of mono 24 kHz audio of the file from `start` seconds."""
-  from precompute import audio  # pylint: disable=g-import-not-at-top
   try:
     clip = np.concatenate(
         [np.zeros(0, np.float32),
@@ -146,9 +146,5 @@ def run(flag_values) -> None:
 
 
 if __name__ == '__main__':
-  cli.set_torch_environment()  # before precompute loads torch
-  define_flags()
-  flags.mark_flags_as_required(['workdir', 'input', 'target', 'out'])
-  from precompute import encodec_weights  # pylint: disable=g-import-not-at-top
-  cli.run('jingle_jax.arrange', run, errors=(
-      encodec_weights.WeightsError, run_dir.CheckpointError))
+  cli.run('jingle_jax.arrange', run, define_flags,
+          required=['workdir', 'input', 'target', 'out'], runs_torch=True)

@@ -95,9 +95,8 @@ def define_flags():
                     'compile nothing.')
   flags.DEFINE_bool('target-audio', True, 'Audio terms compare with target '
                     'waveforms in the batch; false: with the decoded targets.')
-  flags.DEFINE_string('profile', None, 'Trace the timed steps with '
-                      'jax.profiler into this folder and write its top device '
-                      'ops to PROFILE/top_ops.txt.')
+  flags.DEFINE_string('profile', None, 'Folder to trace the timed steps '
+                      'into (jax.profiler), and PROFILE/top_ops.txt.')
   flags.DEFINE_integer('steps', 10, 'Timed steps after compilation and one '
                        'warm-up; 0 compiles only (FLOPs and the memory plan, '
                        'e.g. of accelerator shapes on a CPU).', lower_bound=0)
@@ -313,6 +312,5 @@ def run(flag_values):
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flag_as_required('config')
-  cli.run('jingle_jax.bench', run, logs_info=True)
+  cli.run('jingle_jax.bench', run, define_flags, required=['config'],
+          logs_info=True)

@@ -7,8 +7,7 @@ runs as a program (so that tests import commands side by side), and ends
 with
 
   if __name__ == '__main__':
-    define_flags()
-    cli.run('jingle_jax.sample', run)
+    cli.run('jingle_jax.sample', run, define_flags, required=['workdir'])
 
 where `run(flags.FLAGS)` does the work.
 """
@@ -20,6 +19,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from jingle_jax.core import errors
 from jingle_jax.core import orbax_quiet
 
 
@@ -41,18 +41,22 @@ def set_torch_environment() -> None:
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
-def run(program: str, work, *, errors=(), takes_arguments=False,
-        logs_info=False, runs_torch=False):
-  """Parses the flags and runs `work` as `program`.
+def run(program: str, work, define_flags=None, *, required=(),
+        takes_arguments=False, logs_info=False, runs_torch=False):
+  """Defines the flags (`define_flags()`, those `required` marked so),
+  parses them and runs `work` as `program`.
 
   `work(flags.FLAGS)` does the work, or `work(flags.FLAGS, arguments)` when
-  the program takes_arguments besides flags. A ValueError, OSError or one of
-  `errors` ends the program with 'PROGRAM: error: MESSAGE'. Libraries' INFO
+  the program takes_arguments besides flags. A ValueError, OSError or
+  errors.UserError ends the program with 'PROGRAM: error: MESSAGE'. Libraries' INFO
   logs are shown when logs_info (the training's progress) or --verbosity
   asks for them. A program that runs_torch starts in TORCH_ENVIRONMENT.
   """
   if runs_torch:
     set_torch_environment()
+  if define_flags is not None:
+    define_flags()
+  flags.mark_flags_as_required(required)
 
   def main(argv):
     orbax_quiet.install()
@@ -62,7 +66,7 @@ def run(program: str, work, *, errors=(), takes_arguments=False,
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     try:
       work(flags.FLAGS, *([argv[1:]] if takes_arguments else []))
-    except (ValueError, OSError, *errors) as e:
+    except (ValueError, OSError, errors.UserError) as e:
       sys.exit(f'{program}: error: {e}')
 
   def parse_flags(argv):

@@ -146,7 +146,5 @@ def run(flag_values, arguments):
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flags_as_required(['config', 'out-dir'])
-  cli.run('jingle_jax.convert_torch', run, takes_arguments=True,
-          logs_info=True, errors=(run_dir.CheckpointError,))
+  cli.run('jingle_jax.convert_torch', run, define_flags, logs_info=True,
+          required=['config', 'out-dir'], takes_arguments=True)

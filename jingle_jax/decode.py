@@ -12,7 +12,6 @@ encoder's. The same inputs, names and audio as precompute.torch_decode
 """
 
 from absl import app
-from absl import flags
 
 from jingle_jax import cli
 from jingle_jax.data import latents
@@ -35,6 +34,5 @@ def run(flag_values, paths) -> None:
 
 
 if __name__ == '__main__':
-  cli.define_decode_flags()
-  flags.mark_flags_as_required(['manifest', 'out-dir'])
-  cli.run('jingle_jax.decode', run, takes_arguments=True)
+  cli.run('jingle_jax.decode', run, cli.define_decode_flags,
+          required=['manifest', 'out-dir'], takes_arguments=True)

@@ -229,6 +229,5 @@ def run(flag_values) -> None:
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flags_as_required(['workdir', 'out-dir'])
-  cli.run('jingle_jax.evaluate', run, errors=(run_dir.CheckpointError,))
+  cli.run('jingle_jax.evaluate', run, define_flags,
+          required=['workdir', 'out-dir'])

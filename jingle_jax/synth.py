@@ -177,6 +177,5 @@ def run(flag_values):
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flags_as_required(['out-dir'])
-  cli.run('jingle_jax.synth', run, logs_info=True)
+  cli.run('jingle_jax.synth', run, define_flags, required=['out-dir'],
+          logs_info=True)

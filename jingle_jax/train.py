@@ -19,7 +19,6 @@ from jingle_jax import cli
 from jingle_jax.config import run_config
 from jingle_jax.core import parallel
 from jingle_jax.training import loop
-from jingle_jax.training import run_dir
 
 
 def train_and_evaluate(config, workdir):
@@ -60,7 +59,5 @@ def run(flag_values):
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flag_as_required('config')
-  cli.run('jingle_jax.train', run, logs_info=True, errors=(
-      run_dir.CheckpointError, loop.TooManySkippedSteps))
+  cli.run('jingle_jax.train', run, define_flags, required=['config'],
+          logs_info=True)

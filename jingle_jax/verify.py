@@ -72,5 +72,4 @@ def run(flag_values, arguments) -> None:
 
 
 if __name__ == '__main__':
-  define_flags()
-  cli.run('jingle_jax.verify', run, takes_arguments=True)
+  cli.run('jingle_jax.verify', run, define_flags, takes_arguments=True)

@@ -49,10 +49,10 @@ import tqdm
 
 from jingle_jax import cli
 from jingle_jax.core import files
+from jingle_jax.data import audio
 from jingle_jax.data import latent_writer
 from jingle_jax.data import latents
 from jingle_jax.data import manifest
-from precompute import audio
 from precompute import codec
 from precompute import decoder_weights
 from precompute import encodec_weights
@@ -308,12 +308,12 @@ def define_flags():
   flags.DEFINE_float('val-fraction', 0.1, 'Fraction of songs for val.')
   flags.DEFINE_integer('seed', 42, 'Seed of the train/val split.')
   flags.DEFINE_enum('dtype', 'float16', manifest.DTYPES, 'Latent storage.')
-  flags.DEFINE_float('min-seconds', MIN_SECONDS, 'Shortest song kept, in '
-                     'seconds (default: one pair of 16 s clips).')
-  flags.DEFINE_integer('batch-size', None, '16 s chunks per EnCodec call; '
-                       'default: 1 on the CPU (faster and leaner there than '
-                       'more), 4 on a GPU.',
-                       lower_bound=1)
+  flags.DEFINE_float('min-seconds', MIN_SECONDS,
+                     'Shortest song kept, in seconds (default: one pair of '
+                     '16 s clips).')
+  flags.DEFINE_integer('batch-size', None, lower_bound=1, help=(
+      '16 s chunks per EnCodec call; default: 1 on the CPU (faster and '
+      'leaner there than more), 4 on a GPU.'))
   flags.DEFINE_bool('keep-audio', False, 'Also keep each song\'s 24 kHz mono '
                     'audio (float16, 173 MB per hour) for audio-domain loss '
                     'terms against the real target waveform.')
@@ -343,7 +343,5 @@ def run(flag_values):
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flags_as_required(['audio-dir', 'out-dir'])
-  cli.run('precompute.encode', run, logs_info=True,
-          errors=(encodec_weights.WeightsError,), runs_torch=True)
+  cli.run('precompute.encode', run, define_flags,
+          required=['audio-dir', 'out-dir'], logs_info=True, runs_torch=True)

@@ -28,6 +28,7 @@ from encodec import EncodecModel
 import torch
 
 from jingle_jax import cli
+from jingle_jax.core import errors
 from jingle_jax.data import latents
 
 PRETRAINED_CHECKPOINT = 'encodec_24khz-d7cc33bc.th'
@@ -39,7 +40,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MALLOC_THRESHOLD = 1 << 30
 
 
-class WeightsError(RuntimeError):
+class WeightsError(errors.UserError, RuntimeError):
   """EnCodec weights that cannot be loaded, or are not the ones expected."""
 
 
@@ -163,6 +164,13 @@ def matching_weights(dataset, checkpoint=None, random_seed=None):
   return model
 
 
+def define_flags():
+  """The command line (defined only when run as a program)."""
+  flags.DEFINE_bool(
+      'check-pretrained', False,
+      'Exit 0 when the pretrained weights can be loaded, 1 otherwise.')
+
+
 def run(flag_values):
   if not flag_values['check-pretrained'].value:
     raise app.UsageError('nothing to do: pass --check-pretrained')
@@ -171,8 +179,4 @@ def run(flag_values):
 
 
 if __name__ == '__main__':
-  flags.DEFINE_bool(
-      'check-pretrained', False,
-      'Exit 0 when the pretrained weights can be loaded, 1 otherwise.')
-  cli.run('precompute.encodec_weights', run, errors=(WeightsError,),
-          runs_torch=True)
+  cli.run('precompute.encodec_weights', run, define_flags, runs_torch=True)

@@ -20,6 +20,12 @@ from precompute import decoder_weights
 from precompute import encodec_weights
 
 
+def define_flags():
+  """The command line (defined only when run as a program)."""
+  flags.DEFINE_string('manifest', None, 'manifest.json of the latent dataset.')
+  cli.define_encodec_flags(device=False)
+
+
 def run(flag_values):
   dataset = latents.LatentDataset(flag_values.manifest)
   model = encodec_weights.matching_weights(
@@ -34,8 +40,5 @@ def run(flag_values):
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('manifest', None, 'manifest.json of the latent dataset.')
-  cli.define_encodec_flags(device=False)
-  flags.mark_flags_as_required(['manifest'])
-  cli.run('precompute.export_decoder', run,
-          errors=(encodec_weights.WeightsError,), runs_torch=True)
+  cli.run('precompute.export_decoder', run, define_flags,
+          required=['manifest'], runs_torch=True)

@@ -14,7 +14,6 @@ manifest's are refused. Prints the paths written.
 
 
 from absl import app
-from absl import flags
 
 from jingle_jax import cli
 from jingle_jax.data import latents
@@ -45,7 +44,5 @@ def run(flag_values, paths):
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flags_as_required(['manifest', 'out-dir'])
-  cli.run('precompute.torch_decode', run, takes_arguments=True,
-          errors=(encodec_weights.WeightsError,), runs_torch=True)
+  cli.run('precompute.torch_decode', run, define_flags, runs_torch=True,
+          required=['manifest', 'out-dir'], takes_arguments=True)

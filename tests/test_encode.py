@@ -14,9 +14,9 @@ import torch
 import torchaudio
 
 from jingle_jax import synth
+from jingle_jax.data import audio
 from jingle_jax.data import latents
 from jingle_jax.inference import encodec_decoding
-from precompute import audio
 from precompute import codec
 from precompute import encode
 from precompute import encodec_weights

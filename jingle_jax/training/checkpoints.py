@@ -28,13 +28,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from jingle_jax.core import errors
 from jingle_jax.core import orbax_quiet
 from jingle_jax.core import parallel
 
 UNREADABLE_SUFFIX = '.unreadable'
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.UserError, RuntimeError):
   """No usable checkpoint; the message names the directory or step."""
 
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jingle_jax.core import compile_cache
+from jingle_jax.core import errors
 from jingle_jax.core import parallel
 from jingle_jax.core import stop_signal
 from jingle_jax.data import input_pipeline
@@ -31,7 +32,7 @@ from jingle_jax.training import step_timing
 from jingle_jax.training import train_step
 
 
-class TooManySkippedSteps(RuntimeError):
+class TooManySkippedSteps(errors.UserError, RuntimeError):
   """Too many steps in a row had a non-finite loss or gradient."""
 
 

@@ -2,8 +2,8 @@
 
 Any file the installed libsndfile reads (wav, flac, ogg/vorbis, opus, mp3,
 aiff, ...), any channel count (averaged), any rate from 8 to 192 kHz. The
-resampling is torchaudio's band-limited sinc (transforms.Resample) applied
-block by block, with enough of the neighbouring samples on each side that
+resampling is torchaudio's band-limited sinc (functional.resample, computed
+here in numpy: reading audio needs no torch) applied block by block, with enough of the neighbouring samples on each side that
 every output sample is computed from exactly the input samples (and zero
 padding at the file's ends) it would see if the whole file were resampled
 at once: there are no seams. The number of 24 kHz samples is
@@ -18,8 +18,6 @@ import re
 
 import numpy as np
 import soundfile
-import torch
-import torchaudio
 
 from jingle_jax.data import latents
 
@@ -64,6 +62,30 @@ def audio_suffixes() -> frozenset[str]:
   return readable_suffixes() | frozenset(_OTHER_AUDIO_SUFFIXES)
 
 
+def _half_width(rate_in: int, rate_out: int) -> int:
+  """The filter's half width in input samples, as torchaudio computes it."""
+  return math.ceil(LOWPASS_FILTER_WIDTH * rate_in /
+                   (min(rate_in, rate_out) * ROLLOFF))
+
+
+def sinc_kernel(rate_in: int, rate_out: int) -> tuple[np.ndarray, int]:
+  """torchaudio's sinc_interp_hann filter bank from rate_in to rate_out
+  (reduced by their gcd), computed in float32 as its float32 resampling
+  computes it: [rate_out, 2 x width + rate_in] and the half width."""
+  base = min(rate_in, rate_out) * ROLLOFF
+  width = _half_width(rate_in, rate_out)
+  index = np.arange(-width, width + rate_in, dtype=np.float32) / np.float32(
+      rate_in)
+  t = (np.arange(0, -rate_out, -1, dtype=np.float32)[:, None] /
+       np.float32(rate_out) + index) * np.float32(base)
+  t = np.clip(t, -LOWPASS_FILTER_WIDTH, LOWPASS_FILTER_WIDTH)
+  window = np.cos(t * np.float32(math.pi / LOWPASS_FILTER_WIDTH / 2)) ** 2
+  t *= np.float32(math.pi)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    kernel = np.where(t == 0, np.float32(1), np.sin(t) / t)
+  return kernel * (window * np.float32(base / rate_in)), width
+
+
 class Resampler:
   """Streaming torchaudio sinc resampling of mono float32 to 24 kHz.
 
@@ -77,19 +99,13 @@ class Resampler:
   def __init__(self, rate: int):
     gcd = math.gcd(rate, latents.SAMPLE_RATE)
     self._in, self._out = rate // gcd, latents.SAMPLE_RATE // gcd
-    # The filter's half width in input samples, as torchaudio computes it.
-    self._width = math.ceil(LOWPASS_FILTER_WIDTH * self._in /
-                            (min(self._in, self._out) * ROLLOFF))
+    self._width = _half_width(self._in, self._out)
     filter_values = self._out * (2 * self._width + self._in)
     if filter_values > MAX_FILTER_VALUES:
       raise BadAudio(f'sample rate {rate} Hz: resampling it to 24 kHz needs '
                      f'a {filter_values * 4 >> 20} MB filter bank; convert '
                      'the file to a common rate first')
-    # The filter computed in float32, as functional.resample computes it
-    # for float32 audio.
-    self._transform = torchaudio.transforms.Resample(
-        rate, latents.SAMPLE_RATE, lowpass_filter_width=LOWPASS_FILTER_WIDTH,
-        rolloff=ROLLOFF, dtype=torch.float32)
+    self._kernel = sinc_kernel(self._in, self._out)[0].T.copy()
     # Whole input periods (self._in samples) of context on each side, at
     # least the filter's half width.
     self._context = -(-self._width // self._in) * self._in
@@ -98,11 +114,15 @@ class Resampler:
     self._done = 0  # input position (whole periods) whose output is out
 
   def _resample(self, segment_start, segment, keep_from, keep):
-    """Outputs keep_from.. keep_from + keep of the segment's resampling."""
-    with torch.inference_mode():
-      out = self._transform(torch.from_numpy(segment)).numpy()
-    first = (keep_from - segment_start) // self._in * self._out
-    return out[first:first + keep]
+    """Outputs keep_from.. keep_from + keep of the segment's resampling:
+    torchaudio's strided convolution of the zero-padded segment, one input
+    period per row."""
+    first = (keep_from - segment_start) // self._in
+    rows = -(-keep // self._out)
+    padded = np.pad(segment, (self._width, self._width + self._in))
+    windows = np.lib.stride_tricks.sliding_window_view(
+        padded, len(self._kernel))[::self._in][first:first + rows]
+    return (windows @ self._kernel).reshape(-1)[:keep]
 
   def push(self, samples) -> np.ndarray:
     self._buffer = np.concatenate([self._buffer, samples])
