@@ -157,13 +157,16 @@ def loop(data_dir, steps: int) -> None:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   commands = parser.add_subparsers(dest='command', required=True)
-  loading = commands.add_parser('loader')
+  loading = commands.add_parser(
+      'loader', help='pairs/s of the training batches alone, this code '
+      'against --code\'s')
   loading.add_argument('data_dir')
   loading.add_argument('--cold', action='store_true')
   loading.add_argument('--repeats', type=int, default=3)
   loading.add_argument('--steps', type=int, default=40)
   loading.add_argument('--code', default=REPO)
-  looping = commands.add_parser('loop')
+  looping = commands.add_parser(
+      'loop', help='the training loop against the bench of its step')
   looping.add_argument('data_dir')
   looping.add_argument('--steps', type=int, default=30)
   args = parser.parse_args()

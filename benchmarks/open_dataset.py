@@ -104,11 +104,13 @@ def measure(data_dirs, repeats: int, drop_caches: bool, code: str) -> None:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   commands = parser.add_subparsers(dest='command', required=True)
-  writing = commands.add_parser('write')
+  writing = commands.add_parser('write', help='a random dataset of '
+                                'SONGS songs of SECONDS each')
   writing.add_argument('out_dir')
   writing.add_argument('--songs', type=int, required=True)
   writing.add_argument('--seconds', type=float, required=True)
-  measuring = commands.add_parser('measure')
+  measuring = commands.add_parser('measure', help='the time to open each '
+                                  'dataset, this code against --code\'s')
   measuring.add_argument('data_dirs', nargs='+')
   measuring.add_argument('--repeats', type=int, default=3)
   measuring.add_argument('--drop-caches', action='store_true')

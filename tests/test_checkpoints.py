@@ -83,6 +83,17 @@ def test_round_trip_keeps_newest_and_best(tmp_path, config):
     run_dir.load(tmp_path, 30)
 
 
+def test_the_moving_average_is_checkpointed_and_is_what_inference_runs(
+    tmp_path, config):
+  config = train_config.changed(config, {'optim.ema_decay': 0.999})
+  states = save_steps(tmp_path, config, {4: 1.0})
+  _, state, _ = run_dir.load(tmp_path, 'latest')
+  assert jax.tree.leaves(state.ema_params)
+  assert_same(state, states[4])
+  model = trained_model.TrainedModel.load(tmp_path)
+  assert_same(model.variables['params'], states[4].ema_params)
+
+
 def test_a_trained_model_loads_with_its_recorded_config(tmp_path, config):
   assert not config.data.normalise_latents  # no dataset needed
   states = save_steps(tmp_path, config, {5: 1.0, 9: 2.0})

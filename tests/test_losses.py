@@ -98,6 +98,11 @@ def test_discriminator_loss_and_accuracies():
   assert float(d_loss) == pytest.approx(expected, rel=1e-6)
   assert float(metrics['d_real_acc']) == 0.75
   assert float(metrics['d_fake_acc']) == 0.75
+  # One-sided label smoothing: real samples' label 0.9, fakes' still 0.
+  smoothed, _ = losses.discriminator_loss(real_logits, fake_logits,
+                                          real_label=0.9)
+  expected += 0.1 * np.mean(np.asarray(real_logits))  # the BCE's label term
+  assert float(smoothed) == pytest.approx(expected, rel=1e-6)
 
 
 def test_rms_is_over_the_whole_tensor():

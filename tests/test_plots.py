@@ -61,7 +61,7 @@ def test_training_curves_draw_each_split(tmp_path):
     records.append({'step': step, 'split': 'train', 'loss': 1.0 / step,
                     'complementarity': 0.75 + step / 1000,
                     'input_mask_mean': 0.5, 'target_mask_mean': 0.49,
-                    'grad_norm': 2.0})
+                    'g_adv': 0.7, 'd_loss': 1.4, 'grad_norm': step / 10})
     if step % 50 == 0:
       records.append({'step': step, 'split': 'val', 'loss': None,
                       'complementarity': 0.8, 'input_mask_mean': 0.5,
@@ -72,7 +72,10 @@ def test_training_curves_draw_each_split(tmp_path):
       ['train loss', 'val loss'],
       ['train complementarity', 'val complementarity'],
       ['train input_mask_mean', 'train target_mask_mean',
-       'val input_mask_mean', 'val target_mask_mean']]
+       'val input_mask_mean', 'val target_mask_mean'],
+      ['train g_adv', 'train d_loss'],
+      ['train grad_norm']]
+  assert figure.axes[4].get_yscale() == 'log'
   np.testing.assert_array_equal(figure.axes[0].lines[0].get_xdata(),
                                 range(10, 110, 10))
   path = tmp_path / 'curves.png'

@@ -5,10 +5,13 @@ import dataclasses
 import json
 import re
 
+import flax.traverse_util
 import jax.numpy as jnp
 import pytest
 
 from configs import creative
+from configs import creative_stable
+from configs import demo
 from jingle_jax.config import run_config
 from jingle_jax.config.fields import field
 from jingle_jax.training import run_dir
@@ -30,6 +33,9 @@ def config():
     ('eval_every_steps', 0, 'config.eval_every_steps must be -1 or'),
     ('data.window_hop', -1, 'config.data.window_hop must not be negative'),
     ('num_frames', 2001, 'num_frames (2001) exceeds config.model.max_len'),
+    ('optim.ema_decay', 1.0, 'config.optim.ema_decay must be below 1.0'),
+    ('loss.disc_label_smoothing', 0.5,
+     'config.loss.disc_label_smoothing must be below 0.5'),
 ])
 def test_fields_are_checked_naming_the_field(config, name, value, message):
   run_config.parse(config)
@@ -40,6 +46,21 @@ def test_fields_are_checked_naming_the_field(config, name, value, message):
   block[last] = value
   with pytest.raises(run_config.ConfigError, match=re.escape(message)):
     run_config.parse(config)
+
+
+def test_the_seed_recipe_has_no_stabiliser_and_the_stable_one_adds_only_them(
+    config):
+  seed = flax.traverse_util.flatten_dict(dataclasses.asdict(
+      run_config.parse(config)), sep='.')
+  stable = flax.traverse_util.flatten_dict(dataclasses.asdict(
+      run_config.parse(creative_stable.get_config())), sep='.')
+  stabilisers = ('optim.ema_decay', 'loss.r1_weight',
+                 'loss.disc_label_smoothing')
+  assert all(seed[name] == 0.0 for name in stabilisers)
+  assert {name for name in seed if seed[name] != stable[name]} == {
+      'optim.ema_decay', 'optim.disc_learning_rate'}
+  assert stable['optim.disc_learning_rate'] < seed['optim.disc_learning_rate']
+  assert run_config.parse(demo.get_config()).optim.ema_decay > 0.0
 
 
 def test_training_needs_data_and_a_workdir(config):
@@ -108,6 +129,9 @@ def test_changes_that_alter_checkpoints_are_told_apart(config, tmp_path):
   assert not run_dir.checkpoint_changes(gan)  # the GAN stays
   gan = {'loss.gan_weight': (0.1, 0.0)}
   assert run_dir.checkpoint_changes(gan) == gan  # the GAN goes
+  ema = {'optim.ema_decay': (0.0, 0.999)}
+  assert run_dir.checkpoint_changes(ema) == ema  # the average comes
+  assert not run_dir.checkpoint_changes({'optim.ema_decay': (0.99, 0.999)})
 
 
 def test_a_field_is_added_in_one_place(monkeypatch, tmp_path):

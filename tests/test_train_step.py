@@ -278,3 +278,61 @@ def test_overfitting_two_pairs_learns_complementary_balanced_masks(
   assert float(start['balance']) > 0.2
   assert float(end['balance']) < 0.02
   assert float(end['loss']) < 0.5 * float(start['loss'])
+
+
+@pytest.fixture(scope='module')
+def stabilised(tiny_config):
+  """The tiny config with every GAN stabiliser on, the discriminator without
+  dropout (so that its examples are independent), and its jitted steps."""
+  config = train_config.changed(tiny_config, {
+      'optim.ema_decay': 0.5, 'loss.r1_weight': 1.0,
+      'loss.disc_label_smoothing': 0.1, 'model.disc_dropout': 0.0})
+  return config, *jitted_steps(config)
+
+
+def test_the_moving_average_follows_each_update_and_is_what_validates(
+    stabilised, tmp_path):
+  config, step, evaluate = stabilised
+  batch = make_batch(config)
+  state = init_state(config)
+  params = [flat(state.params)]
+  jax.tree.map(np.testing.assert_array_equal, flat(state.ema_params),
+               params[0])
+  for seed, rate in ((0, 0.1), (1, 2 / 11)):  # min(0.5, (1 + n) / (10 + n))
+    ema = flat(state.ema_params)
+    state, metrics = step(state, batch, jax.random.key(seed))
+    params.append(flat(state.params))
+    assert float(metrics['skipped']) == 0.0 and float(metrics['r1']) > 0.0
+    for name, value in flat(state.ema_params).items():
+      np.testing.assert_allclose(
+          value, rate * ema[name] + (1 - rate) * params[-1][name],
+          rtol=1e-5, atol=1e-7, err_msg=name)
+  assert any(not np.array_equal(params[-1][name], value)
+             for name, value in flat(state.ema_params).items())
+  # Validation runs the average, not the trained weights.
+  no_average = train_step.TrainState(**{
+      **{name: getattr(state, name) for name in (
+          'step', 'batch_stats', 'opt_state', 'disc_params',
+          'disc_opt_state')}, 'params': state.ema_params})
+  np.testing.assert_array_equal(
+      evaluate(state, batch)['loss'],
+      jitted_steps(train_config.changed(config, {'optim.ema_decay': 0.0})
+                   )[1](no_average, batch)['loss'])
+
+
+def test_r1_penalty_is_the_mean_squared_input_gradient(stabilised):
+  config, _, _ = stabilised
+  state = init_state(config)
+  real = make_batch(config)['target']
+  rng = jax.random.key(0)
+  penalty = jax.jit(functools.partial(train_step.r1_penalty, config=config))(
+      state.disc_params, real, rng)
+
+  def logit(x):  # one example alone
+    return train_step.discriminator_logits(state.disc_params, x[None], rng,
+                                           config)[0]
+
+  grads = jax.vmap(jax.grad(logit))(real)
+  np.testing.assert_allclose(
+      penalty, np.mean(np.sum(np.square(grads), axis=(1, 2))), rtol=1e-5)
+  assert float(penalty) > 0.0

@@ -16,19 +16,20 @@ class ConfigError(ValueError):
   """A config that cannot run; the message names the field."""
 
 
-def field(default, *, minimum=None, per_epoch=False, choices=None,
+def field(default, *, minimum=None, below=None, per_epoch=False, choices=None,
           changes_checkpoints: bool | Callable[[Any, Any], bool] = False,
           recorded_before=_NEW):
   """A config field.
 
-  minimum: the smallest value allowed. per_epoch: -1 is allowed too (the
+  minimum: the smallest value allowed; below: a bound values stay under.
+  per_epoch: -1 is allowed too (the
   value then follows the epochs). choices: the values allowed.
   changes_checkpoints: whether another value gives a workdir's checkpoints
   other shapes or another meaning, or a function (old, new) -> bool saying
   it. recorded_before: the value of runs recorded before the field existed.
   """
   return dataclasses.field(default=default, metadata=dict(
-      minimum=minimum, per_epoch=per_epoch, choices=choices,
+      minimum=minimum, below=below, per_epoch=per_epoch, choices=choices,
       changes_checkpoints=changes_checkpoints,
       recorded_before=recorded_before))
 
@@ -53,6 +54,8 @@ def _value(name, value, kind, meta):
     if minimum == 0:
       raise ConfigError(f'{name} must not be negative, not {value}')
     raise ConfigError(f'{name} must be {allowed} {minimum}, not {value}')
+  if meta['below'] is not None and value >= meta['below']:
+    raise ConfigError(f'{name} must be below {meta["below"]}, not {value}')
   return value
 
 

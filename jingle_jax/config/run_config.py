@@ -28,8 +28,8 @@ _FLAT_DATA_FIELDS = {'data_dir': 'dir', 'normalise_latents':
                      'prefetch_batches': 'prefetch_batches'}
 
 
-def _gan_comes_or_goes(old, new) -> bool:
-  return (old == 0) != (new == 0)  # the discriminator's state comes or goes
+def _comes_or_goes(old, new) -> bool:
+  return (old == 0) != (new == 0)  # a part of the state comes or goes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +48,13 @@ class LossConfig:
   temporal_weight: float = field(5.0, recorded_before=5.0)
   balance_weight: float = field(5.0)  # the 50/50 mask balance term.
   # The adversarial loss; 0 disables the GAN.
-  gan_weight: float = field(0.1, changes_checkpoints=_gan_comes_or_goes)
+  gan_weight: float = field(0.1, changes_checkpoints=_comes_or_goes)
+  # The discriminator's stabilisers (DESIGN.md 4.4a); 0, the seed's, is off.
+  # R1 penalty on real samples: r1_weight / 2 x mean |dD(real)/d real|^2.
+  r1_weight: float = field(0.0, minimum=0.0, recorded_before=0.0)
+  # One-sided label smoothing: D's label for real samples is 1 - this.
+  disc_label_smoothing: float = field(0.0, minimum=0.0, below=0.5,
+                                      recorded_before=0.0)
   # Audio-domain terms (DESIGN.md 4.5a) on the output decoded by EnCodec's
   # frozen decoder inside the step (the dataset needs decoder weights); a
   # weight of 0 keeps the decoder out of the compiled step. The seed run had
@@ -95,6 +101,11 @@ class OptimConfig:
   disc_b1: float = field(0.5, minimum=0.0, recorded_before=0.9)
   disc_b2: float = field(0.999, minimum=0.0, recorded_before=0.999)
   disc_grad_clip_norm: float = field(1.0, minimum=0.0)  # its gradient norm.
+  # Decay of an exponential moving average of the generator's weights
+  # (DESIGN.md 4.4a), which validation, sample, evaluate and arrange use; 0,
+  # the seed's: none, the trained weights themselves.
+  ema_decay: float = field(0.0, minimum=0.0, below=1.0, recorded_before=0.0,
+                           changes_checkpoints=_comes_or_goes)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,7 +49,7 @@ class ValidationMedia:
     """Runs the model on the pairs and logs what it gives at `step`."""
     # pylint: disable-next=g-import-not-at-top
     from jingle_jax.inference import plots
-    out, fault = self.run({'params': state.params,
+    out, fault = self.run({'params': state.inference_params,
                            'batch_stats': state.batch_stats}, self.space,
                           self.batch['input'], self.batch['target'])
     if fault[0] >= 0:

@@ -15,14 +15,18 @@ from jingle_jax.inference import metrics
 
 DPI = 100
 MASK_FIGSIZE = (10.0, 8.0)  # inches: 1000 x 800 pixels at DPI
-CURVES_FIGSIZE = (10.0, 8.0)
+CURVES_FIGSIZE = (10.0, 12.0)
 
-# Panels of the training curves: title -> metric names drawn in it.
+# Panels of the training curves: title -> metric names drawn in it. The
+# adversarial terms and the gradient norm show a GAN that runs away.
 CURVE_PANELS = (
     ('loss', ('loss',)),
     ('complementarity', ('complementarity',)),
     ('mask means', ('input_mask_mean', 'target_mask_mean')),
+    ('adversarial terms', ('g_adv', 'd_loss')),
+    ('gradient norm (before clipping, log scale)', ('grad_norm',)),
 )
+LOG_SCALE_PANELS = ('grad_norm',)
 
 
 def mask_figure(inputs, targets, output, input_mask, target_mask,
@@ -62,7 +66,7 @@ def mask_figure(inputs, targets, output, input_mask, target_mask,
 
 
 def training_curves_figure(records) -> Figure:
-  """Loss, complementarity and mask means against the step, per split.
+  """CURVE_PANELS' metrics against the step, per split.
 
   records: the {step, split, metric: value} dicts of metrics.jsonl
   (run_log.RunLog); a value logged as null (not finite) leaves a gap.
@@ -83,6 +87,8 @@ def training_curves_figure(records) -> Figure:
                 marker='o' if len(points) < 20 else None, markersize=3)
     ax.set_title(title, loc='left', fontsize='medium')
     ax.grid(alpha=0.3)
+    if ax.lines and names == LOG_SCALE_PANELS:
+      ax.set_yscale('log')
     if ax.lines:
       ax.legend(fontsize='small')
   axes[-1].set_xlabel('step')

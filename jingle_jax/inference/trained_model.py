@@ -44,7 +44,7 @@ class TrainedModel:
     compile_cache.use(config.compilation_cache)
     if config.data.normalise_latents and dataset is None:
       dataset = latents.LatentDataset(config.data.dir)
-    return cls(config, {'params': state.params,
+    return cls(config, {'params': state.inference_params,
                         'batch_stats': state.batch_stats},
                extras.data_position, extras.updates,
                latent_space.LatentSpace.of(config.data.normalise_latents,

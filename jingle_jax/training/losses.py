@@ -104,9 +104,11 @@ def generator_loss(output, inputs, targets, input_mask, target_mask,
   return loss, metrics
 
 
-def discriminator_loss(real_logits, fake_logits, weights=None):
-  """BCE(real, 1) + BCE(fake, 0); returns (d_loss, metrics with accuracies)."""
-  d_loss = (bce_with_logits(real_logits, 1.0, weights) +
+def discriminator_loss(real_logits, fake_logits, weights=None, *,
+                       real_label=1.0):
+  """BCE(real, real_label) + BCE(fake, 0); returns (d_loss, metrics with
+  accuracies)."""
+  d_loss = (bce_with_logits(real_logits, real_label, weights) +
             bce_with_logits(fake_logits, 0.0, weights))
   return d_loss, {
       'd_loss': d_loss,

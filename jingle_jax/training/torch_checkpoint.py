@@ -197,6 +197,8 @@ def convert(checkpoint, config, source='checkpoint', *, rng=None):
   state, disc_moments = _discriminator(checkpoint, state, config, source)
   # The optimisers' flat arrays follow the stacked parameters' order.
   state = stack_layers(state)
+  if config.optim.ema_decay:  # the average starts at the original's weights
+    state = state.replace(ema_params=state.params)
   tx, disc_tx = optimizers.make_optimizers(optim)
   for name, tx, params, found in (
       ('opt_state', tx, state.params, moments),

@@ -36,6 +36,14 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any  # generator AdamW state
   disc_params: Any  # LatentDiscriminator parameters; {} when gan_weight is 0
   disc_opt_state: Any  # discriminator AdamW state
+  # Moving average of params; {} when optim.ema_decay is 0.
+  ema_params: Any = flax.struct.field(default_factory=dict)
+
+  @property
+  def inference_params(self):
+    """The generator parameters validation and inference run: the moving
+    average when one is kept."""
+    return self.ema_params or self.params
 
 
 def build_discriminator(config) -> LatentDiscriminator | None:
@@ -64,7 +72,17 @@ def create_train_state(config, rng) -> TrainState:
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
       batch_stats=variables['batch_stats'], opt_state=tx.init(params),
-      disc_params=disc_params, disc_opt_state=disc_tx.init(disc_params))
+      disc_params=disc_params, disc_opt_state=disc_tx.init(disc_params),
+      ema_params=params if config.optim.ema_decay else {})
+
+
+def ema_update(ema_params, params, updates_before, decay: float):
+  """The moving average after an update: decay min(decay, (1 + n) / (10 + n))
+  after n earlier updates (tf.train.ExponentialMovingAverage's num_updates
+  rule), so that the average of a short run is not mostly its start."""
+  n = updates_before.astype(jnp.float32)
+  rate = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+  return optax.incremental_update(params, ema_params, 1.0 - rate)
 
 
 def generator_forward(params, batch_stats, batch, rng, config, train=True):
@@ -100,14 +118,29 @@ def real_and_fake_logits(disc_params, batch, output, rng, config, train=True):
   return jnp.split(logits, 2)
 
 
+def r1_penalty(disc_params, real, rng, config):
+  """Mean over real samples [B, T, D] of |dD(x)/dx|^2 (Mescheder et al.
+  2018), D in training mode."""
+  grads = jax.grad(lambda x: jnp.sum(discriminator_logits(
+      disc_params, x, rng, config)))(real.astype(jnp.float32))
+  return jnp.mean(jnp.sum(jnp.square(grads), axis=(1, 2)))
+
+
 def discriminator_update(state: TrainState, batch, output, rng, config):
   """(disc_params, disc_opt_state, metrics) after one AdamW step of D.
 
-  D loss = BCE(D(real), 1) + BCE(D(output), 0), output held constant.
+  D loss = BCE(D(real), 1 - label smoothing) + BCE(D(output), 0), output
+  held constant, + r1_weight / 2 x r1_penalty.
   """
   def loss_fn(disc_params):
-    return losses.discriminator_loss(*real_and_fake_logits(
-        disc_params, batch, output, rng, config))
+    loss, metrics = losses.discriminator_loss(
+        *real_and_fake_logits(disc_params, batch, output, rng, config),
+        real_label=1.0 - config.loss.disc_label_smoothing)
+    if config.loss.r1_weight:
+      metrics['r1'] = r1_penalty(disc_params, real_samples(batch), rng,
+                                 config)
+      loss += 0.5 * config.loss.r1_weight * metrics['r1']
+    return loss, metrics
 
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.disc_params)
@@ -229,9 +262,12 @@ def train_step(state: TrainState, batch, rng, space, decoder=None, *,
 
   def update(state):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    state = state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, updates),
-        batch_stats=batch_stats, opt_state=opt_state)
+    params = optax.apply_updates(state.params, updates)
+    if config.optim.ema_decay:
+      state = state.replace(ema_params=ema_update(
+          state.ema_params, params, state.step, config.optim.ema_decay))
+    state = state.replace(step=state.step + 1, params=params,
+                          batch_stats=batch_stats, opt_state=opt_state)
     if disc is not None:
       state = state.replace(disc_params=disc[0], disc_opt_state=disc[1])
     return state
@@ -254,8 +290,8 @@ def eval_step(state: TrainState, batch, space, decoder=None, *, config):
   optional) leaves out the repeats that fill up a last batch.
   """
   batch, fault = space.prepare(batch)
-  out, _ = generator_forward(state.params, state.batch_stats, batch, None,
-                             config, train=False)
+  out, _ = generator_forward(state.inference_params, state.batch_stats,
+                             batch, None, config, train=False)
   weights = batch.get('weight')
   loss, metrics = losses.validation_loss(
       out.output, batch['input'], batch['target'], out.input_mask,
