@@ -48,8 +48,8 @@ def run(program: str, work, define_flags=None, *, required=(),
 
   `work(flags.FLAGS)` does the work, or `work(flags.FLAGS, arguments)` when
   the program takes_arguments besides flags. A ValueError, OSError or
-  errors.UserError ends the program with 'PROGRAM: error: MESSAGE'. Libraries' INFO
-  logs are shown when logs_info (the training's progress) or --verbosity
+  errors.UserError ends the program with 'PROGRAM: error: MESSAGE'.
+  Libraries' INFO logs are shown when logs_info (the training's progress) or --verbosity
   asks for them. A program that runs_torch starts in TORCH_ENVIRONMENT.
   """
   if runs_torch:

@@ -90,8 +90,9 @@ def test_generator_adversarial_gradient_goes_through_the_updated_discriminator(
                                         gen_rng, tiny_config)[0]
 
   def discriminator_loss(disc_params, fake):
-    real_logits, fake_logits = train_step.real_and_fake_logits(
-        disc_params, batch, fake, disc_rng, tiny_config)
+    real = jnp.roll(batch['target'], 1, axis=0)  # the pair before's target
+    real_logits, fake_logits = jnp.split(train_step.discriminator_logits(
+        disc_params, jnp.concatenate([real, fake]), disc_rng, tiny_config), 2)
     return losses.discriminator_loss(real_logits, fake_logits)[0]
 
   def generator_loss(params, disc_params, adversarial_key):
@@ -323,10 +324,17 @@ def test_the_moving_average_follows_each_update_and_is_what_validates(
 def test_r1_penalty_is_the_mean_squared_input_gradient(stabilised):
   config, _, _ = stabilised
   state = init_state(config)
-  real = make_batch(config)['target']
+  batch = make_batch(config)
+  real, fake = batch['target'], batch['input']
   rng = jax.random.key(0)
-  penalty = jax.jit(functools.partial(train_step.r1_penalty, config=config))(
-      state.disc_params, real, rng)
+
+  @jax.jit
+  def from_one_forward():  # as the step takes it: reals and fakes together
+    logits, logits_vjp = jax.vjp(lambda x: train_step.discriminator_logits(
+        state.disc_params, x, rng, config), jnp.concatenate([real, fake]))
+    return train_step.r1_penalty(logits_vjp, jnp.split(logits, 2)[0])
+
+  penalty = from_one_forward()
 
   def logit(x):  # one example alone
     return train_step.discriminator_logits(state.disc_params, x[None], rng,

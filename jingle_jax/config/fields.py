@@ -22,8 +22,8 @@ def field(default, *, minimum=None, below=None, per_epoch=False, choices=None,
   """A config field.
 
   minimum: the smallest value allowed; below: a bound values stay under.
-  per_epoch: -1 is allowed too (the
-  value then follows the epochs). choices: the values allowed.
+  per_epoch: -1 is allowed too (the value then follows the epochs).
+  choices: the values allowed.
   changes_checkpoints: whether another value gives a workdir's checkpoints
   other shapes or another meaning, or a function (old, new) -> bool saying
   it. recorded_before: the value of runs recorded before the field existed.

@@ -3,10 +3,11 @@
 Any file the installed libsndfile reads (wav, flac, ogg/vorbis, opus, mp3,
 aiff, ...), any channel count (averaged), any rate from 8 to 192 kHz. The
 resampling is torchaudio's band-limited sinc (functional.resample, computed
-here in numpy: reading audio needs no torch) applied block by block, with enough of the neighbouring samples on each side that
-every output sample is computed from exactly the input samples (and zero
-padding at the file's ends) it would see if the whole file were resampled
-at once: there are no seams. The number of 24 kHz samples is
+here in numpy: reading audio needs no torch) applied block by block, with
+enough of the neighbouring samples on each side that every output sample is
+computed from exactly the input samples (and zero padding at the file's
+ends) it would see if the whole file were resampled at once: there are no
+seams. The number of 24 kHz samples is
 ceil(n x 24000 / rate) for n input samples, computed in integers, and known
 only when the stream has been read: nothing computes it beforehand.
 """
@@ -68,10 +69,10 @@ def _half_width(rate_in: int, rate_out: int) -> int:
                    (min(rate_in, rate_out) * ROLLOFF))
 
 
-def sinc_kernel(rate_in: int, rate_out: int) -> tuple[np.ndarray, int]:
+def sinc_kernel(rate_in: int, rate_out: int) -> np.ndarray:
   """torchaudio's sinc_interp_hann filter bank from rate_in to rate_out
   (reduced by their gcd), computed in float32 as its float32 resampling
-  computes it: [rate_out, 2 x width + rate_in] and the half width."""
+  computes it: [rate_out, 2 x _half_width + rate_in]."""
   base = min(rate_in, rate_out) * ROLLOFF
   width = _half_width(rate_in, rate_out)
   index = np.arange(-width, width + rate_in, dtype=np.float32) / np.float32(
@@ -83,7 +84,7 @@ def sinc_kernel(rate_in: int, rate_out: int) -> tuple[np.ndarray, int]:
   t *= np.float32(math.pi)
   with np.errstate(invalid='ignore', divide='ignore'):
     kernel = np.where(t == 0, np.float32(1), np.sin(t) / t)
-  return kernel * (window * np.float32(base / rate_in)), width
+  return kernel * (window * np.float32(base / rate_in))
 
 
 class Resampler:
@@ -105,7 +106,7 @@ class Resampler:
       raise BadAudio(f'sample rate {rate} Hz: resampling it to 24 kHz needs '
                      f'a {filter_values * 4 >> 20} MB filter bank; convert '
                      'the file to a common rate first')
-    self._kernel = sinc_kernel(self._in, self._out)[0].T.copy()
+    self._kernel = sinc_kernel(self._in, self._out).T.copy()
     # Whole input periods (self._in samples) of context on each side, at
     # least the filter's half width.
     self._context = -(-self._width // self._in) * self._in

@@ -17,16 +17,15 @@ DPI = 100
 MASK_FIGSIZE = (10.0, 8.0)  # inches: 1000 x 800 pixels at DPI
 CURVES_FIGSIZE = (10.0, 12.0)
 
-# Panels of the training curves: title -> metric names drawn in it. The
-# adversarial terms and the gradient norm show a GAN that runs away.
+# Panels of the training curves: (title, metric names drawn in it, y scale).
+# The adversarial terms and the gradient norm show a GAN that runs away.
 CURVE_PANELS = (
-    ('loss', ('loss',)),
-    ('complementarity', ('complementarity',)),
-    ('mask means', ('input_mask_mean', 'target_mask_mean')),
-    ('adversarial terms', ('g_adv', 'd_loss')),
-    ('gradient norm (before clipping, log scale)', ('grad_norm',)),
+    ('loss', ('loss',), 'linear'),
+    ('complementarity', ('complementarity',), 'linear'),
+    ('mask means', ('input_mask_mean', 'target_mask_mean'), 'linear'),
+    ('adversarial terms', ('g_adv', 'd_loss'), 'linear'),
+    ('gradient norm (before clipping, log scale)', ('grad_norm',), 'log'),
 )
-LOG_SCALE_PANELS = ('grad_norm',)
 
 
 def mask_figure(inputs, targets, output, input_mask, target_mask,
@@ -74,7 +73,7 @@ def training_curves_figure(records) -> Figure:
   figure = Figure(figsize=CURVES_FIGSIZE, dpi=DPI, layout='constrained')
   axes = figure.subplots(len(CURVE_PANELS), 1, sharex=True)
   splits = sorted({r['split'] for r in records})
-  for ax, (title, names) in zip(axes, CURVE_PANELS):
+  for ax, (title, names, scale) in zip(axes, CURVE_PANELS):
     for split in splits:
       for name in names:
         points = [(r['step'], r[name]) for r in records
@@ -87,9 +86,8 @@ def training_curves_figure(records) -> Figure:
                 marker='o' if len(points) < 20 else None, markersize=3)
     ax.set_title(title, loc='left', fontsize='medium')
     ax.grid(alpha=0.3)
-    if ax.lines and names == LOG_SCALE_PANELS:
-      ax.set_yscale('log')
     if ax.lines:
+      ax.set_yscale(scale)
       ax.legend(fontsize='small')
   axes[-1].set_xlabel('step')
   return figure
