@@ -17,7 +17,7 @@
 #   convert        python -m jingle_jax.convert_torch ARGS (an original .pt)
 #   bench          python -m jingle_jax.bench ARGS (the train step's speed)
 #   bench-torch    python benchmarks/torch_step.py ARGS (the original's step)
-#   demo           demo songs -> precompute -> train -> sample -> evaluate
+#   demo           synth, precompute (ENCODER=torch|jax), train, sample, evaluate
 
 set -euo pipefail
 
@@ -92,8 +92,11 @@ demo() {
     say "WARNING: RANDOM weights; decoded audio will be noise-like, not music"
     weights=(--random-encodec 0)
   fi
+  local encoder=${ENCODER:-torch}
+  say "encoding with EnCodec's $encoder encoder (ENCODER=torch|jax)"
   "$PY" -m jingle_jax.synth --out-dir "$run/audio"
-  "$PY" -m precompute.encode --audio-dir "$run/audio" --out-dir "$run/latents" "${weights[@]}"
+  "$PY" -m precompute.encode --audio-dir "$run/audio" --out-dir "$run/latents" \
+    --encoder "$encoder" "${weights[@]}"
   "$PY" -m jingle_jax.train --config configs/demo.py --workdir "$run/train" \
     --config.data.dir="$run/latents"
   "$PY" -m jingle_jax.sample --wav --workdir "$run/train" --num-samples 2 \

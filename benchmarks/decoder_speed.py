@@ -20,12 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from benchmarks import timing
 from jingle_jax import cli
 from jingle_jax.data import latents
 from jingle_jax.inference import encodec_decoding
 from jingle_jax.models import encodec_decoder
 from precompute import encodec_weights
-from precompute import decoder_weights
+from precompute import jax_weights
+
 
 def define_flags():
   """The command line (defined only when run as a program)."""
@@ -40,22 +42,11 @@ def define_flags():
                     'backward pass.')
 
 
-def median_seconds(run, repeats: int) -> float:
-  """Median wall time of run() over `repeats` calls, after one warm-up."""
-  run()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
 def run(flag_values):
   repeats = flag_values.repeats
   model = encodec_weights.random_model(0).eval()
   encodec_weights.device('cpu')  # precompute's CPU tuning
-  params = jax.device_put(decoder_weights.decoder_params(model))
+  params = jax.device_put(jax_weights.decoder_params(model))
   decoder = encodec_decoder.EncodecDecoder(jnp.dtype(flag_values.dtype),
                                            flag_values.remat)
   forward = jax.jit(decoder.apply)
@@ -71,7 +62,7 @@ def run(flag_values):
     start = time.perf_counter()
     forward.lower({'params': params}, inputs).compile()
     compile_seconds = time.perf_counter() - start
-    rows = [('jax', median_seconds(
+    rows = [('jax', timing.median_seconds(
         lambda: forward({'params': params}, inputs).block_until_ready(),
         repeats))]
     if flag_values.torch:
@@ -81,7 +72,7 @@ def run(flag_values):
         with torch.inference_mode():
           model.decoder(batch)
 
-      rows.append(('pytorch', median_seconds(torch_decode, repeats)))
+      rows.append(('pytorch', timing.median_seconds(torch_decode, repeats)))
     if flag_values.backward:
       def loss(z):
         return jnp.sum(decoder.apply({'params': params}, z) ** 2)
@@ -89,7 +80,7 @@ def run(flag_values):
       gradient = jax.jit(jax.grad(loss))
       compiled = gradient.lower(inputs).compile()
       planned = compiled.memory_analysis()
-      rows.append(('jax fwd+bwd', median_seconds(
+      rows.append(('jax fwd+bwd', timing.median_seconds(
           lambda: gradient(inputs).block_until_ready(), repeats)))
       if planned is not None:
         print(f'  fwd+bwd planned memory: temp '
@@ -97,9 +88,7 @@ def run(flag_values):
               f'{planned.argument_size_in_bytes / 2**30:.2f} GiB')
     print(f'batch {batch_size} x 16 s ({flag_values.dtype}; jax compile '
           f'{compile_seconds:.1f} s):')
-    for name, seconds in rows:
-      print(f'  {name:12s} {seconds:8.3f} s per batch, '
-            f'{audio_seconds / seconds:7.1f}x real time')
+    timing.print_rates(rows, audio_seconds)
 
 
 if __name__ == '__main__':

@@ -11,7 +11,8 @@
 # script"). Most telling first: no new run starts after DEADLINE seconds.
 # FLAGS are added to every run (smaller shapes try the script on a CPU).
 # Writes into $OUT: env.txt, bench.jsonl (one line per bench run),
-# top_ops.txt, train.jsonl, precompute.txt, log.txt and summary.md.
+# top_ops.txt, train.jsonl, precompute.txt, encoder.txt, precompute_jax.txt,
+# log.txt and summary.md.
 set -u
 
 OUT=${OUT:?set OUT to the results folder}
@@ -124,6 +125,17 @@ if ! late precompute; then
     > "$OUT/precompute.txt" 2>&1 || log 'precompute failed: see precompute.txt'
 fi
 
+# 5. EnCodec's encoder in JAX on the GPU, beside PyTorch's, and in precompute.
+if ! late encoder; then
+  log 'encoder: JAX against PyTorch, 16 s chunks'
+  timeout 120 $PY -m benchmarks.encoder_speed --batch-sizes 1,16,64 \
+    > "$OUT/encoder.txt" 2>&1 || log 'encoder_speed failed: see encoder.txt'
+  timeout 150 $PY -m precompute.encode --audio-dir "$WORK/audio" \
+    --out-dir "$WORK/encoded_jax" --random-encodec 0 --encoder jax \
+    > "$OUT/precompute_jax.txt" 2>&1 \
+    || log 'precompute --encoder jax failed: see precompute_jax.txt'
+fi
+
 $PY - "$OUT" <<'PYTHON'
 import json, os, sys
 out = sys.argv[1]
@@ -168,6 +180,7 @@ with open(os.path.join(out, 'summary.md'), 'w') as f:
   f.write('\n'.join(rows) + '\n')
 print('\n'.join(rows))
 PYTHON
-grep -o '[0-9.]*x real time[^,]*' "$OUT/precompute.txt" 2>/dev/null
+grep -o '[0-9.]*x real time[^,]*' "$OUT/precompute.txt" \
+  "$OUT/precompute_jax.txt" "$OUT/encoder.txt" 2>/dev/null
 log done
 rm -rf "$WORK"

@@ -213,7 +213,8 @@ def compile_step(config, *, steps: int, target_audio: bool):
   step_rngs = jax.random.split(jax.random.fold_in(rng, 2), steps + 1)
   step = jax.jit(
       parallel.on_mesh(functools.partial(train_step.train_step,
-                                         config=config), mesh),
+                                         config=config,
+                                         total_steps=steps + 1), mesh),
       in_shardings=(replicated, split, replicated, replicated, replicated),
       out_shardings=(replicated, replicated), donate_argnums=0)
   start = time.perf_counter()

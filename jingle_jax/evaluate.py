@@ -130,6 +130,18 @@ def evaluate_checkpoint(workdir, out_dir, *, which='best', split='val',
   return results
 
 
+def optimiser_facts(optim) -> str:
+  """The optimisers' settings a report names (DESIGN.md 5, 4.4a)."""
+  schedule = optim.lr_schedule
+  if schedule != 'constant':
+    schedule += (f' (warm-up {optim.warmup_steps} updates, to '
+                 f'{optim.final_lr_fraction:g} of the peak)')
+  return (f'AdamW lr {optim.learning_rate:g}, discriminator lr '
+          f'{optim.disc_learning_rate:g}, {schedule} rates, weights '
+          + (f'averaged (EMA {optim.ema_decay:g})' if optim.ema_decay
+             else 'as trained (no average)'))
+
+
 def write_report(out_dir, workdir, model, dataset, pairs, split, results,
                  examples, curves: bool) -> None:
   """OUT_DIR/report.html, and the audio and pictures of its pairs."""
@@ -155,7 +167,9 @@ def write_report(out_dir, workdir, model, dataset, pairs, split, results,
           ('latents', 'normalised' if config.data.normalise_latents else 'raw'),
           ('loss weights', ', '.join(f'{name} {value:g}'
                                      for name, value in weights.items())),
-          ('EnCodec weights', dataset.manifest.encodec_weights)])),
+          ('optimisers', optimiser_facts(config.optim)),
+          ('EnCodec weights', f'{dataset.manifest.encodec_weights} '
+                              f'({dataset.manifest.encoder} encoder)')])),
       ('Every method on every pair', report.table(
           ['Method'] + [heading for _, heading, _ in COLUMNS],
           table_rows(results))),

@@ -9,19 +9,17 @@ latents leave a batch of chunks at a time.
 """
 
 import collections
+import functools
 
 import numpy as np
 import torch
 
 from jingle_jax.data import latents
 from jingle_jax.inference import encodec_decoding
+from jingle_jax.inference import encodec_encoding
 from jingle_jax.inference import wav_files
 
 CHUNK_FRAMES = encodec_decoding.CHUNK_FRAMES  # 16 s, as the JAX decoder's
-# The encoder's last convolution (kernel 7) pads 6 frames by reflection: a
-# chunk shorter than 7 frames reflects its own end, so zeros after it would
-# change its first frames; from 7 frames on they change nothing.
-PADDED_FRAMES = 7
 
 
 def _run_batched(module, chunks, *, device, batch_size):
@@ -42,37 +40,20 @@ def _run_batched(module, chunks, *, device, batch_size):
 
 
 def encode(model, blocks, *, device, batch_size: int):
-  """Latents [frames, 128] float32 of one song's mono 24 kHz float32 audio.
+  """encodec_encoding.stream by EnCodec's PyTorch encoder: latents
+  [frames, 128] float32 of one song's mono 24 kHz float32 audio `blocks`.
 
-  `blocks` (any sizes) are the song in order; the latents are yielded in
-  order, batch_size chunks at a time. n samples give n // 320 frames (75 per
-  second): the samples after the last whole frame are dropped.
-
-  Encoder calls take [1 to batch_size, 1, 16 s]: the last chunk is padded
-  with zeros (EnCodec is causal, so its frames come out the same). The
-  convolutions keep a plan per input shape, and a shape per song made
-  memory grow song after song. Only a last chunk of under PADDED_FRAMES
-  frames is encoded as it is.
+  Its calls take [1 to batch_size, 1, 16 s]: the convolutions keep a plan
+  per input shape, and a shape per song made memory grow song after song.
   """
-  chunk = CHUNK_FRAMES * latents.HOP
-  pending = np.zeros(0, np.float32)
-  for block in blocks:
-    pending = np.concatenate([pending, block])
-    while len(pending) >= batch_size * chunk:
-      yield _encode_chunks(model, pending[:batch_size * chunk], chunk, device)
-      pending = pending[batch_size * chunk:]
-  frames = len(pending) // latents.HOP
-  if frames:
-    samples = frames * latents.HOP
-    yield _encode_chunks(model, pending[:samples],
-                         chunk if frames >= PADDED_FRAMES else samples,
-                         device)[:frames]
+  return encodec_encoding.stream(
+      functools.partial(_encode_chunks, model, device=device), blocks,
+      batch_size=batch_size)
 
 
-def _encode_chunks(model, samples, chunk: int, device) -> np.ndarray:
+def _encode_chunks(model, samples, chunk: int, *, device) -> np.ndarray:
   """model.encoder over `samples` cut into chunks, the last zero-padded."""
-  batch = np.zeros((-(-len(samples) // chunk), 1, chunk), np.float32)
-  batch.reshape(-1)[:len(samples)] = samples
+  batch = encodec_encoding.chunk_batch(samples, chunk)[:, None]
   with torch.inference_mode():
     outputs = model.encoder(torch.from_numpy(batch).to(device)).cpu().numpy()
   if outputs.shape[2] != chunk // latents.HOP:

@@ -2,6 +2,7 @@
 
   python -m precompute.encode --audio-dir A --out-dir L \
       [--encodec-checkpoint PATH | --random-encodec SEED] \
+      [--encoder torch|jax [--encoder-weights W]] \
       [--device auto|cpu|cuda] [--val-fraction 0.1] [--seed 42] \
       [--min-seconds 32] [--dtype float16|float32] [--batch-size N] \
       [--keep-audio] [--num-workers K --worker-index I]
@@ -11,7 +12,12 @@ Finds the audio files below A: every format the installed libsndfile reads
 which are reported as unreadable. Each file is read once, streamed in
 bounded memory whatever its length through channel averaging, resampling to
 24 kHz (band-limited sinc) and the EnCodec encoder into [frames, 128]
-latents at 75 frames per second. A file that cannot be used (unreadable,
+latents at 75 frames per second. The encoder is PyTorch's by default (the
+reference), or with --encoder jax its port to JAX on this host's
+accelerators: EnCodec's weights converted once (torch), kept as
+L/encodec_jax.msgpack, and given back with --encoder-weights, which then
+encodes without torch. The manifest records the encoder; a dataset holds
+songs of one encoder only. A file that cannot be used (unreadable,
 empty, silent, shorter than --min-seconds, a rate outside 8-192 kHz, or any
 failure while it is encoded) is skipped and reported with its reason, and
 the run goes on. Songs, not pairs, are split into train and val, by the
@@ -44,6 +50,7 @@ import time
 
 from absl import flags
 from absl import logging
+import jax
 import numpy as np
 import tqdm
 
@@ -53,12 +60,44 @@ from jingle_jax.data import audio
 from jingle_jax.data import latent_writer
 from jingle_jax.data import latents
 from jingle_jax.data import manifest
-from precompute import codec
-from precompute import decoder_weights
-from precompute import encodec_weights
+from jingle_jax.inference import encodec_decoding
+from jingle_jax.inference import encodec_encoding
 
 # The default shortest song: one pair, an input clip and its target, of 16 s.
-MIN_SECONDS = 2 * codec.CHUNK_FRAMES / latents.FRAME_RATE
+MIN_SECONDS = 2 * encodec_decoding.CHUNK_FRAMES / latents.FRAME_RATE
+
+
+class TorchEncoder:
+  """EnCodec's PyTorch encoder (the reference); its decoder's converted
+  weights are the dataset's."""
+  name = 'torch'
+
+  def __init__(self, model, device, batch_size: int = 1):
+    self.model, self.device, self.batch_size = model, device, batch_size
+
+  def encode(self, blocks):
+    from precompute import codec  # pylint: disable=import-outside-toplevel
+    return codec.encode(self.model, blocks, device=self.device,
+                        batch_size=self.batch_size)
+
+  def write_decoder(self, out_dir, weights: str) -> str:
+    from precompute import jax_weights  # pylint: disable=import-outside-toplevel
+    return jax_weights.export(out_dir, self.model, weights)
+
+
+class JaxEncoder:
+  """EnCodec's encoder in JAX with converted weights (encodec_encoding's
+  file): no torch."""
+  name = 'jax'
+
+  def __init__(self, converted: dict, batch_size: int = 1):
+    self.encode = encodec_encoding.JaxEncoder(converted['encoder'],
+                                              batch_size).encode
+    self._decoder = converted['decoder']
+
+  def write_decoder(self, out_dir, weights: str) -> str:
+    encodec_decoding.write(out_dir, self._decoder, weights)
+    return encodec_decoding.DECODER_FILE
 
 
 def find_audio(audio_dir) -> list[str]:
@@ -103,8 +142,8 @@ def _reported(blocks):
                          ) from e
 
 
-def encode_song(writer, path, source, identifier, status, *, model, device,
-                batch_size: int) -> dict:
+def encode_song(writer, path, source, identifier, status, *,
+                encoder) -> dict:
   """Streams one file (its fingerprint `status`) into the dataset; returns
   its record {id, source, duration, frames}. BadAudio when the file cannot
   be used; a failure to write stops the run."""
@@ -114,8 +153,7 @@ def encode_song(writer, path, source, identifier, status, *, model, device,
     raise audio.BadAudio(f'unreadable: {e}') from None
   with writer.song(identifier, source, status) as song:
     blocks = _kept(stream, song) if writer.keeps_audio else stream
-    for block in _reported(codec.encode(model, blocks, device=device,
-                                        batch_size=batch_size)):
+    for block in _reported(encoder.encode(blocks)):
       song.append(block)
     if stream.samples < latents.HOP:
       raise audio.BadAudio('shorter than one latent frame')
@@ -239,11 +277,12 @@ class _Parts:
     return failures
 
 
-def encode_dataset(audio_dir, out_dir, model, weights: str, *, device,
+def encode_dataset(audio_dir, out_dir, encoder, weights: str, *,
                    val_fraction=0.1, seed=42, dtype='float16',
-                   min_seconds=MIN_SECONDS, batch_size=1,
-                   keep_audio=False, num_workers=1, worker_index=0):
-  """Encodes the songs of `audio_dir` into the dataset `out_dir`; returns
+                   min_seconds=MIN_SECONDS, keep_audio=False, num_workers=1,
+                   worker_index=0):
+  """Encodes the songs of `audio_dir` into the dataset `out_dir` with
+  `encoder` (a TorchEncoder or JaxEncoder) of EnCodec's `weights`; returns
   its manifest.
 
   With num_workers K > 1, encodes the share of worker `worker_index` (of
@@ -260,11 +299,19 @@ def encode_dataset(audio_dir, out_dir, model, weights: str, *, device,
     raise ValueError(f'--worker-index {worker_index}: expected 0 to '
                      f'--num-workers {num_workers} - 1')
   started = time.perf_counter()
+  for other, song_file in latent_writer.written_encoders(out_dir).items():
+    if other != encoder.name:
+      raise ValueError(
+          f'--encoder {encoder.name}: {out_dir} holds songs encoded with '
+          f'--encoder {other} ({song_file}); a dataset keeps one encoder: '
+          f'pass --encoder {other}, or use another --out-dir')
   writer = latent_writer.DatasetWriter(out_dir, encodec_weights=weights,
-                                       dtype=dtype, keep_audio=keep_audio)
+                                       dtype=dtype, keep_audio=keep_audio,
+                                       encoder=encoder.name)
+  logging.info('encoding with EnCodec\'s %s encoder',
+               'PyTorch' if encoder.name == 'torch' else 'JAX')
   sources = find_audio(audio_dir)
-  encode = functools.partial(encode_song, model=model, device=device,
-                             batch_size=batch_size)
+  encode = functools.partial(encode_song, encoder=encoder)
   failures, encoded_seconds = {}, 0.0
   if num_workers > 1:
     parts = _Parts(out_dir, num_workers, writer, audio_dir, sources)
@@ -287,7 +334,7 @@ def encode_dataset(audio_dir, out_dir, model, weights: str, *, device,
   if not songs:
     raise ValueError(f'--audio-dir {audio_dir}: no usable audio files')
   assign_splits(songs, val_fraction, seed)
-  decoder = decoder_weights.export(out_dir, model, weights)
+  decoder = encoder.write_decoder(out_dir, weights)
   written = writer.finish(songs, skipped, min_seconds=min_seconds,
                           decoder=decoder)
   elapsed = time.perf_counter() - started
@@ -311,9 +358,17 @@ def define_flags():
   flags.DEFINE_float('min-seconds', MIN_SECONDS,
                      'Shortest song kept, in seconds (default: one pair of '
                      '16 s clips).')
+  flags.DEFINE_enum('encoder', 'torch', manifest.ENCODERS,
+                    'EnCodec\'s encoder: PyTorch\'s (the reference) or its '
+                    'port to JAX, on this host\'s accelerators.')
+  flags.DEFINE_string('encoder-weights', None, 'With --encoder jax: a '
+                      'converted weights file (' + encodec_encoding.WEIGHTS_FILE + ' of a dataset '
+                      'encoded before), which encodes without torch; default: '
+                      'EnCodec\'s weights converted now and kept as '
+                      '--out-dir/' + encodec_encoding.WEIGHTS_FILE + '.')
   flags.DEFINE_integer('batch-size', None, lower_bound=1, help=(
-      '16 s chunks per EnCodec call; default: 1 on the CPU (faster and '
-      'leaner there than more), 4 on a GPU.'))
+      '16 s chunks per encoder call; default: 1 on the CPU (faster and '
+      'leaner there than more), 4 per GPU or TPU.'))
   flags.DEFINE_bool('keep-audio', False, 'Also keep each song\'s 24 kHz mono '
                     'audio (float16, 173 MB per hour) for audio-domain loss '
                     'terms against the real target waveform.')
@@ -325,18 +380,55 @@ def define_flags():
                        'songs, 0 to --num-workers - 1.', lower_bound=0)
 
 
-def run(flag_values):
+def _torch_model(flag_values):
+  """EnCodec's PyTorch model of the flags, on its device, and its weights'
+  identity."""
+  from precompute import encodec_weights  # pylint: disable=import-outside-toplevel
   model, weights = encodec_weights.load(
       flag_values['encodec-checkpoint'].value,
       flag_values['random-encodec'].value)
   device = encodec_weights.device(flag_values.device)
+  return model.to(device), weights, device
+
+
+def _jax_encoder(flag_values, batch_size):
+  """(JaxEncoder, weights' identity) of the flags: the converted file
+  given, or EnCodec's weights converted now and kept in the dataset."""
+  path = flag_values['encoder-weights'].value
+  if path is None:
+    from precompute import jax_weights  # pylint: disable=import-outside-toplevel
+    model, weights, _ = _torch_model(flag_values)
+    path = os.path.join(flag_values['out-dir'].value,
+                        encodec_encoding.WEIGHTS_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    jax_weights.write_converted(path, model, weights)
+    logging.info('EnCodec\'s weights converted for JAX: %s (pass it as '
+                 '--encoder-weights to encode without torch)', path)
+  elif (flag_values['encodec-checkpoint'].value is not None or
+        flag_values['random-encodec'].value is not None):
+    raise ValueError('--encoder-weights holds EnCodec\'s weights already: '
+                     'drop --encodec-checkpoint and --random-encodec')
+  converted = encodec_encoding.read_weights(path)
+  return (JaxEncoder(converted, batch_size or (
+      1 if jax.default_backend() == 'cpu' else 4 * jax.local_device_count())),
+          converted['encodec_weights'])
+
+
+def run(flag_values):
+  batch_size = flag_values['batch-size'].value
+  if flag_values.encoder == 'jax':
+    encoder, weights = _jax_encoder(flag_values, batch_size)
+  else:
+    if flag_values['encoder-weights'].value is not None:
+      raise ValueError('--encoder-weights: only --encoder jax takes it')
+    model, weights, device = _torch_model(flag_values)
+    encoder = TorchEncoder(model, device, batch_size or (
+        4 if device.type == 'cuda' else 1))
   encode_dataset(flag_values['audio-dir'].value,
-                 flag_values['out-dir'].value, model.to(device), weights,
-                 device=device, val_fraction=flag_values['val-fraction'].value,
+                 flag_values['out-dir'].value, encoder, weights,
+                 val_fraction=flag_values['val-fraction'].value,
                  seed=flag_values.seed, dtype=flag_values.dtype,
                  min_seconds=flag_values['min-seconds'].value,
-                 batch_size=flag_values['batch-size'].value or (
-                     4 if device.type == 'cuda' else 1),
                  keep_audio=flag_values['keep-audio'].value,
                  num_workers=flag_values['num-workers'].value,
                  worker_index=flag_values['worker-index'].value)

@@ -7,7 +7,7 @@ writes L/decoder.msgpack (jingle_jax.inference.encodec_decoding) for a latent
 dataset encoded before precompute.encode wrote it, and records it in the
 manifest. The weights are the ones the manifest records, as
 precompute.torch_decode takes them; other weights are refused (the
-conversion: precompute/decoder_weights.py).
+conversion: precompute/jax_weights.py).
 """
 
 import dataclasses
@@ -16,7 +16,7 @@ import os
 from absl import flags
 from jingle_jax import cli
 from jingle_jax.data import latents
-from precompute import decoder_weights
+from precompute import jax_weights
 from precompute import encodec_weights
 
 
@@ -32,7 +32,7 @@ def run(flag_values):
       dataset, flag_values['encodec-checkpoint'].value,
       flag_values['random-encodec'].value)
   directory = os.path.dirname(dataset.manifest_path)
-  name = decoder_weights.export(directory, model,
+  name = jax_weights.export(directory, model,
                                 dataset.manifest.encodec_weights)
   dataclasses.replace(dataset.manifest, decoder=name).write(
       dataset.manifest_path)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from jingle_jax.data import latents
+from jingle_jax.inference import encodec_encoding
 from precompute import codec
 from precompute import encodec_weights
 
@@ -20,6 +21,7 @@ def model():
 @pytest.fixture
 def short_chunks(monkeypatch):
   monkeypatch.setattr(codec, 'CHUNK_FRAMES', CHUNK)
+  monkeypatch.setattr(encodec_encoding, 'CHUNK_SAMPLES', CHUNK * latents.HOP)
 
 
 def test_encode_streams_a_song_as_independent_chunks(model, short_chunks):
@@ -47,7 +49,7 @@ def test_encode_streams_a_song_as_independent_chunks(model, short_chunks):
   assert not list(codec.encode(model, [song[:latents.HOP - 1]], device='cpu',
                                batch_size=4))
   # A last chunk too short to be padded is encoded as it is.
-  for frames in (codec.PADDED_FRAMES - 1, codec.PADDED_FRAMES):
+  for frames in (encodec_encoding.PADDED_FRAMES - 1, encodec_encoding.PADDED_FRAMES):
     tail = song[:frames * latents.HOP]
     with torch.inference_mode():
       alone = model.encoder(torch.from_numpy(tail)[None, None])[0].T

@@ -14,7 +14,7 @@ from jingle_jax.data import latents
 from jingle_jax.inference import encodec_decoding
 from jingle_jax.inference import wav_files
 from precompute import codec
-from precompute import decoder_weights
+from precompute import jax_weights
 from precompute import encodec_weights
 import latent_data
 
@@ -46,7 +46,7 @@ def clip_files(tmp_path):
 
 def test_both_clis_decode_files_and_songs_to_the_same_wavs(
     tmp_path, clip_files):
-  decoder_weights.export(tmp_path / 'latents', encodec_weights.random_model(0),
+  jax_weights.export(tmp_path / 'latents', encodec_weights.random_model(0),
                         'random:0')
   write_dataset(tmp_path / 'latents', 'random:0',
                 decoder=encodec_decoding.DECODER_FILE)

@@ -20,6 +20,7 @@ from jingle_jax.inference import encodec_decoding
 from precompute import codec
 from precompute import encode
 from precompute import encodec_weights
+from precompute import jax_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = {'val_fraction': 0.34, 'seed': 0}
@@ -71,8 +72,8 @@ def model():
 def dataset_dir(audio_dir, model, tmp_path_factory):
   """The folder encoded with random EnCodec weights."""
   path = tmp_path_factory.mktemp('latents')
-  encode.encode_dataset(audio_dir, path, model, 'random:0', device='cpu',
-                        **SETTINGS)
+  encode.encode_dataset(audio_dir, path, encode.TorchEncoder(model, 'cpu'),
+                        'random:0', **SETTINGS)
   return path
 
 
@@ -121,6 +122,50 @@ def test_round_trip_at_75_frames_per_second_split_by_song(dataset_dir):
                                                                     512)
 
 
+def test_jax_encoder_gives_pytorchs_dataset(model, tmp_path):
+  """The same songs, frames, split and decoder; every latent within 1e-4
+  (relative, stored as float32); the manifest names the encoder, a dataset
+  keeps one, and a rerun resumes."""
+  audio_dir = tmp_path / 'audio'
+  os.makedirs(audio_dir)
+  for index, rate in enumerate((44_100, 48_000, 22_050)):
+    soundfile.write(audio_dir / f'song_{rate}.flac',
+                    synth.render_song(6, index, 4.0 + index / 3, rate), rate)
+  settings = dict(SETTINGS, dtype='float32', min_seconds=1.0)
+  converted = {'encoder': jax_weights.encoder_params(model),
+               'decoder': jax_weights.decoder_params(model)}
+  made = {name: encode.encode_dataset(audio_dir, tmp_path / name, encoder,
+                                      'random:0', **settings)
+          for name, encoder in (('torch', encode.TorchEncoder(model, 'cpu')),
+                                ('jax', encode.JaxEncoder(converted)))}
+  assert [made[name].encoder for name in made] == ['torch', 'jax']
+  songs = {name: [(s.id, s.split, s.frames) for s in manifest.songs]
+           for name, manifest in made.items()}
+  assert songs['jax'] == songs['torch'] and len(songs['jax']) == 3
+  for song in made['torch'].songs:
+    expected, actual = (np.load(tmp_path / name / song.shard)
+                        for name in ('torch', 'jax'))
+    assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(
+        np.abs(expected)), song.id
+  assert ((tmp_path / 'jax/decoder.msgpack').read_bytes() ==
+          (tmp_path / 'torch/decoder.msgpack').read_bytes())
+  with pytest.raises(ValueError, match=(
+      '--encoder torch: .*jax holds songs encoded with --encoder jax .*'
+      'pass --encoder jax, or use another --out-dir')):
+    encode.encode_dataset(audio_dir, tmp_path / 'jax',
+                          encode.TorchEncoder(model, 'cpu'), 'random:0',
+                          **settings)
+  assert latents.LatentDataset(tmp_path / 'jax').manifest == made['jax']
+  # A rerun with the same encoder reuses every song.
+  shards = {song.shard: os.stat(tmp_path / 'jax' / song.shard).st_mtime_ns
+            for song in made['jax'].songs}
+  assert encode.encode_dataset(audio_dir, tmp_path / 'jax',
+                               encode.JaxEncoder(converted), 'random:0',
+                               **settings) == made['jax']
+  assert shards == {shard: os.stat(tmp_path / 'jax' / shard).st_mtime_ns
+                    for shard in shards}
+
+
 def whole_file_24khz(path):
   """The reference path: the whole file read, channels averaged, resampled
   at once."""
@@ -147,7 +192,7 @@ def test_streaming_equals_the_whole_file_path(audio_dir, dataset_dir, model,
     np.testing.assert_allclose(stored, expected, rtol=2**-10, atol=1e-6)
     # EnCodec is causal: a clip's first second encodes alike alone.
     for clip in (0, 1):
-      start = clip * codec.CHUNK_FRAMES
+      start = clip * encodec_decoding.CHUNK_FRAMES
       second = torch.from_numpy(whole[start * latents.HOP:][:24_000])
       with torch.inference_mode():
         alone = model.encoder(second[None, None])[0].T.numpy()
@@ -194,8 +239,9 @@ def formats_dir(tmp_path_factory):
 
 def test_formats_channel_counts_and_short_songs(formats_dir, model, tmp_path,
                                                 caplog):
-  manifest = encode.encode_dataset(formats_dir, tmp_path, model, 'random:0',
-                                   device='cpu', min_seconds=2.0, **SETTINGS)
+  manifest = encode.encode_dataset(
+      formats_dir, tmp_path, encode.TorchEncoder(model, 'cpu'), 'random:0',
+      min_seconds=2.0, **SETTINGS)
   assert manifest.skipped == () and manifest.min_seconds == 2.0
   songs = {s.source: s for s in manifest.songs}
   assert sorted(songs) == ['cut_44k.wav', 'mean_of_5.1.wav',
@@ -243,9 +289,9 @@ def random_encodec():
 
 
 def run(audio_dir, out_dir, **settings):
-  return encode.encode_dataset(audio_dir, out_dir, random_encodec(),
-                               'random:0', device='cpu', **SETTINGS,
-                               **settings)
+  return encode.encode_dataset(
+      audio_dir, out_dir, encode.TorchEncoder(random_encodec(), 'cpu'),
+      'random:0', **SETTINGS, **settings)
 
 
 def test_a_song_failing_midway_is_reported_and_the_others_kept(

@@ -14,9 +14,10 @@ from jingle_jax.data import latent_space
 from jingle_jax.data import latents
 from jingle_jax.inference import encodec_decoding
 from jingle_jax.models import encodec_decoder
+from jingle_jax.models import seanet
 from precompute import codec
 from precompute import encodec_weights
-from precompute import decoder_weights
+from precompute import jax_weights
 import latent_data
 
 
@@ -24,7 +25,7 @@ import latent_data
 def encodec():
   """Seeded random EnCodec weights and their JAX decoder parameters."""
   model = encodec_weights.random_model(0)
-  return model, decoder_weights.decoder_params(model)
+  return model, jax_weights.decoder_params(model)
 
 
 def random_latents(seed, *shape):
@@ -70,7 +71,7 @@ def test_each_block_matches_pytorch(encodec):
     assert_close(np.asarray(x), torch_x.transpose(1, 2).numpy(), 1e-5)
     return x, torch_x
 
-  x, torch_x = check(encodec_decoder.CausalConv(512, 7), params['conv_in'],
+  x, torch_x = check(seanet.CausalConv(512, 7), params['conv_in'],
                      layers[:1], x, torch_x)
   lstm_params = {'lstm_0': params['lstm_0'], 'lstm_1': params['lstm_1']}
 
@@ -78,8 +79,8 @@ def test_each_block_matches_pytorch(encodec):
 
     @encodec_decoder.nn.compact
     def __call__(self, x):
-      y = encodec_decoder.LSTM(512, name='lstm_0')(x)
-      return x + encodec_decoder.LSTM(512, name='lstm_1')(y)
+      y = seanet.LSTM(512, name='lstm_0')(x)
+      return x + seanet.LSTM(512, name='lstm_1')(y)
 
   x, torch_x = check(Recurrent(), lstm_params, layers[1:2], x, torch_x)
   features = 512
@@ -89,7 +90,7 @@ def test_each_block_matches_pytorch(encodec):
                        params[f'stage_{index}'],
                        layers[2 + 3 * index:5 + 3 * index], x, torch_x)
   last = encodec_decoder.nn.Sequential(
-      [encodec_decoder.nn.elu, encodec_decoder.CausalConv(1, 7)])
+      [encodec_decoder.nn.elu, seanet.CausalConv(1, 7)])
   check(last, {'layers_1': params['conv_out']}, layers[-2:], x, torch_x)
 
 
@@ -123,7 +124,7 @@ def test_bfloat16_compute_stays_near_float32(encodec):
 
 
 def dataset_with_decoder(path, weights, model, identity=None):
-  name = decoder_weights.export(path, model, identity or weights)
+  name = jax_weights.export(path, model, identity or weights)
   latent_data.write_dataset(path, {'a': ('train', np.zeros((20, 128)))},
                             weights=weights, decoder=name)
   return latents.LatentDataset(path)

@@ -15,6 +15,7 @@ from jingle_jax import evaluate
 from jingle_jax import train
 from jingle_jax.data import latents
 from jingle_jax.models import baselines
+from jingle_jax.training import run_dir
 from jingle_jax.training import run_log
 import html_page
 import test_sample
@@ -137,6 +138,13 @@ def test_report_plays_every_method_of_the_first_pairs(trained, tmp_path):
   text = ' '.join(page.text)
   assert 'random EnCodec weights (random:0)' in text
   assert 'step 2' in text
+  facts = dict(next(t for t in page.tables if t[0][0] == 'workdir'))
+  config = run_dir.read_config(workdir).optim
+  assert facts['optimisers'] == (
+      f'AdamW lr {config.learning_rate:g}, discriminator lr '
+      f'{config.disc_learning_rate:g}, constant rates, weights as trained '
+      '(no average)')
+  assert facts['EnCodec weights'] == 'random:0 (torch encoder)'
   table = next(t for t in page.tables if t[0][0] == 'Method')
   assert table[1:] == evaluate.table_rows(results)
   assert table[1:] == evaluate.table_rows(

@@ -1,5 +1,6 @@
 """The compiled train and eval steps on a tiny configuration."""
 
+import dataclasses
 import functools
 
 import flax.traverse_util
@@ -9,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from jingle_jax.config import run_config
 from jingle_jax.data import latent_space
 from jingle_jax.data import latents
 from jingle_jax.training import losses
@@ -344,3 +346,53 @@ def test_r1_penalty_is_the_mean_squared_input_gradient(stabilised):
   np.testing.assert_allclose(
       penalty, np.mean(np.sum(np.square(grads), axis=(1, 2))), rtol=1e-5)
   assert float(penalty) > 0.0
+
+
+def test_a_scheduled_learning_rate_scales_the_updates(tiny_config):
+  """optim.lr_schedule 'cosine' (warm-up of 2 updates): the first update is
+  0 x the constant rate's, the second 0.5 x. The discriminator updates
+  first, from the same state, so its updates compare exactly (the
+  generator's then see another discriminator); its moments are the
+  constant rate's."""
+  cosine_config = train_config.changed(tiny_config, {
+      'optim.lr_schedule': 'cosine', 'optim.warmup_steps': 2})
+  space = latent_space.identity(tiny_config.model.latent_dim)
+  steps = {name: jax.jit(functools.partial(
+      train_step.train_step, config=config, total_steps=6))
+           for name, config in (('constant', tiny_config),
+                                ('cosine', cosine_config))}
+  batch = make_batch(tiny_config)
+  state = init_state(tiny_config)
+  for seed, scale in ((0, 0.0), (1, 0.5)):
+    rng = jax.random.key(seed)
+    constant, _ = steps['constant'](state, batch, rng, space)
+    scheduled, metrics = steps['cosine'](state, batch, rng, space)
+    np.testing.assert_allclose(
+        metrics['learning_rate'], scale * tiny_config.optim.learning_rate)
+    before, full, scaled = (flat(s.disc_params)
+                            for s in (state, constant, scheduled))
+    for name, value in before.items():
+      np.testing.assert_allclose(
+          scaled[name] - value, scale * (full[name] - value), rtol=1e-3,
+          atol=1e-7, err_msg=name)  # the rounding of the parameters
+    jax.tree.map(np.testing.assert_array_equal,
+                 flat(scheduled.disc_opt_state), flat(constant.disc_opt_state))
+    if scale == 0.0:
+      jax.tree.map(np.testing.assert_array_equal, flat(scheduled.params),
+                   flat(state.params))
+    assert int(scheduled.step) == int(state.step) + 1
+    state = scheduled
+
+
+def test_a_schedule_needs_the_run_length():
+  o = run_config.Config().optim
+  assert optimizers.learning_rate_scale(o, 3, None) is None
+  cosine = dataclasses.replace(o, lr_schedule='cosine', warmup_steps=2,
+                               final_lr_fraction=0.1)
+  np.testing.assert_allclose(
+      [optimizers.learning_rate_scale(cosine, step, 6)
+       for step in range(8)],
+      [0, 0.5, 1, 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi / 4)), 0.55,
+       0.1 + 0.9 * 0.5 * (1 + np.cos(3 * np.pi / 4)), 0.1, 0.1], rtol=1e-6)
+  with pytest.raises(ValueError, match='needs the run\'s length'):
+    optimizers.learning_rate_scale(cosine, 0, None)

@@ -106,6 +106,14 @@ class OptimConfig:
   # the seed's: none, the trained weights themselves.
   ema_decay: float = field(0.0, minimum=0.0, below=1.0, recorded_before=0.0,
                            changes_checkpoints=_comes_or_goes)
+  # Both learning rates' schedule over the applied updates: 'constant' (the
+  # seed's), or 'cosine': a linear warm-up from 0 over warmup_steps, then a
+  # cosine decay to final_lr_fraction of each rate at the run's last step.
+  lr_schedule: str = field('constant', choices=('constant', 'cosine'),
+                           recorded_before='constant')
+  warmup_steps: int = field(0, minimum=0, recorded_before=0)  # 'cosine'.
+  # 'cosine': the rates at the last step, as a fraction of their peak.
+  final_lr_fraction: float = field(0.0, minimum=0.0, recorded_before=0.0)
 
 
 @dataclasses.dataclass(frozen=True)

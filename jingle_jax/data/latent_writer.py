@@ -15,6 +15,19 @@ from jingle_jax.data import latents
 from jingle_jax.data import manifest
 
 
+def written_encoders(out_dir) -> dict:
+  """{encoder: a song file it wrote} of the songs already in out_dir."""
+  found = {}
+  with contextlib.suppress(FileNotFoundError):
+    for name in sorted(os.listdir(out_dir)):
+      if name.startswith('song-') and name.endswith('.json'):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+          with open(os.path.join(out_dir, name)) as f:
+            settings = json.load(f).get('settings', {})
+          found.setdefault(settings.get('encoder', 'torch'), name)
+  return found
+
+
 class DatasetWriter:
   """Writes song shards, then the manifest; every file atomically.
 
@@ -23,9 +36,10 @@ class DatasetWriter:
   """
 
   def __init__(self, out_dir, *, encodec_weights: str, dtype='float16',
-               bandwidth=6.0, keep_audio=False):
+               bandwidth=6.0, keep_audio=False, encoder='torch'):
     """keep_audio: also write each song's 24 kHz mono audio, float16
     [frames, 320] (the samples of each latent frame) in song-<id>.audio.npy.
+    encoder: which of manifest.ENCODERS encodes the songs.
     """
     if dtype not in manifest.DTYPES:
       raise ValueError(f'dtype {dtype!r} is not one of {manifest.DTYPES}')
@@ -33,6 +47,12 @@ class DatasetWriter:
     self.settings = {'format_version': manifest.FORMAT_VERSION,
                      'encodec_weights': encodec_weights, 'dtype': dtype,
                      'bandwidth': float(bandwidth)}
+    if encoder not in manifest.ENCODERS:
+      raise ValueError(f'encoder {encoder!r} is not one of '
+                       f'{manifest.ENCODERS}')
+    if encoder != 'torch':
+      # Only then a setting: songs written before the choice stay cached.
+      self.settings['encoder'] = encoder
     # (file suffix, row width, dtype) of each array a song has.
     self.arrays = [('.npy', latents.LATENT_DIM, np.dtype(dtype))]
     if keep_audio:
@@ -47,6 +67,10 @@ class DatasetWriter:
     if removed:
       logging.info('%s: removed %d files that killed runs left unfinished',
                    self.out_dir, len(removed))
+
+  @property
+  def encoder(self) -> str:
+    return self.settings.get('encoder', 'torch')
 
   @property
   def keeps_audio(self) -> bool:
@@ -165,7 +189,7 @@ class DatasetWriter:
         mean=tuple(float(x) for x in mean), std=tuple(float(x) for x in std),
         skipped=tuple(manifest.SkippedFile(**file) for file in skipped),
         bandwidth=self.settings['bandwidth'], min_seconds=min_seconds,
-        decoder=decoder)
+        decoder=decoder, encoder=self.encoder)
     written.write(os.path.join(self.out_dir, latents.MANIFEST))
     return written
 

@@ -15,6 +15,9 @@ LATENT_DIM = 128
 MANIFEST = 'manifest.json'
 SPLITS = ('train', 'val')
 DTYPES = ('float16', 'float32')
+# EnCodec's encoders that precompute runs: PyTorch's (the reference), or
+# its port to JAX.
+ENCODERS = ('torch', 'jax')
 _SONG_FIELDS = {'id': str, 'source': str, 'split': str,
                 'duration': (int, float), 'frames': int, 'shard': str,
                 'offset': int}
@@ -65,6 +68,7 @@ class Manifest:
   bandwidth: float | None = None  # recorded; latents are not quantised
   min_seconds: float | None = None  # shorter songs were left out
   decoder: str | None = None  # EnCodec's decoder weights for JAX, or None
+  encoder: str = 'torch'  # which of ENCODERS encoded the songs
 
   def to_json(self) -> dict:
     return {'format_version': FORMAT_VERSION,
@@ -72,7 +76,7 @@ class Manifest:
             'bandwidth': self.bandwidth, 'sample_rate': SAMPLE_RATE,
             'frame_rate': FRAME_RATE, 'latent_dim': LATENT_DIM,
             'dtype': self.dtype, 'min_seconds': self.min_seconds,
-            'decoder': self.decoder,
+            'decoder': self.decoder, 'encoder': self.encoder,
             'songs': [song.to_json() for song in self.songs],
             'mean': list(self.mean), 'std': list(self.std),
             'skipped': [dataclasses.asdict(file) for file in self.skipped]}
@@ -162,6 +166,10 @@ def read(path) -> Manifest:
   if _field(values, 'dtype', str, path) not in DTYPES:
     raise LatentDataError(f'{path}: field \'dtype\' is {values["dtype"]!r}, '
                           f'not one of {DTYPES}')
+  encoder = values.get('encoder', 'torch')  # older manifests: PyTorch's
+  if encoder not in ENCODERS:
+    raise LatentDataError(f'{path}: field \'encoder\' is {encoder!r}, not '
+                          f'one of {ENCODERS}')
   songs = tuple(_song(song, index, path) for index, song in
                 enumerate(_field(values, 'songs', list, path)))
   if len({song.id for song in songs}) != len(songs):
@@ -176,4 +184,4 @@ def read(path) -> Manifest:
       skipped=tuple(_skipped(file, index, path) for index, file in
                     enumerate(_field(values, 'skipped', list, path))),
       bandwidth=values.get('bandwidth'), min_seconds=values.get('min_seconds'),
-      decoder=_file_name(values, 'decoder', path))
+      decoder=_file_name(values, 'decoder', path), encoder=encoder)

@@ -13,51 +13,16 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
+
+from jingle_jax.models import seanet
 
 FIRST_CHANNELS = 512
 LSTM_LAYERS = 2
 KERNEL_SIZE = 7  # first and last convolutions
-RESIDUAL_KERNEL_SIZE = 3
 # Upsampling strides, in order: 8 x 5 x 4 x 2 = 320 samples per frame.
 STRIDES = (8, 5, 4, 2)
 HOP = math.prod(STRIDES)
-
-
-def causal_pad(x, padding: int):
-  """Left reflect padding of [B, T, C], as encodec's pad1d: an input not
-  longer than the padding is first extended with zeros on the right, and
-  they are cut off again afterwards."""
-  extra = max(padding - x.shape[1] + 1, 0)
-  x = jnp.pad(x, ((0, 0), (0, extra), (0, 0)))
-  x = jnp.pad(x, ((0, 0), (padding, 0), (0, 0)), mode='reflect')
-  return x[:, :x.shape[1] - extra]
-
-
-def _kernel_and_bias(module, kernel_shape, dtype):
-  """A conv's kernel [taps, in, out] and bias [out], in the compute dtype."""
-  kernel = module.param('kernel', nn.initializers.lecun_normal(), kernel_shape)
-  bias = module.param('bias', nn.initializers.zeros, kernel_shape[-1:])
-  return kernel.astype(dtype), bias.astype(dtype)
-
-
-class CausalConv(nn.Module):
-  """encodec's SConv1d(causal=True, stride 1): reflect-pad left, convolve."""
-  features: int
-  kernel_size: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    kernel, bias = _kernel_and_bias(
-        self, (self.kernel_size, x.shape[-1], self.features), self.dtype)
-    x = x.astype(self.dtype)
-    if self.kernel_size > 1:
-      x = causal_pad(x, self.kernel_size - 1)
-    y = jax.lax.conv_general_dilated(
-        x, kernel, (1,), 'VALID', dimension_numbers=('NWC', 'WIO', 'NWC'))
-    return y + bias
 
 
 class CausalConvTranspose(nn.Module):
@@ -75,7 +40,7 @@ class CausalConvTranspose(nn.Module):
   @nn.compact
   def __call__(self, x):
     batch, frames, channels = x.shape
-    kernel, bias = _kernel_and_bias(
+    kernel, bias = seanet.kernel_and_bias(
         self, (2 * self.stride, channels, self.features), self.dtype)
     z = jnp.einsum('btc,kco->btko', x.astype(self.dtype), kernel)
     length = frames * self.stride
@@ -84,41 +49,6 @@ class CausalConvTranspose(nn.Module):
     previous = jnp.pad(previous[:, :length - self.stride],
                        ((0, 0), (self.stride, 0), (0, 0)))
     return current + previous + bias
-
-
-class LSTM(nn.Module):
-  """torch.nn.LSTM (gates i, f, g, o; b_ih + b_hh as one bias), one layer,
-  over time as a scan. The input projection of every step is one matmul
-  before the scan; the cell state stays float32."""
-  features: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    gates = 4 * self.features
-    input_kernel = self.param('input_kernel', nn.initializers.lecun_normal(),
-                              (x.shape[-1], gates))
-    recurrent_kernel = self.param('recurrent_kernel',
-                                  nn.initializers.orthogonal(),
-                                  (self.features, gates))
-    bias = self.param('bias', nn.initializers.zeros, (gates,))
-    projected = (x.astype(self.dtype) @ input_kernel.astype(self.dtype)
-                 + bias.astype(self.dtype))
-    recurrent_kernel = recurrent_kernel.astype(self.dtype)
-
-    def step(carry, projected_t):
-      hidden, cell = carry
-      z = (projected_t + hidden @ recurrent_kernel).astype(jnp.float32)
-      i, f, g, o = jnp.split(z, 4, axis=-1)
-      cell = jax.nn.sigmoid(f) * cell + jax.nn.sigmoid(i) * jnp.tanh(g)
-      hidden = (jax.nn.sigmoid(o) * jnp.tanh(cell)).astype(self.dtype)
-      return (hidden, cell), hidden
-
-    batch = x.shape[0]
-    initial = (jnp.zeros((batch, self.features), self.dtype),
-               jnp.zeros((batch, self.features), jnp.float32))
-    _, outputs = jax.lax.scan(step, initial, jnp.swapaxes(projected, 0, 1))
-    return jnp.swapaxes(outputs, 0, 1)
 
 
 class UpsampleStage(nn.Module):
@@ -132,11 +62,7 @@ class UpsampleStage(nn.Module):
   def __call__(self, x):
     x = CausalConvTranspose(self.features, self.stride, self.dtype,
                             name='upsample')(nn.elu(x))
-    hidden = CausalConv(self.features // 2, RESIDUAL_KERNEL_SIZE, self.dtype,
-                        name='residual_conv')(nn.elu(x))
-    hidden = CausalConv(self.features, 1, self.dtype,
-                        name='residual_out')(nn.elu(hidden))
-    return CausalConv(self.features, 1, self.dtype, name='shortcut')(x) + hidden
+    return seanet.residual_block(x, self.dtype)
 
 
 class EncodecDecoder(nn.Module):
@@ -146,16 +72,14 @@ class EncodecDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, latents):
-    x = CausalConv(FIRST_CHANNELS, KERNEL_SIZE, self.dtype,
-                   name='conv_in')(latents)
-    y = x
-    for layer in range(LSTM_LAYERS):
-      y = LSTM(FIRST_CHANNELS, self.dtype, name=f'lstm_{layer}')(y)
-    x = x + y
+    x = seanet.CausalConv(FIRST_CHANNELS, KERNEL_SIZE, dtype=self.dtype,
+                          name='conv_in')(latents)
+    x = seanet.skip_lstm(x, LSTM_LAYERS, self.dtype)
     stage = nn.remat(UpsampleStage) if self.remat else UpsampleStage
     features = FIRST_CHANNELS
     for index, stride in enumerate(STRIDES):
       features //= 2
       x = stage(features, stride, self.dtype, name=f'stage_{index}')(x)
-    x = CausalConv(1, KERNEL_SIZE, self.dtype, name='conv_out')(nn.elu(x))
+    x = seanet.CausalConv(1, KERNEL_SIZE, dtype=self.dtype,
+                          name='conv_out')(nn.elu(x))
     return x[..., 0].astype(jnp.float32)

@@ -55,8 +55,9 @@ class Schedule:
                      config.checkpoint_every_epochs))
 
 
-def compile_steps(config, mesh, rng, space, decoder=None):
-  """(train, evaluate), jitted over the mesh; train donates its state.
+def compile_steps(config, mesh, rng, space, decoder=None, total_steps=None):
+  """(train, evaluate), jitted over the mesh; train donates its state and
+  schedules its learning rates over `total_steps`.
 
   Both take (state, batch, ...) with batches as the dataset stores them;
   `space` (latent_space.LatentSpace) and `decoder`
@@ -71,7 +72,7 @@ def compile_steps(config, mesh, rng, space, decoder=None):
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(rng_data),
                                   position)
     return train_step.train_step(state, batch, step_rng, space, decoder,
-                                 config=config)
+                                 config=config, total_steps=total_steps)
 
   train = jax.jit(parallel.on_mesh(step, mesh),
                   in_shardings=(replicated, split, replicated, replicated,
@@ -224,8 +225,9 @@ class TrainingLoop:
     space = latent_space.LatentSpace.of(
         config.data.normalise_latents, dataset, config.model.latent_dim)
     decoder = encodec_decoding.step_decoder(config.loss, dataset, space)
-    self.train, self.evaluate = compile_steps(config, self.mesh, self.rng,
-                                              space, decoder)
+    self.train, self.evaluate = compile_steps(
+        config, self.mesh, self.rng, space, decoder,
+        total_steps=self.schedule.num_train_steps)
     self.media = media_log.ValidationMedia(config, self.val_pairs, dataset,
                                            space, decoder)
     self.batches = input_pipeline.prefetch_to_devices(

@@ -51,6 +51,29 @@ def make_optimizers(o):
                 clip_norm=o.disc_grad_clip_norm))
 
 
+def learning_rate_scale(o, step, total_steps):
+  """The factor of both learning rates after `step` applied updates of a
+  run of `total_steps` (an OptimConfig `o`'s lr_schedule), or None when
+  they are constant. The updates are scaled by it, as optax scales them by
+  a scheduled rate: AdamW's state does not change."""
+  if o.lr_schedule == 'constant':
+    return None
+  if total_steps is None:
+    raise ValueError(f'optim.lr_schedule {o.lr_schedule!r} needs the run\'s '
+                     'length')
+  return optax.warmup_cosine_decay_schedule(
+      0.0, 1.0, o.warmup_steps, max(total_steps, o.warmup_steps + 1),
+      o.final_lr_fraction)(step)
+
+
+def apply_updates(params, updates, scale=None):
+  """optax.apply_updates, the updates first scaled by learning_rate_scale's
+  factor when there is one."""
+  if scale is not None:
+    updates = jax.tree.map(lambda update: update * scale, updates)
+  return optax.apply_updates(params, updates)
+
+
 def _flat(tree, params) -> jax.Array:
   """The trained leaves of a tree shaped like `params` as one array, in
   optax.flatten's order."""

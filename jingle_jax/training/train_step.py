@@ -129,8 +129,10 @@ def r1_penalty(logits_vjp, real_logits):
   return jnp.mean(jnp.sum(jnp.square(real_grads), axis=(1, 2)))
 
 
-def discriminator_update(state: TrainState, batch, output, rng, config):
-  """(disc_params, disc_opt_state, metrics) after one AdamW step of D.
+def discriminator_update(state: TrainState, batch, output, rng, config,
+                         lr_scale=None):
+  """(disc_params, disc_opt_state, metrics) after one AdamW step of D, its
+  update scaled by the learning-rate schedule's `lr_scale`.
 
   D loss = BCE(D(real), 1 - label smoothing) + BCE(D(output), 0), output
   held constant, + r1_weight / 2 x r1_penalty.
@@ -156,8 +158,8 @@ def discriminator_update(state: TrainState, batch, output, rng, config):
   _, disc_tx = optimizers.make_optimizers(config.optim)
   updates, disc_opt_state = disc_tx.update(grads, state.disc_opt_state,
                                            state.disc_params)
-  return (optax.apply_updates(state.disc_params, updates), disc_opt_state,
-          metrics)
+  return (optimizers.apply_updates(state.disc_params, updates, lr_scale),
+          disc_opt_state, metrics)
 
 
 def decode_latents(decoder, latents, model_config):
@@ -210,7 +212,8 @@ def output_loss(out, fake_logits, batch, config, decoder=None):
   return loss, metrics
 
 
-def gradients(state: TrainState, batch, rng, config, decoder=None):
+def gradients(state: TrainState, batch, rng, config, decoder=None,
+              lr_scale=None):
   """(generator grads, batch_stats, updated discriminator or None, metrics).
 
   The original's order (DESIGN.md 4.4): the generator's forward; the GAN
@@ -227,7 +230,8 @@ def gradients(state: TrainState, batch, rng, config, decoder=None):
   disc, fake_logits, metrics = None, None, {}
   if build_discriminator(config) is not None:
     disc_params, disc_opt_state, metrics = discriminator_update(
-        state, batch, jax.lax.stop_gradient(out.output), disc_rng, config)
+        state, batch, jax.lax.stop_gradient(out.output), disc_rng, config,
+        lr_scale)
     disc = disc_params, disc_opt_state
     fake_logits, adversarial_vjp = jax.vjp(
         lambda fake: discriminator_logits(disc_params, fake, adversarial_rng,
@@ -243,7 +247,7 @@ def gradients(state: TrainState, batch, rng, config, decoder=None):
 
 
 def train_step(state: TrainState, batch, rng, space, decoder=None, *,
-               config):
+               config, total_steps=None):
   """One discriminator and one generator AdamW update, in that order.
 
   batch: {'input', 'target'}: raw latents [B, T, D] as the dataset stores
@@ -251,16 +255,20 @@ def train_step(state: TrainState, batch, rng, space, decoder=None, *,
   and maybe 'target_audio' (audio_loss). A step whose latents hold a fault,
   or whose loss or gradients are not finite, changes nothing (the step
   counter included) and reports skipped = 1; metrics['data_fault'] is the
-  batch's first fault (latent_space).
+  batch's first fault (latent_space). total_steps: the run's length, which
+  a scheduled learning rate (optim.lr_schedule) decays over.
   """
   tx, _ = optimizers.make_optimizers(config.optim)
+  lr_scale = optimizers.learning_rate_scale(config.optim, state.step,
+                                            total_steps)
   batch, fault = space.prepare(batch)
   # Dropout and noise draw from the cheap PRNG: a key costs no kernel.
   grads, batch_stats, disc, metrics = gradients(
-      state, batch, hashed_random.key_from(rng), config, decoder)
+      state, batch, hashed_random.key_from(rng), config, decoder, lr_scale)
   # Before clipping.
   metrics['grad_norm'] = optimizers.flat_norm(grads, state.params)
-  metrics['learning_rate'] = jnp.float32(config.optim.learning_rate)
+  metrics['learning_rate'] = jnp.float32(config.optim.learning_rate) * (
+      1.0 if lr_scale is None else lr_scale)
   finite = (jnp.isfinite(metrics['loss']) &
             jnp.isfinite(metrics['grad_norm']) & (fault[0] < 0))
   if disc is not None:
@@ -269,7 +277,7 @@ def train_step(state: TrainState, batch, rng, space, decoder=None, *,
 
   def update(state):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = optimizers.apply_updates(state.params, updates, lr_scale)
     if config.optim.ema_decay:
       state = state.replace(ema_params=ema_update(
           state.ema_params, params, state.step, config.optim.ema_decay))
