@@ -15,7 +15,10 @@ OUT.target.wav) and the output beside the masks.
 A run without a latent dataset (a converted checkpoint) encodes with the
 weights given, the pretrained EnCodec by default, unchecked.
 
-EnCodec's encoder runs in PyTorch (precompute/), imported when arranging
+EnCodec runs as the dataset was encoded: a dataset of precompute.encode
+--encoder jax is arranged by EnCodec's encoder and decoder in JAX, with the
+converted weights it keeps (LATENTS/encodec_jax.msgpack), and torch is
+never loaded; otherwise by PyTorch's (precompute/), imported when arranging
 only, so that importing jingle_jax never loads torch.
 """
 
@@ -28,9 +31,12 @@ import numpy as np
 from jingle_jax import cli
 from jingle_jax.data import audio
 from jingle_jax.data import latents
+from jingle_jax.inference import encodec_decoding
+from jingle_jax.inference import encodec_encoding
 from jingle_jax.inference import report
 from jingle_jax.inference import samples
 from jingle_jax.inference import trained_model
+from jingle_jax.inference import wav_files
 from jingle_jax.training import run_dir
 
 
@@ -62,14 +68,61 @@ def encodec_model(dataset, checkpoint, random_seed):
           dataset.manifest.encodec_weights)
 
 
+class _JaxCodec:
+  """EnCodec's encoder and decoder in JAX, with the converted weights a
+  dataset encoded by them keeps."""
+
+  def __init__(self, dataset, checkpoint, random_seed):
+    if checkpoint is not None or random_seed is not None:
+      raise ValueError(f'{dataset.manifest_path} was encoded by EnCodec\'s '
+                       'JAX encoder with the weights it keeps: drop '
+                       '--encodec-checkpoint and --random-encodec')
+    path = os.path.join(os.path.dirname(dataset.manifest_path),
+                        encodec_encoding.WEIGHTS_FILE)
+    converted = encodec_encoding.read_weights(path)
+    if converted['encodec_weights'] != dataset.manifest.encodec_weights:
+      raise ValueError(f'{path} holds EnCodec weights '
+                       f'{converted["encodec_weights"]}, the dataset\'s are '
+                       f'{dataset.manifest.encodec_weights}')
+    self.weights = converted['encodec_weights']
+    self._encoder = encodec_encoding.JaxEncoder(converted['encoder'])
+    self._decoder = converted['decoder']
+
+  def encode(self, clip):
+    return np.concatenate(list(self._encoder.encode([clip])))
+
+  def decode(self, latent_clip):
+    return encodec_decoding.decode_clips(self._decoder, [latent_clip])[0]
+
+
+class _TorchCodec:
+  """EnCodec's PyTorch encoder and decoder (the reference)."""
+
+  def __init__(self, dataset, checkpoint, random_seed, device, batch_size):
+    # pylint: disable=g-import-not-at-top
+    from precompute import codec
+    from precompute import encodec_weights
+    self._codec, self.batch_size = codec, batch_size
+    self._model, self.weights = encodec_model(dataset, checkpoint,
+                                              random_seed)
+    self._device = encodec_weights.device(device)
+    self._model.to(self._device)
+
+  def encode(self, clip):
+    return np.concatenate(list(self._codec.encode(
+        self._model, [clip], device=self._device,
+        batch_size=self.batch_size)))
+
+  def decode(self, latent_clip):
+    return self._codec.decode(self._model, [latent_clip], device=self._device,
+                              batch_size=self.batch_size)[0]
+
+
 def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
             target_start=0.0, which='best', data_dir=None, checkpoint=None,
             random_seed=None, device='auto', batch_size=4) -> int:
   """Writes out_path (.wav), its .png and .html and the two clips'
   .input.wav and .target.wav; returns the checkpoint's step."""
-  # pylint: disable=g-import-not-at-top
-  from precompute import codec
-  from precompute import encodec_weights
   stem, suffix = os.path.splitext(out_path)
   if suffix.lower() != '.wav':
     raise ValueError(f'--out {out_path}: expected a .wav file name')
@@ -79,34 +132,30 @@ def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
            read_clip(target_path, '--target', target_start, seconds)]
   data_dir = data_dir or config.data.dir
   dataset = latents.LatentDataset(data_dir) if data_dir else None
-  model, weights = encodec_model(dataset, checkpoint, random_seed)
-  torch_device = encodec_weights.device(device)
-  model.to(torch_device)
-  raw_input, raw_target = (
-      np.concatenate(list(codec.encode(model, [clip], device=torch_device,
-                                       batch_size=batch_size)))
-      for clip in clips)
+  if dataset is not None and dataset.manifest.encoder == 'jax':
+    codec = _JaxCodec(dataset, checkpoint, random_seed)
+  else:
+    codec = _TorchCodec(dataset, checkpoint, random_seed, device, batch_size)
+  raw_input, raw_target = (codec.encode(clip) for clip in clips)
   trained = trained_model.TrainedModel.load(workdir, which, dataset=dataset)
   arrays = trained.run_pair(raw_input, raw_target)
-  codec.decode_to_wavs(
-      model, [(os.path.basename(stem),
-               np.asarray(trained.space.denormalise(arrays['output'])))],
-      os.path.dirname(os.path.abspath(out_path)), device=torch_device,
-      batch_size=batch_size)
+  wav_files.write_wavs([(os.path.basename(stem), codec.decode(
+      np.asarray(trained.space.denormalise(arrays['output']))))],
+                       os.path.dirname(os.path.abspath(out_path)))
   title = f'{os.path.basename(input_path)} + {os.path.basename(target_path)}'
   samples.save_mask_picture(arrays, stem + '.png', title)
   name = os.path.basename(stem)
   for part, clip in zip(('input', 'target'), clips):
     report.write_audio(f'{stem}.{part}.wav', clip)
   report.write_page(stem + '.html', f'Jingle-JAX arrangement: {title}', [
-      (None, report.encodec_weights_note(weights)),
+      (None, report.encodec_weights_note(codec.weights)),
       ('The clips', report.facts([
           ('input', f'{input_path}, from {input_start:g} s'),
           ('target', f'{target_path}, from {target_start:g} s'),
           ('length', f'{seconds:g} s each'),
           ('model', f'{os.path.abspath(workdir)}, checkpoint step '
                     f'{trained.step}'),
-          ('EnCodec weights', weights)])),
+          ('EnCodec weights', codec.weights)])),
       ('Listen', report.players([('input clip', f'{name}.input.wav'),
                                  ('target clip', f'{name}.target.wav'),
                                  ('output', f'{name}.wav')])),

@@ -1,8 +1,11 @@
 """Two audio files -> an arrangement by a trained model, as a wav."""
 
 import functools
+import json
 import os
+import shutil
 import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -16,6 +19,7 @@ from jingle_jax.data import latents
 from jingle_jax.training import run_dir
 from jingle_jax.training import train_step
 from precompute import encodec_weights
+from precompute import jax_weights
 import html_page
 import latent_data
 import train_config
@@ -101,3 +105,40 @@ def test_command_line(run, tmp_path):
   assert result.returncode == 1
   assert 'jingle_jax.arrange: error: --target' in result.stderr
   assert 'nowhere.wav' in result.stderr and 'Traceback' not in result.stderr
+
+
+ARRANGE_WITHOUT_TORCH = """
+import sys
+from jingle_jax import arrange
+arrange.arrange(*sys.argv[1:5], data_dir=sys.argv[5])
+loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))
+print(loaded)
+sys.exit(1 if loaded else 0)
+"""
+
+
+def test_a_dataset_of_the_jax_encoder_arranges_without_torch(run, tmp_path):
+  """EnCodec's encoder and decoder in JAX, with the weights the dataset
+  keeps: PyTorch's arrangement within 1e-4, and torch never loaded."""
+  workdir, songs = run
+  jax_data = tmp_path / 'latents'
+  shutil.copytree(run_dir.read_config(workdir).data.dir, jax_data)
+  manifest = json.loads((jax_data / 'manifest.json').read_text())
+  (jax_data / 'manifest.json').write_text(json.dumps(
+      dict(manifest, encoder='jax')))
+  jax_weights.write_converted(jax_data / 'encodec_jax.msgpack',
+                              encodec_weights.random_model(0), 'random:0')
+  paths = [str(workdir), str(songs / 'input.wav'), str(songs / 'target.mp3')]
+  arrange.arrange(*paths, str(tmp_path / 'torch.wav'))
+  result = subprocess.run(
+      [sys.executable, '-c', ARRANGE_WITHOUT_TORCH, *paths,
+       str(tmp_path / 'jax.wav'), str(jax_data)],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stdout + result.stderr
+  expected, _ = soundfile.read(tmp_path / 'torch.wav')
+  actual, _ = soundfile.read(tmp_path / 'jax.wav')
+  assert actual.shape == expected.shape == (8 * latents.HOP,)
+  assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(np.abs(expected))
+  with pytest.raises(ValueError, match='drop --encodec-checkpoint'):
+    arrange.arrange(*paths, str(tmp_path / 'other.wav'), data_dir=jax_data,
+                    random_seed=0)
