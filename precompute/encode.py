@@ -299,12 +299,12 @@ def encode_dataset(audio_dir, out_dir, encoder, weights: str, *,
     raise ValueError(f'--worker-index {worker_index}: expected 0 to '
                      f'--num-workers {num_workers} - 1')
   started = time.perf_counter()
-  for other, song_file in latent_writer.written_encoders(out_dir).items():
-    if other != encoder.name:
-      raise ValueError(
-          f'--encoder {encoder.name}: {out_dir} holds songs encoded with '
-          f'--encoder {other} ({song_file}); a dataset keeps one encoder: '
-          f'pass --encoder {other}, or use another --out-dir')
+  written = latent_writer.written_encoder(out_dir)
+  if written is not None and written[0] != encoder.name:
+    raise ValueError(
+        f'--encoder {encoder.name}: {out_dir} holds songs encoded with '
+        f'--encoder {written[0]} ({written[1]}); a dataset keeps one '
+        f'encoder: pass --encoder {written[0]}, or use another --out-dir')
   writer = latent_writer.DatasetWriter(out_dir, encodec_weights=weights,
                                        dtype=dtype, keep_audio=keep_audio,
                                        encoder=encoder.name)

@@ -15,17 +15,18 @@ from jingle_jax.data import latents
 from jingle_jax.data import manifest
 
 
-def written_encoders(out_dir) -> dict:
-  """{encoder: a song file it wrote} of the songs already in out_dir."""
-  found = {}
+def written_encoder(out_dir):
+  """(encoder, song file) of a song already in out_dir, or None: a dataset
+  keeps one encoder, so one song tells (not 200,000 files read)."""
   with contextlib.suppress(FileNotFoundError):
-    for name in sorted(os.listdir(out_dir)):
-      if name.startswith('song-') and name.endswith('.json'):
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-          with open(os.path.join(out_dir, name)) as f:
-            settings = json.load(f).get('settings', {})
-          found.setdefault(settings.get('encoder', 'torch'), name)
-  return found
+    with os.scandir(out_dir) as entries:
+      for entry in entries:
+        if entry.name.startswith('song-') and entry.name.endswith('.json'):
+          with contextlib.suppress(OSError, ValueError, AttributeError):
+            with open(entry.path) as f:
+              settings = json.load(f).get('settings', {})
+            return settings.get('encoder', 'torch'), entry.name
+  return None
 
 
 class DatasetWriter:
