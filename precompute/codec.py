@@ -59,7 +59,8 @@ def _encode_chunks(model, samples, chunk: int, *, device) -> np.ndarray:
   if outputs.shape[2] != chunk // latents.HOP:
     raise RuntimeError(f'EnCodec gave {outputs.shape[2]} frames for {chunk} '
                        f'samples, expected {chunk // latents.HOP}')
-  return np.concatenate(list(np.swapaxes(outputs, 1, 2)))
+  return np.concatenate(list(np.swapaxes(outputs, 1, 2)))[
+      :encodec_encoding.frames_of(samples)]
 
 
 def decode(model, clips, *, device, batch_size: int):

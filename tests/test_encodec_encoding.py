@@ -90,13 +90,20 @@ def test_weights_file_round_trip_and_refusals(tmp_path, encodec):
   other = tmp_path / 'other.msgpack'
   other.write_bytes(flax.serialization.msgpack_serialize(
       {'encodec_weights': 'random:0', 'params': {}}))
-  wrong = tmp_path / 'wrong.msgpack'
+  wrong_encoder = tmp_path / 'wrong_encoder.msgpack'
+  kernel = read['encoder']['conv_in']['kernel']
   read['encoder']['conv_in']['kernel'] = np.zeros((7, 1, 8), np.float32)
-  wrong.write_bytes(flax.serialization.msgpack_serialize(read))
-  for bad, says in ((tmp_path / 'absent', 'No such file'),
-                    (truncated, 'not a converted EnCodec weights file'),
+  wrong_encoder.write_bytes(flax.serialization.msgpack_serialize(read))
+  read['encoder']['conv_in']['kernel'] = kernel
+  wrong_decoder = tmp_path / 'wrong_decoder.msgpack'
+  read['decoder']['conv_out']['bias'] = np.zeros(2, np.float32)
+  wrong_decoder.write_bytes(flax.serialization.msgpack_serialize(read))
+  for bad, says in ((tmp_path / 'absent',
+                     'converted EnCodec weights are missing'),
+                    (truncated, 'unreadable converted EnCodec weights'),
                     (other, 'expected encodec_weights, encoder and decoder'),
-                    (wrong, 'its encoder is not EnCodec 24 kHz\'s')):
+                    (wrong_encoder, 'its encoder is not EnCodec 24 kHz\'s'),
+                    (wrong_decoder, 'its decoder is not EnCodec 24 kHz\'s')):
     with pytest.raises(encodec_encoding.EncoderError,
-                       match=f'--encoder-weights {bad}: .*{says}'):
+                       match=f'{bad}: .*{says}'):
       encodec_encoding.read_weights(bad)

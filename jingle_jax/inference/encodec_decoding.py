@@ -37,14 +37,46 @@ class DecoderError(ValueError):
   """No usable decoder weights; the message names the file at fault."""
 
 
+def write_msgpack(path, tree) -> None:
+  """A tree of identities and arrays (weights files) as msgpack,
+  atomically."""
+  with files.atomic_write(path) as f:
+    f.write(flax.serialization.msgpack_serialize(
+        jax.tree.map(lambda x: x if isinstance(x, str) else np.asarray(x),
+                     tree)))
+
+
+def read_msgpack(path, error, what: str):
+  """The tree write_msgpack wrote at `path`; else error(message) naming the
+  file: `what` is missing or cannot be read."""
+  try:
+    with open(path, 'rb') as f:
+      return flax.serialization.msgpack_restore(f.read())
+  except FileNotFoundError:
+    raise error(f'{path}: {what} are missing') from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise error(f'{path}: unreadable {what}: {e}') from None
+
+
+def fits(module, example_input, params) -> bool:
+  """Whether `params` have the shapes of `module`'s parameters."""
+  expected = jax.eval_shape(module.init, jax.random.key(0),
+                            example_input)['params']
+  return (jax.tree.map(np.shape, params) ==
+          jax.tree.map(lambda x: x.shape, expected))
+
+
+def fits_decoder(params) -> bool:
+  """Whether `params` fit EnCodec's 24 kHz decoder."""
+  return fits(encodec_decoder.EncodecDecoder(),
+              jnp.zeros((1, PADDED_FRAMES, latents.LATENT_DIM)), params)
+
+
 def write(out_dir, params, encodec_weights: str) -> str:
   """Writes out_dir/DECODER_FILE atomically; returns its path."""
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(os.fspath(out_dir), DECODER_FILE)
-  tree = {'encodec_weights': encodec_weights,
-          'params': jax.tree.map(np.asarray, params)}
-  with files.atomic_write(path) as f:
-    f.write(flax.serialization.msgpack_serialize(tree))
+  write_msgpack(path, {'encodec_weights': encodec_weights, 'params': params})
   return path
 
 
@@ -58,13 +90,7 @@ def read(dataset: latents.LatentDataset) -> dict:
         'precompute.export_decoder --manifest on it (or precompute.encode '
         'again) to write one')
   path = os.path.join(os.path.dirname(dataset.manifest_path), name)
-  try:
-    with open(path, 'rb') as f:
-      tree = flax.serialization.msgpack_restore(f.read())
-  except FileNotFoundError:
-    raise DecoderError(f'{path}: decoder weights are missing') from None
-  except Exception as e:  # pylint: disable=broad-except
-    raise DecoderError(f'{path}: unreadable decoder weights: {e}') from None
+  tree = read_msgpack(path, DecoderError, 'decoder weights')
   recorded = dataset.manifest.encodec_weights
   if not isinstance(tree, dict) or 'params' not in tree:
     raise DecoderError(f'{path}: not a decoder weights file')
@@ -74,11 +100,7 @@ def read(dataset: latents.LatentDataset) -> dict:
         f'{tree.get("encodec_weights")}, but {dataset.manifest_path} was '
         f'encoded with {recorded}: refusing to decode with other weights '
         'than the encoder\'s')
-  expected = jax.eval_shape(
-      encodec_decoder.EncodecDecoder().init, jax.random.key(0),
-      jnp.zeros((1, PADDED_FRAMES, latents.LATENT_DIM)))['params']
-  shapes = jax.tree.map(np.shape, tree['params'])
-  if shapes != jax.tree.map(lambda x: x.shape, expected):
+  if not fits_decoder(tree['params']):
     raise DecoderError(f'{path}: parameters do not fit EnCodec\'s 24 kHz '
                        'decoder')
   return tree['params']

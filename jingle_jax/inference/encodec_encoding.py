@@ -15,19 +15,16 @@ without it.
 
 import functools
 
-import flax.serialization
 import jax
 import numpy as np
 
 from jingle_jax.core import errors
-from jingle_jax.core import files
 from jingle_jax.core import parallel
 from jingle_jax.data import latents
 from jingle_jax.inference import encodec_decoding
 from jingle_jax.models import encodec_encoder
 
 WEIGHTS_FILE = 'encodec_jax.msgpack'
-ENCODERS = ('torch', 'jax')  # precompute.encode --encoder
 CHUNK_SAMPLES = encodec_decoding.CHUNK_FRAMES * latents.HOP
 # The encoder's last convolution (kernel 7) pads 6 frames by reflection: a
 # chunk shorter than 7 frames reflects its own end, so zeros after it would
@@ -41,36 +38,26 @@ class EncoderError(errors.UserError, ValueError):
 
 def write_weights(path, encodec_weights: str, encoder, decoder) -> None:
   """Writes the converted weights file at `path`, atomically."""
-  tree = {'encodec_weights': encodec_weights,
-          'encoder': jax.tree.map(np.asarray, encoder),
-          'decoder': jax.tree.map(np.asarray, decoder)}
-  with files.atomic_write(path) as f:
-    f.write(flax.serialization.msgpack_serialize(tree))
+  encodec_decoding.write_msgpack(path, {'encodec_weights': encodec_weights,
+                                        'encoder': encoder,
+                                        'decoder': decoder})
 
 
 def read_weights(path) -> dict:
   """{'encodec_weights', 'encoder', 'decoder'} of a converted weights file,
-  its encoder's parameter shapes checked."""
-  try:
-    with open(path, 'rb') as f:
-      tree = flax.serialization.msgpack_restore(f.read())
-  except OSError as e:
-    raise EncoderError(f'--encoder-weights {path}: {e.strerror}') from None
-  except Exception as e:  # pylint: disable=broad-except
-    raise EncoderError(f'--encoder-weights {path}: not a converted EnCodec '
-                       f'weights file ({type(e).__name__}: {e})') from None
+  both models' parameter shapes checked."""
+  tree = encodec_decoding.read_msgpack(path, EncoderError,
+                                       'converted EnCodec weights')
   if not isinstance(tree, dict) or set(tree) != {'encodec_weights', 'encoder',
                                                  'decoder'}:
-    raise EncoderError(f'--encoder-weights {path}: not a converted EnCodec '
-                       'weights file (expected encodec_weights, encoder and '
-                       'decoder)')
-  expected = jax.eval_shape(encodec_encoder.EncodecEncoder().init,
-                            jax.random.key(0), np.zeros((1, latents.HOP),
-                                                        np.float32))['params']
-  shapes = lambda tree: jax.tree.map(np.shape, tree)
-  if shapes(tree['encoder']) != shapes(expected):
-    raise EncoderError(f'--encoder-weights {path}: its encoder is not '
-                       'EnCodec 24 kHz\'s')
+    raise EncoderError(f'{path}: not a converted EnCodec weights file '
+                       '(expected encodec_weights, encoder and decoder)')
+  if not encodec_decoding.fits(encodec_encoder.EncodecEncoder(),
+                               np.zeros((1, latents.HOP), np.float32),
+                               tree['encoder']):
+    raise EncoderError(f'{path}: its encoder is not EnCodec 24 kHz\'s')
+  if not encodec_decoding.fits_decoder(tree['decoder']):
+    raise EncoderError(f'{path}: its decoder is not EnCodec 24 kHz\'s')
   tree['encodec_weights'] = str(tree['encodec_weights'])
   return tree
 
@@ -83,8 +70,8 @@ def stream(encode_chunks, blocks, *, batch_size: int):
   second): the samples after the last whole frame are dropped.
 
   encode_chunks(samples, chunk) encodes `samples` cut into chunks of `chunk`
-  samples, the last zero-padded, into an array of [frames, 128] (which may
-  still be computing). It takes batch_size chunks of 16 s at a time: the
+  samples, the last zero-padded, into the samples' frames, an array of
+  [ceil(len(samples) / 320), 128] (which may still be computing). It takes batch_size chunks of 16 s at a time: the
   encoder is causal, so a padded last chunk's frames come out the same.
   Only a last chunk of under PADDED_FRAMES frames is encoded as it is.
   """
@@ -105,8 +92,12 @@ def stream(encode_chunks, blocks, *, batch_size: int):
   if frames:
     samples = frames * latents.HOP
     yield np.asarray(encode_chunks(
-        pending[:samples], chunk if frames >= PADDED_FRAMES else samples)
-                     )[:frames]
+        pending[:samples], chunk if frames >= PADDED_FRAMES else samples))
+
+
+def frames_of(samples) -> int:
+  """The encoder's frames of `samples`: one per 320, the last part one."""
+  return -(-len(samples) // latents.HOP)
 
 
 def chunk_batch(samples, chunk: int, multiple: int = 1) -> np.ndarray:
@@ -143,8 +134,7 @@ class JaxEncoder:
     batch = chunk_batch(samples, chunk, self._rows)
     encoded = compiled_encoder()({'params': self._params},
                                  jax.device_put(batch, self._split))
-    frames = -(-len(samples) // latents.HOP)
-    return encoded.reshape(-1, encoded.shape[-1])[:frames]
+    return encoded.reshape(-1, encoded.shape[-1])[:frames_of(samples)]
 
   def encode(self, blocks):
     """`stream` of one song's audio blocks."""

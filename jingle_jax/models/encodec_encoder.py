@@ -14,11 +14,11 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jingle_jax.data import manifest
 from jingle_jax.models import encodec_decoder
 from jingle_jax.models import seanet
 
 FIRST_CHANNELS = 32
-LATENT_CHANNELS = 128
 # Downsampling strides, in order: the decoder's reversed.
 STRIDES = tuple(reversed(encodec_decoder.STRIDES))
 
@@ -47,6 +47,6 @@ class EncodecEncoder(nn.Module):
     for index, stride in enumerate(STRIDES):
       x = DownsampleStage(stride, self.dtype, name=f'stage_{index}')(x)
     x = seanet.skip_lstm(x, encodec_decoder.LSTM_LAYERS, self.dtype)
-    x = seanet.CausalConv(LATENT_CHANNELS, encodec_decoder.KERNEL_SIZE,
+    x = seanet.CausalConv(manifest.LATENT_DIM, encodec_decoder.KERNEL_SIZE,
                           dtype=self.dtype, name='conv_out')(nn.elu(x))
     return x.astype(jnp.float32)
