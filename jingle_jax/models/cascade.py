@@ -21,6 +21,7 @@ from jingle_jax.models import attention
 from jingle_jax.models import baselines
 from jingle_jax.models.config import ModelConfig
 from jingle_jax.models.dropout import Dropout
+from jingle_jax.models.layers import LayerNorm
 from jingle_jax.models.layers import linear
 from jingle_jax.models.layers import MultiheadAttention
 from jingle_jax.models.layers import torch_bias_init
@@ -98,7 +99,7 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, _):
     config = self.config
     width = x.shape[-1]
-    norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPSILON,
+    norm = functools.partial(LayerNorm, epsilon=LAYER_NORM_EPSILON,
                              dtype=config.dtype)
     drop = Dropout(config.dropout, deterministic=self.deterministic)
     attended = MultiheadAttention(
@@ -124,7 +125,7 @@ class CascadeStage(nn.Module):
     config = self.config
     x = x + sinusoidal_positions(config.max_len, x.shape[-1])[:x.shape[1]]
     x = Dropout(config.dropout, deterministic=not train)(x)
-    norm = functools.partial(nn.LayerNorm, epsilon=LAYER_NORM_EPSILON,
+    norm = functools.partial(LayerNorm, epsilon=LAYER_NORM_EPSILON,
                              dtype=config.dtype)
     x = norm(name='input_norm')(x)
     layer = EncoderLayer
