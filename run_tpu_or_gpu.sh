@@ -14,6 +14,7 @@
 #   sample         python -m jingle_jax.sample --wav ARGS (latents and audio)
 #   evaluate       python -m jingle_jax.evaluate ARGS (table and report.html)
 #   arrange        python -m jingle_jax.arrange ARGS (two songs -> a wav)
+#   serve          python -m jingle_jax.serve ARGS (the same in a browser page)
 #   convert        python -m jingle_jax.convert_torch ARGS (an original .pt)
 #   bench          python -m jingle_jax.bench ARGS (the train step's speed)
 #   bench-torch    python benchmarks/torch_step.py ARGS (the original's step)
@@ -77,7 +78,7 @@ setup() {
   fi
   "$PY" -m pip install -q --upgrade pip
   # shellcheck disable=SC2086
-  "$PY" -m pip install -q $requirement -e ".[precompute,test]"
+  "$PY" -m pip install -q $requirement -e ".[precompute,serve,test]"
   echo "$stamp" > "$VENV/.jingle-stamp"
   say "environment ready: $VENV ($("$PY" -c 'import jax; print("jax", jax.__version__, jax.default_backend())'))"
 }
@@ -131,6 +132,7 @@ case $verb in
   sample) setup; exec "$PY" -m jingle_jax.sample --wav "$@" ;;
   evaluate) setup; exec "$PY" -m jingle_jax.evaluate "$@" ;;
   arrange) setup; exec "$PY" -m jingle_jax.arrange "$@" ;;
+  serve) setup; exec "$PY" -m jingle_jax.serve "$@" ;;
   convert) setup; exec "$PY" -m jingle_jax.convert_torch "$@" ;;
   bench) setup; exec "$PY" -m jingle_jax.bench "$@" ;;
   bench-torch) setup; exec "$PY" benchmarks/torch_step.py "$@" ;;

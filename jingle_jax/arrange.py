@@ -22,6 +22,7 @@ never loaded; otherwise by PyTorch's (precompute/), imported when arranging
 only, so that importing jingle_jax never loads torch.
 """
 
+import collections
 import os
 
 from absl import flags
@@ -118,6 +119,78 @@ class _TorchCodec:
                               batch_size=self.batch_size)[0]
 
 
+class Arranger:
+  """A trained run and its EnCodec, loaded once, arranging pairs of clips:
+  what `arrange` does for one pair and the web app for each request.
+
+  Checkpoints are loaded when first asked for and kept (at most
+  `max_models` of them, the least recently used given up first).
+  """
+
+  def __init__(self, workdir, *, data_dir=None, checkpoint=None,
+               random_seed=None, device='auto', batch_size=4,
+               max_models=2):
+    self.workdir = os.fspath(workdir)
+    self.config = run_dir.read_config(workdir)
+    self.seconds = self.config.num_frames / latents.FRAME_RATE
+    data_dir = data_dir or self.config.data.dir
+    self.dataset = latents.LatentDataset(data_dir) if data_dir else None
+    if self.dataset is not None and self.dataset.manifest.encoder == 'jax':
+      self.codec = _JaxCodec(self.dataset, checkpoint, random_seed)
+    else:
+      self.codec = _TorchCodec(self.dataset, checkpoint, random_seed, device,
+                               batch_size)
+    self._models = collections.OrderedDict()
+    self._max_models = max_models
+
+  def model(self, which) -> trained_model.TrainedModel:
+    """Checkpoint `which` (best, latest or a step), loaded once."""
+    if which not in self._models:
+      self._models[which] = trained_model.TrainedModel.load(
+          self.workdir, which, dataset=self.dataset)
+      while len(self._models) > self._max_models:
+        self._models.popitem(last=False)
+    self._models.move_to_end(which)
+    return self._models[which]
+
+  def read_clips(self, input_path, target_path, input_start=0.0,
+                 target_start=0.0) -> list[np.ndarray]:
+    """The model's clip of each file, from its start second."""
+    return [read_clip(input_path, '--input', input_start, self.seconds),
+            read_clip(target_path, '--target', target_start, self.seconds)]
+
+  def arrange(self, clips, out_path, which='best', title='',
+              progress=lambda stage: None) -> int:
+    """Writes out_path (.wav, the output), its .png (the masks) and the
+    clips as .input.wav and .target.wav; returns the checkpoint's step.
+    progress(stage) is told each stage as it starts."""
+    stem = os.path.splitext(out_path)[0]
+    trained = self.model(which)
+    progress('encoding')
+    raw_input, raw_target = (self.codec.encode(clip) for clip in clips)
+    progress('arranging')
+    arrays = trained.run_pair(raw_input, raw_target)
+    progress('decoding')
+    output = self.codec.decode(
+        np.asarray(trained.space.denormalise(arrays['output'])))
+    progress('writing')
+    wav_files.write_wavs([(os.path.basename(stem), output)],
+                         os.path.dirname(os.path.abspath(out_path)))
+    samples.save_mask_picture(arrays, stem + '.png', title)
+    for part, clip in zip(('input', 'target'), clips):
+      report.write_audio(f'{stem}.{part}.wav', clip)
+    return trained.step
+
+  def facts(self, step, input_name, input_start, target_name, target_start):
+    """(label, value) rows that say what an arrangement was made of."""
+    return [('input', f'{input_name}, from {input_start:g} s'),
+            ('target', f'{target_name}, from {target_start:g} s'),
+            ('length', f'{self.seconds:g} s each'),
+            ('model', f'{os.path.abspath(self.workdir)}, checkpoint step '
+                      f'{step}'),
+            ('EnCodec weights', self.codec.weights)]
+
+
 def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
             target_start=0.0, which='best', data_dir=None, checkpoint=None,
             random_seed=None, device='auto', batch_size=4) -> int:
@@ -126,42 +199,24 @@ def arrange(workdir, input_path, target_path, out_path, *, input_start=0.0,
   stem, suffix = os.path.splitext(out_path)
   if suffix.lower() != '.wav':
     raise ValueError(f'--out {out_path}: expected a .wav file name')
-  config = run_dir.read_config(workdir)
-  seconds = config.num_frames / latents.FRAME_RATE
-  clips = [read_clip(input_path, '--input', input_start, seconds),
-           read_clip(target_path, '--target', target_start, seconds)]
-  data_dir = data_dir or config.data.dir
-  dataset = latents.LatentDataset(data_dir) if data_dir else None
-  if dataset is not None and dataset.manifest.encoder == 'jax':
-    codec = _JaxCodec(dataset, checkpoint, random_seed)
-  else:
-    codec = _TorchCodec(dataset, checkpoint, random_seed, device, batch_size)
-  raw_input, raw_target = (codec.encode(clip) for clip in clips)
-  trained = trained_model.TrainedModel.load(workdir, which, dataset=dataset)
-  arrays = trained.run_pair(raw_input, raw_target)
-  wav_files.write_wavs([(os.path.basename(stem), codec.decode(
-      np.asarray(trained.space.denormalise(arrays['output']))))],
-                       os.path.dirname(os.path.abspath(out_path)))
+  arranger = Arranger(workdir, data_dir=data_dir, checkpoint=checkpoint,
+                      random_seed=random_seed, device=device,
+                      batch_size=batch_size)
+  clips = arranger.read_clips(input_path, target_path, input_start,
+                              target_start)
   title = f'{os.path.basename(input_path)} + {os.path.basename(target_path)}'
-  samples.save_mask_picture(arrays, stem + '.png', title)
+  step = arranger.arrange(clips, out_path, which, title)
   name = os.path.basename(stem)
-  for part, clip in zip(('input', 'target'), clips):
-    report.write_audio(f'{stem}.{part}.wav', clip)
   report.write_page(stem + '.html', f'Jingle-JAX arrangement: {title}', [
-      (None, report.encodec_weights_note(codec.weights)),
-      ('The clips', report.facts([
-          ('input', f'{input_path}, from {input_start:g} s'),
-          ('target', f'{target_path}, from {target_start:g} s'),
-          ('length', f'{seconds:g} s each'),
-          ('model', f'{os.path.abspath(workdir)}, checkpoint step '
-                    f'{trained.step}'),
-          ('EnCodec weights', codec.weights)])),
+      (None, report.encodec_weights_note(arranger.codec.weights)),
+      ('The clips', report.facts(arranger.facts(
+          step, input_path, input_start, target_path, target_start))),
       ('Listen', report.players([('input clip', f'{name}.input.wav'),
                                  ('target clip', f'{name}.target.wav'),
                                  ('output', f'{name}.wav')])),
       ('Masks', report.picture(f'{name}.png', 'masks of the creative '
                                'agent'))])
-  return trained.step
+  return step
 
 
 def define_flags():
