@@ -2,7 +2,7 @@
 # The one entry point of Jingle-JAX: bash run_tpu_or_gpu.sh VERB [ARGS...]
 #
 #   setup          create or refresh .venv with the jax build for this machine
-#   test           setup, then the test suite (extra ARGS go to pytest)
+#   test           setup, then the test suite on two processes (ARGS go to pytest)
 #   synth          python -m jingle_jax.synth ARGS (the demo's songs)
 #   precompute     python -m precompute.encode ARGS (README: SLURM arrays)
 #   verify         python -m jingle_jax.verify ARGS (every value of a dataset)
@@ -115,7 +115,9 @@ verb=${1:-}
 [[ $# -gt 0 ]] && shift
 case $verb in
   setup) setup ;;
-  test) setup; exec "$PY" -m pytest "$@" ;;
+  # Two test processes (JINGLE_TEST_WORKERS), each taking whole files: most
+  # tests wait on one-threaded compiles. -n 0 runs them in this one.
+  test) setup; exec "$PY" -m pytest -n "${JINGLE_TEST_WORKERS:-2}" --dist loadfile "$@" ;;
   synth) setup; exec "$PY" -m jingle_jax.synth "$@" ;;
   # Under srun or a SLURM array every task runs this line: set up once
   # beforehand, not racing.

@@ -146,16 +146,17 @@ def activation_bytes(config, state, rng, decoder=None):
   What autodiff stores (jax.vjp's residuals, parameters included), before
   the compiler's buffer reuse: the figure model.remat changes, also on a CPU
   compiling for accelerator shapes (whose compiler undoes most remat). With
-  a decoder, its residuals for the output's audio are added.
+  a decoder, its residuals for the output's audio are added. `state` may
+  be abstract (jax.eval_shape's).
   """
   shape = (config.per_device_batch_size, config.num_frames,
            config.model.latent_dim)
   clips = jax.ShapeDtypeStruct(shape, jnp.float32)
   batch = {'input': clips, 'target': clips}
 
-  def residuals(params, batch):
+  def residuals(params, batch_stats, batch):
     forward = lambda params: train_step.generator_forward(
-        params, state.batch_stats, batch, rng, config)[0]
+        params, batch_stats, batch, rng, config)[0]
     return jax.vjp(forward, params)[1]
 
   def decoder_residuals(output):
@@ -163,7 +164,7 @@ def activation_bytes(config, state, rng, decoder=None):
         lambda out: train_step.decode_latents(decoder, out, config.model),
         output)[1]
 
-  kept = [jax.eval_shape(residuals, state.params, batch)]
+  kept = [jax.eval_shape(residuals, state.params, state.batch_stats, batch)]
   if decoder is not None:
     kept.append(jax.eval_shape(decoder_residuals, clips))
   return sum(leaf.size * leaf.dtype.itemsize

@@ -1,9 +1,16 @@
 """The step benchmark's JSON line, data-parallel over four CPU devices."""
 
+import functools
 import json
 import os
 import subprocess
 import sys
+
+import jax
+
+from jingle_jax import bench as bench_lib
+from jingle_jax.training import train_step
+import train_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The conftest's tiny model: 16 channels, 32 frames, 2 pairs per device.
@@ -43,13 +50,17 @@ def test_step_benchmark_over_four_devices(tmp_path):
   assert len(top_ops) > 10  # the costliest ops, each with its time
   assert 0 < timed['activation_bytes'] < timed['planned_memory_bytes']
 
-  # --steps 0 compiles only; without remat the backward pass keeps each
-  # attention's weights: 2 stages x [2, 2 heads, 32, 32] and the mask
-  # generator's [4, 2 heads, 32, 32], float32, at least once each.
-  compiled = bench('--steps', '0', '--config.model.remat=none')
-  assert compiled['pairs_per_s'] is None and compiled['timed_steps'] == 0
-  assert compiled['planned_memory_bytes'] > 0
-  weights_bytes = (2 * 2 * 32 * 32 + 4 * 2 * 32 * 32) * 4
-  assert (compiled['activation_bytes'] - timed['activation_bytes'] >=
-          weights_bytes)
 
+
+def test_activation_bytes_count_what_remat_does_not_keep(tiny_config):
+  """Without remat the backward pass keeps each attention's weights: 2
+  stages x [2, 2 heads, 32, 32] and the mask generator's [4, 2 heads, 32,
+  32], float32, at least once each."""
+  def kept(remat):
+    config = train_config.changed(tiny_config, {'model.remat': remat})
+    state = jax.eval_shape(functools.partial(
+        train_step.create_train_state, config), jax.random.key(0))
+    return bench_lib.activation_bytes(config, state, jax.random.key(1))
+
+  weights_bytes = (2 * 2 * 32 * 32 + 4 * 2 * 32 * 32) * 4
+  assert kept('none') - kept('layers') >= weights_bytes

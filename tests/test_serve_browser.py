@@ -5,6 +5,7 @@ Skipped without Playwright or a Chromium, unless JINGLE_BROWSER_REQUIRED=1
 (as in CI), where that fails. JINGLE_SCREENSHOT=PATH keeps the screenshot.
 """
 
+import importlib.util
 import os
 import queue
 import shutil
@@ -26,11 +27,9 @@ BROWSERS = ('chromium', 'chromium-browser', 'google-chrome')
 
 def _browser() -> str:
   required = os.environ.get('JINGLE_BROWSER_REQUIRED') == '1'
-  try:
-    import playwright.sync_api  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
+  if importlib.util.find_spec('playwright') is None:
     if required:
-      raise
+      pytest.fail('Playwright is not installed')
     pytest.skip('Playwright is not installed')
   found = next(filter(None, map(shutil.which, BROWSERS)), None)
   if found is None:
@@ -78,7 +77,8 @@ MEDIA = """async () => {
 
 
 def test_two_songs_arranged_in_chromium(tmp_path_factory, tmp_path):
-  from playwright.sync_api import sync_playwright  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from playwright.sync_api import sync_playwright
   browser_path = _browser()
   workdir, songs = small_run.trained_run(tmp_path_factory)
   scratch, port = tmp_path / 'scratch', _free_port()

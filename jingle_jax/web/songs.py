@@ -89,9 +89,10 @@ class Songs:
     """Stores and checks an upload (a binary file object)."""
     name = _display_name(client_name)
     suffix = os.path.splitext(name)[1].lower()
-    if suffix not in audio.readable_suffixes():
+    readable = audio.readable_suffixes()
+    if suffix not in readable:
       raise RequestError(415, f'{name}: not a kind of audio file this '
-                         f'server reads ({", ".join(sorted(audio.readable_suffixes()))})')
+                         f'server reads ({", ".join(sorted(readable))})')
     token = secrets.token_hex(8)
     path = os.path.join(self.folder, token + suffix)
     try:
