@@ -105,26 +105,29 @@ def test_two_uploads_arrange_as_the_command_does(served, tmp_path):
   assert 'attachment' in download.headers['content-disposition']
 
 
-def _songs_of_damage(folder):
+def _songs_of_damage():
   """name -> bytes of uploads that must be refused."""
   song = synth.render_song(3, 0, 2.0, 44_100)
   flac = io.BytesIO()
   soundfile.write(flac, song, 44_100, format='FLAC')
   short = io.BytesIO()
   soundfile.write(short, song[:2_000], 44_100, format='WAV')
+  long = io.BytesIO()  # 61 s: over the fixture's minute, under its 1 MB
+  soundfile.write(long, np.zeros(61 * 4_000, np.int16), 4_000, format='WAV')
   return {'empty.wav': (b'', 422, 'empty file'),
           'notes.ogg': (b'these are words, not sound\n' * 40, 422,
                         'not readable audio'),
           'cut.flac': (flac.getvalue()[:len(flac.getvalue()) // 2], 422,
                        'cut.flac'),
           'short.wav': (short.getvalue(), 422, "the model's clips are"),
+          'long.wav': (long.getvalue(), 413, 'longer than this server'),
           'song.exe': (b'MZ' * 100, 415, 'not a kind of audio file'),
           'huge.wav': (b'\0' * (2 << 20), 413, 'limit of 1 MB')}
 
 
 def test_bad_input_is_a_4xx_with_its_reason_and_serving_goes_on(served):
   client, _, songs = served
-  for name, (data, status, message) in _songs_of_damage(songs).items():
+  for name, (data, status, message) in _songs_of_damage().items():
     response = client.post('/api/songs', files={'file': (name, data)})
     assert response.status_code == status, (name, response.text)
     assert message in response.json()['error'], name
