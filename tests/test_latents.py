@@ -1,10 +1,12 @@
 """The latent dataset format: writer -> reader round trip, reuse, errors."""
 
+import concurrent.futures
 import dataclasses
 import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from jingle_jax.core import files
 from jingle_jax.data import latent_writer
 from jingle_jax.data import latents
+from jingle_jax.data import npy_rows
 import latent_data
 from small_filesystem import small_filesystem
 
@@ -419,3 +422,31 @@ def test_a_full_disk_names_the_folder_and_a_rerun_with_room_finishes(
     assert not [name for name in os.listdir(small) if name.endswith('.tmp')]
     subprocess.run(['mount', '-o', 'remount,size=1m', str(small)], check=True)
     assert write(small, songs) == latents.LatentDataset(small).manifest
+
+
+def test_headers_are_parsed_one_at_a_time_by_reader_threads(tmp_path,
+                                                            monkeypatch):
+  """numpy parses .npy headers with ast.literal_eval, which CPython 3.11
+  and 3.12 break in concurrent threads: the readers take turns."""
+  paths = []
+  for i in range(32):
+    paths.append(tmp_path / f'{i}.npy')
+    np.save(paths[-1], np.zeros((4, 8), np.float16))
+  parsing, most = [0], [0]
+  parse = np.lib.format.read_array_header_1_0
+
+  def slow_parse(f, *args, **kwargs):
+    parsing[0] += 1
+    most[0] = max(most[0], parsing[0])
+    time.sleep(0.002)  # a window for another thread to enter
+    parsing[0] -= 1
+    return parse(f, *args, **kwargs)
+
+  monkeypatch.setattr(np.lib.format, 'read_array_header_1_0', slow_parse)
+  reader = npy_rows.Reader(latents.LatentDataError)
+  out = np.empty((8, 4, 8), np.float16)
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    list(pool.map(lambda i: reader.read(paths[i], np.float16, 8, 'shard', 0,
+                                        out[i % 8]), range(32)))
+  assert most[0] == 1
+  assert not out.any()

@@ -9,11 +9,16 @@ header is read once and remembered (LAYOUTS_KEPT files at most).
 import contextlib
 import functools
 import os
+import threading
 
 import numpy as np
 
 # Files whose layout (where the values start, how many rows) a Reader keeps.
 LAYOUTS_KEPT = 1 << 16
+# numpy parses a header with ast.literal_eval, which CPython 3.11 and 3.12
+# cannot run in two threads at once ("SystemError: AST constructor recursion
+# depth mismatch", CPython issue 106905): the readers parse one at a time.
+_HEADER_PARSING = threading.Lock()
 
 
 def check_layout(path, shape, fortran_order, dtype, width, expected_dtype,
@@ -45,7 +50,8 @@ def _layout(path, dtype, width, what, error) -> tuple[int, int]:
     version = np.lib.format.read_magic(f)
     read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                    else np.lib.format.read_array_header_2_0)
-    shape, fortran_order, stored_dtype = read_header(f)
+    with _HEADER_PARSING:
+      shape, fortran_order, stored_dtype = read_header(f)
     offset, size = f.tell(), os.fstat(f.fileno()).st_size
   check_layout(path, shape, fortran_order, stored_dtype, width, dtype, what,
                error)
