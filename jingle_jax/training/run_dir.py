@@ -293,12 +293,12 @@ def load(workdir, which='best', *, sharding=None):
   return config, state, extras
 
 
-def checkpoint_steps(workdir) -> tuple[list[int], int | None]:
-  """(the steps of a workdir's checkpoints, ascending; the best one's or
-  None), for choosing one; writes nothing."""
+def checkpoint_steps(workdir) -> list[int]:
+  """The steps of a workdir's checkpoints, ascending, for choosing one;
+  writes nothing."""
   manager = checkpoints.open_manager(os.path.join(workdir, CHECKPOINT_DIR),
                                      read_only=True)
   try:
-    return sorted(manager.all_steps()), manager.best_step()
+    return sorted(manager.all_steps())
   finally:
     manager.close()

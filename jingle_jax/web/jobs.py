@@ -75,14 +75,14 @@ class Jobs:
 
   def checkpoints(self) -> list[str]:
     """The choices a request has: best, latest and every step."""
-    steps, _ = run_dir.checkpoint_steps(self.arranger.workdir)
+    steps = run_dir.checkpoint_steps(self.arranger.workdir)
     return ['best', 'latest'] + [str(step) for step in steps]
 
   def submit(self, input_song, target_song, input_start, target_start,
              which) -> Job:
     which = checkpoint_choice(which)
     if which not in ('best', 'latest'):
-      steps, _ = run_dir.checkpoint_steps(self.arranger.workdir)
+      steps = run_dir.checkpoint_steps(self.arranger.workdir)
       if which not in steps:
         raise RequestError(404, f'no checkpoint {which} in this run; '
                            f'steps: {", ".join(map(str, steps))}')
