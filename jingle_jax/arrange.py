@@ -23,6 +23,7 @@ only, so that importing jingle_jax never loads torch.
 """
 
 import collections
+import functools
 import os
 
 from absl import flags
@@ -135,13 +136,19 @@ class Arranger:
     self.seconds = self.config.num_frames / latents.FRAME_RATE
     data_dir = data_dir or self.config.data.dir
     self.dataset = latents.LatentDataset(data_dir) if data_dir else None
-    if self.dataset is not None and self.dataset.manifest.encoder == 'jax':
-      self.codec = _JaxCodec(self.dataset, checkpoint, random_seed)
-    else:
-      self.codec = _TorchCodec(self.dataset, checkpoint, random_seed, device,
-                               batch_size)
+    self._codec_settings = (checkpoint, random_seed, device, batch_size)
     self._models = collections.OrderedDict()
     self._max_models = max_models
+
+  @functools.cached_property
+  def codec(self):
+    """EnCodec as the dataset was encoded, loaded when first used (after
+    the clips are read, so that a bad file costs no loading)."""
+    checkpoint, random_seed, device, batch_size = self._codec_settings
+    if self.dataset is not None and self.dataset.manifest.encoder == 'jax':
+      return _JaxCodec(self.dataset, checkpoint, random_seed)
+    return _TorchCodec(self.dataset, checkpoint, random_seed, device,
+                       batch_size)
 
   def model(self, which) -> trained_model.TrainedModel:
     """Checkpoint `which` (best, latest or a step), loaded once."""

@@ -10,7 +10,6 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import pytest
 
 from jingle_jax.data import latents
 import small_run
+import training_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROWSERS = ('chromium', 'chromium-browser', 'google-chrome')
@@ -37,12 +37,6 @@ def _browser() -> str:
       pytest.fail(f'none of {BROWSERS} is on PATH')
     pytest.skip(f'none of {BROWSERS} is on PATH')
   return found
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def _wait_for_line(process, text, timeout):
@@ -81,7 +75,7 @@ def test_two_songs_arranged_in_chromium(tmp_path_factory, tmp_path):
   from playwright.sync_api import sync_playwright
   browser_path = _browser()
   workdir, songs = small_run.trained_run(tmp_path_factory)
-  scratch, port = tmp_path / 'scratch', _free_port()
+  scratch, port = tmp_path / 'scratch', training_runs.free_port()
   server = subprocess.Popen(
       [sys.executable, '-m', 'jingle_jax.serve', '--workdir', workdir,
        '--port', str(port), '--scratch-dir', scratch],

@@ -153,8 +153,8 @@ class Jobs:
         job.stage = 'done'  # last: a client may look at any moment
       except (RequestError, ValueError, OSError, errors.UserError) as e:
         # the songs by the names the person knows, not where they are kept
-        job.error = str(e).replace(job.input.path, job.input.name).replace(
-            job.target.path, job.target.name)
+        job.error = songs.named(songs.named(e, job.input.path, job.input.name),
+                                job.target.path, job.target.name)
       except Exception as e:  # pylint: disable=broad-except
         logging.error('arrangement %s failed:\n%s', job.id,
                       traceback.format_exc())

@@ -51,7 +51,7 @@ def past_keeping(items, since, max_age_s, max_count) -> list:
   return old + kept[:max(0, len(kept) - max_count)]
 
 
-def _named(error, path, name) -> str:
+def named(error, path, name) -> str:
   """An error's text with the stored file's path replaced by its name."""
   return str(error).replace(path, name).strip(' .')
 
@@ -126,7 +126,7 @@ class Songs:
       header = soundfile.info(path)
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as e:
       raise RequestError(422, f'{name}: not readable audio '
-                         f'({_named(e, path, name)})') from None
+                         f'({named(e, path, name)})') from None
     if header.duration > self.max_seconds:
       raise RequestError(413, f'{name}: {header.duration / 60:.1f} minutes, '
                          f'longer than this server\'s limit of '
@@ -136,10 +136,10 @@ class Songs:
       for _ in stream:
         pass
     except audio.BadAudio as e:
-      raise RequestError(422, f'{name}: {_named(e, path, name)}') from None
+      raise RequestError(422, f'{name}: {named(e, path, name)}') from None
     except (OSError, RuntimeError, soundfile.LibsndfileError) as e:
       raise RequestError(422, f'{name}: cannot be read to its end '
-                         f'({_named(e, path, name)})') from None
+                         f'({named(e, path, name)})') from None
     seconds = stream.samples / latents.SAMPLE_RATE
     if seconds < self.clip_seconds:
       raise RequestError(422, f'{name}: {seconds:.2f} s of audio; the '
