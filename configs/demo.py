@@ -2,7 +2,8 @@
 
 For the demo latents (jingle_jax.synth, then precompute.encode); what
 run_tpu_or_gpu.sh demo trains. Everything not set here is
-configs/creative_stable.py: the seed recipe with the GAN kept in check.
+configs/creative_stable.py: the seed recipe with the GAN kept in check
+and the masks balanced per pair.
 """
 
 from configs import creative_stable

@@ -130,6 +130,14 @@ def evaluate_checkpoint(workdir, out_dir, *, which='best', split='val',
   return results
 
 
+def loss_facts(loss) -> str:
+  """The loss terms a report names: each weight that is not 0, and each
+  switch that is on."""
+  return ', '.join(name if value is True else f'{name} {value:g}'
+                   for name, value in dataclasses.asdict(loss).items()
+                   if value)
+
+
 def optimiser_facts(optim) -> str:
   """The optimisers' settings a report names (DESIGN.md 5, 4.4a)."""
   schedule = optim.lr_schedule
@@ -148,8 +156,6 @@ def write_report(out_dir, workdir, model, dataset, pairs, split, results,
   config = model.config
   model_config = config.model
   seconds = config.num_frames / latents.FRAME_RATE
-  weights = {name: value for name, value in
-             dataclasses.asdict(config.loss).items() if value}
   sections = [
       (None, report.encodec_weights_note(
           dataset.manifest.encodec_weights)),
@@ -165,8 +171,7 @@ def write_report(out_dir, workdir, model, dataset, pairs, split, results,
                     f'{model_config.num_heads} heads, creative agent '
                     f'{"on" if model_config.use_creative_agent else "off"}'),
           ('latents', 'normalised' if config.data.normalise_latents else 'raw'),
-          ('loss weights', ', '.join(f'{name} {value:g}'
-                                     for name, value in weights.items())),
+          ('loss weights', loss_facts(config.loss)),
           ('optimisers', optimiser_facts(config.optim)),
           ('EnCodec weights', f'{dataset.manifest.encodec_weights} '
                               f'({dataset.manifest.encoder} encoder)')])),

@@ -13,6 +13,7 @@ import pytest
 
 from jingle_jax import evaluate
 from jingle_jax import train
+from jingle_jax.config import run_config
 from jingle_jax.data import latents
 from jingle_jax.models import baselines
 from jingle_jax.training import run_dir
@@ -145,6 +146,8 @@ def test_report_plays_every_method_of_the_first_pairs(trained, tmp_path):
       f'{config.disc_learning_rate:g}, constant rates, weights as trained '
       '(no average)')
   assert facts['EnCodec weights'] == 'random:0 (torch encoder)'
+  assert facts['loss weights'] == evaluate.loss_facts(
+      run_dir.read_config(workdir).loss)
   table = next(t for t in page.tables if t[0][0] == 'Method')
   assert table[1:] == evaluate.table_rows(results)
   assert table[1:] == evaluate.table_rows(
@@ -182,3 +185,11 @@ def test_report_without_decoder_weights_says_why(trained, tmp_path):
 def recorded_data_dir(workdir):
   return json.loads((pathlib.Path(workdir) / 'config.json').read_text())[
       'data']['dir']
+
+
+def test_loss_facts_name_weights_and_switches():
+  loss = run_config.LossConfig(balance_per_pair=True, gan_weight=0.0,
+                               spectral_outlier_weight=0.0)
+  assert evaluate.loss_facts(loss) == (
+      'mask_reg_weight 0.1, overlap_weight 1, coverage_weight 0.5, '
+      'temporal_weight 5, balance_weight 5, balance_per_pair')

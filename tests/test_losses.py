@@ -49,6 +49,26 @@ def test_disjoint_constant_masks():
   assert float(metrics['temporal']) == pytest.approx(0.1)
 
 
+def test_pair_balance_penalises_pairs_that_lean_though_the_batch_does_not():
+  # Pair 0 takes most of its input, pair 1 little: the batch's means are
+  # 0.5 (no batch balance), each pair's are 0.8 and 0.2.
+  leaning = jnp.stack([jnp.full((10, 4), 0.8), jnp.full((10, 4), 0.2)])
+  assert float(losses.mask_metrics(leaning, 1.0 - leaning)['balance']) == (
+      pytest.approx(0.0, abs=1e-12))
+  assert float(losses.pair_balance(leaning, 1.0 - leaning)) == pytest.approx(
+      2 * 0.3 ** 2)
+  weights = run_config.LossConfig(balance_per_pair=True)
+  output = jnp.zeros((2, 10, 4))
+  loss, metrics = losses.generator_loss(output, output, output, leaning,
+                                        1.0 - leaning, None, weights,
+                                        learned_masks=True)
+  val_loss, _ = losses.validation_loss(output, output, output, leaning,
+                                       1.0 - leaning, weights,
+                                       learned_masks=True)
+  assert float(metrics['balance_weighted']) == pytest.approx(5.0 * 0.18)
+  assert float(loss - val_loss) == pytest.approx(5.0 * 0.18)
+
+
 def test_generator_and_validation_losses_combine_weighted_terms():
   weights = run_config.LossConfig(input_weight=0.7, target_weight=0.2,
                                   overlap_weight=10.0)  # the published code's

@@ -55,10 +55,10 @@ def test_the_seed_recipe_has_no_stabiliser_and_the_stable_one_adds_only_them(
   stable = flax.traverse_util.flatten_dict(dataclasses.asdict(
       run_config.parse(creative_stable.get_config())), sep='.')
   stabilisers = ('optim.ema_decay', 'loss.r1_weight',
-                 'loss.disc_label_smoothing')
-  assert all(seed[name] == 0.0 for name in stabilisers)
+                 'loss.disc_label_smoothing', 'loss.balance_per_pair')
+  assert all(not seed[name] for name in stabilisers)
   assert {name for name in seed if seed[name] != stable[name]} == {
-      'optim.ema_decay', 'optim.disc_learning_rate'}
+      'optim.ema_decay', 'optim.disc_learning_rate', 'loss.balance_per_pair'}
   assert stable['optim.disc_learning_rate'] < seed['optim.disc_learning_rate']
   assert run_config.parse(demo.get_config()).optim.ema_decay > 0.0
 

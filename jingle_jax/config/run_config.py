@@ -47,6 +47,9 @@ class LossConfig:
   # The too-static-masks penalty.
   temporal_weight: float = field(5.0, recorded_before=5.0)
   balance_weight: float = field(5.0)  # the 50/50 mask balance term.
+  # Balance each pair's masks rather than the batch's means (a stabiliser,
+  # DESIGN.md 4.4a): the masks of songs not trained on then lean less.
+  balance_per_pair: bool = field(False, recorded_before=False)
   # The adversarial loss; 0 disables the GAN.
   gan_weight: float = field(0.1, changes_checkpoints=_comes_or_goes)
   # The discriminator's stabilisers (DESIGN.md 4.4a); 0, the seed's, is off.

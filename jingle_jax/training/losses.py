@@ -50,6 +50,15 @@ def mask_metrics(input_mask, target_mask, weights=None):
   }
 
 
+def pair_balance(input_mask, target_mask):
+  """The balance term taken per pair: the mean over the batch of each pair's
+  (mean(m_in) - 0.5)^2 + (mean(m_tgt) - 0.5)^2."""
+  def lean(mask):
+    return jnp.square(jnp.mean(mask.reshape(mask.shape[0], -1).astype(
+        jnp.float32), axis=1) - 0.5)
+  return jnp.mean(lean(input_mask) + lean(target_mask))
+
+
 def bce_with_logits(logits, label: float, weights=None):
   """Mean binary cross-entropy of logits [B] against a constant label."""
   labels = jnp.full_like(logits, label)
@@ -96,6 +105,10 @@ def generator_loss(output, inputs, targets, input_mask, target_mask,
   loss, metrics = validation_loss(output, inputs, targets, input_mask,
                                   target_mask, weights, learned_masks)
   if learned_masks:
+    if weights.balance_per_pair:
+      metrics['pair_balance'] = pair_balance(input_mask, target_mask)
+      metrics['balance_weighted'] = (weights.balance_weight *
+                                     metrics['pair_balance'])
     loss += metrics['balance_weighted']
   if fake_logits is not None:
     metrics['g_adv'] = bce_with_logits(fake_logits, 1.0)
