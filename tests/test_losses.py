@@ -62,11 +62,16 @@ def test_pair_balance_penalises_pairs_that_lean_though_the_batch_does_not():
   loss, metrics = losses.generator_loss(output, output, output, leaning,
                                         1.0 - leaning, None, weights,
                                         learned_masks=True)
-  val_loss, _ = losses.validation_loss(output, output, output, leaning,
-                                       1.0 - leaning, weights,
-                                       learned_masks=True)
+  val_loss, val_metrics = losses.validation_loss(
+      output, output, output, leaning, 1.0 - leaning, weights,
+      learned_masks=True, example_weights=jnp.array([1.0, 0.0]))
   assert float(metrics['balance_weighted']) == pytest.approx(5.0 * 0.18)
   assert float(loss - val_loss) == pytest.approx(5.0 * 0.18)
+  # Validation reports it too, over the pairs it weighs.
+  assert float(val_metrics['pair_balance']) == pytest.approx(2 * 0.3 ** 2)
+  assert float(losses.pair_balance(
+      leaning, jnp.full_like(leaning, 0.5), jnp.array([0.0, 1.0]))) == (
+          pytest.approx(0.3 ** 2))
 
 
 def test_generator_and_validation_losses_combine_weighted_terms():

@@ -50,13 +50,13 @@ def mask_metrics(input_mask, target_mask, weights=None):
   }
 
 
-def pair_balance(input_mask, target_mask):
+def pair_balance(input_mask, target_mask, weights=None):
   """The balance term taken per pair: the mean over the batch of each pair's
   (mean(m_in) - 0.5)^2 + (mean(m_tgt) - 0.5)^2."""
   def lean(mask):
     return jnp.square(jnp.mean(mask.reshape(mask.shape[0], -1).astype(
         jnp.float32), axis=1) - 0.5)
-  return jnp.mean(lean(input_mask) + lean(target_mask))
+  return batch_mean(lean(input_mask) + lean(target_mask), weights)
 
 
 def bce_with_logits(logits, label: float, weights=None):
@@ -85,7 +85,11 @@ def validation_loss(output, inputs, targets, input_mask, target_mask,
   metrics['mask_reg'] = (weights.overlap_weight * metrics['overlap'] +
                          weights.coverage_weight * metrics['coverage'] +
                          weights.temporal_weight * metrics['temporal'])
-  metrics['balance_weighted'] = weights.balance_weight * metrics['balance']
+  if weights.balance_per_pair:
+    metrics['pair_balance'] = pair_balance(input_mask, target_mask,
+                                           example_weights)
+  metrics['balance_weighted'] = weights.balance_weight * metrics[
+      'pair_balance' if weights.balance_per_pair else 'balance']
   metrics['recon_input'] = rms(output - inputs, example_weights)
   metrics['recon_target'] = rms(output - targets, example_weights)
   loss = (weights.input_weight * metrics['recon_input'] +
@@ -105,10 +109,6 @@ def generator_loss(output, inputs, targets, input_mask, target_mask,
   loss, metrics = validation_loss(output, inputs, targets, input_mask,
                                   target_mask, weights, learned_masks)
   if learned_masks:
-    if weights.balance_per_pair:
-      metrics['pair_balance'] = pair_balance(input_mask, target_mask)
-      metrics['balance_weighted'] = (weights.balance_weight *
-                                     metrics['pair_balance'])
     loss += metrics['balance_weighted']
   if fake_logits is not None:
     metrics['g_adv'] = bce_with_logits(fake_logits, 1.0)
