@@ -3,7 +3,7 @@
 For the demo latents (jingle_jax.synth, then precompute.encode); what
 run_tpu_or_gpu.sh demo trains. Everything not set here is
 configs/creative_stable.py: the seed recipe with the GAN kept in check
-and the masks balanced per pair.
+and the masks balanced per pair (its rates' decay aside).
 """
 
 from configs import creative_stable
@@ -44,4 +44,7 @@ def get_config():
   # stay within 0.02 (docs/BENCHMARKS.md, "GAN stability").
   config.optim.learning_rate = 3e-4
   config.optim.ema_decay = 0.99  # a 100-step average for a 200-step run.
+  # 200 steps are too few to decay over: with the stable recipe's cosine
+  # decay the demo reached 76-89% complementarity, against 99.7% constant.
+  config.optim.lr_schedule = 'constant'
   return config

@@ -58,9 +58,14 @@ def test_the_seed_recipe_has_no_stabiliser_and_the_stable_one_adds_only_them(
                  'loss.disc_label_smoothing', 'loss.balance_per_pair')
   assert all(not seed[name] for name in stabilisers)
   assert {name for name in seed if seed[name] != stable[name]} == {
-      'optim.ema_decay', 'optim.disc_learning_rate', 'loss.balance_per_pair'}
+      'optim.ema_decay', 'optim.disc_learning_rate', 'loss.balance_per_pair',
+      'optim.lr_schedule', 'optim.warmup_steps'}
   assert stable['optim.disc_learning_rate'] < seed['optim.disc_learning_rate']
-  assert run_config.parse(demo.get_config()).optim.ema_decay > 0.0
+  assert (seed['optim.lr_schedule'], stable['optim.lr_schedule']) == (
+      'constant', 'cosine')
+  demo_optim = run_config.parse(demo.get_config()).optim
+  assert demo_optim.ema_decay > 0.0
+  assert demo_optim.lr_schedule == 'constant'
 
 
 def test_training_needs_data_and_a_workdir(config):
