@@ -30,6 +30,7 @@ from jingle_jax.config import run_config
 from jingle_jax.core import compile_cache
 from jingle_jax.core import files
 from jingle_jax.core import parallel
+from jingle_jax.core import xla_options
 from jingle_jax.data import latent_space
 from jingle_jax.data import latents
 from jingle_jax.inference import encodec_decoding
@@ -198,21 +199,23 @@ def compile_step(config, *, steps: int, target_audio: bool):
   mesh = parallel.make_mesh()
   replicated = parallel.replicated(mesh)
   split = parallel.data_sharding(mesh)
-  state = jax.jit(functools.partial(train_step.create_train_state, config),
-                  out_shardings=replicated)(rng)
-  batch = jax.jit(
+  state = xla_options.jit(
+      functools.partial(train_step.create_train_state, config),
+      out_shardings=replicated)(rng)
+  batch = xla_options.jit(
       functools.partial(random_batch,
                         batch_size=config.per_device_batch_size *
                         jax.device_count(), num_frames=config.num_frames,
                         latent_dim=config.model.latent_dim,
                         target_audio=target_audio),
       out_shardings=split)(jax.random.fold_in(rng, 1))
-  decoder = jax.jit(functools.partial(random_decoder, config),
-                    out_shardings=replicated)(jax.random.fold_in(rng, 3))
+  decoder = xla_options.jit(functools.partial(random_decoder, config),
+                            out_shardings=replicated)(
+                                jax.random.fold_in(rng, 3))
   space = jax.device_put(latent_space.identity(config.model.latent_dim),
                          replicated)
   step_rngs = jax.random.split(jax.random.fold_in(rng, 2), steps + 1)
-  step = jax.jit(
+  step = xla_options.jit(
       parallel.on_mesh(functools.partial(train_step.train_step,
                                          config=config,
                                          total_steps=steps + 1), mesh),

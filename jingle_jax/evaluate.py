@@ -26,6 +26,7 @@ import numpy as np
 
 from jingle_jax import cli
 from jingle_jax.core import files
+from jingle_jax.core import xla_options
 from jingle_jax.data import input_pipeline
 from jingle_jax.data import latents
 from jingle_jax.inference import encodec_decoding
@@ -86,7 +87,7 @@ def evaluate_methods(model: trained_model.TrainedModel, pairs, batch_size: int,
   batch = pairs.read(every_pair, every_pair)
   fault_error = functools.partial(pairs.fault_error, inputs=every_pair,
                                   targets=every_pair)
-  pair_metrics = jax.jit(metrics.batch_metrics)
+  pair_metrics = xla_options.jit(metrics.batch_metrics)
   results, examples = {}, {}
   for method in METHODS:
     run = model.with_masking(method).run(batch['input'], batch['target'],

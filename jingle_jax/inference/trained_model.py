@@ -7,11 +7,11 @@ convert_torch writes workdirs it loads.
 import dataclasses
 import functools
 
-import jax
 import numpy as np
 
 from jingle_jax.config import run_config
 from jingle_jax.core import compile_cache
+from jingle_jax.core import xla_options
 from jingle_jax.data import input_pipeline
 from jingle_jax.data import latent_space
 from jingle_jax.data import latents
@@ -136,4 +136,4 @@ def compiled_run(model_config):
             'output': out.output, 'input_mask': out.input_mask,
             'target_mask': out.target_mask}, fault
 
-  return jax.jit(run)
+  return xla_options.jit(run)

@@ -21,6 +21,7 @@ from jingle_jax.core import compile_cache
 from jingle_jax.core import errors
 from jingle_jax.core import parallel
 from jingle_jax.core import stop_signal
+from jingle_jax.core import xla_options
 from jingle_jax.data import input_pipeline
 from jingle_jax.data import latent_space
 from jingle_jax.inference import encodec_decoding
@@ -74,11 +75,12 @@ def compile_steps(config, mesh, rng, space, decoder=None, total_steps=None):
     return train_step.train_step(state, batch, step_rng, space, decoder,
                                  config=config, total_steps=total_steps)
 
-  train = jax.jit(parallel.on_mesh(step, mesh),
-                  in_shardings=(replicated, split, replicated, replicated,
-                                replicated),
-                  out_shardings=(replicated, replicated), donate_argnums=0)
-  evaluate = jax.jit(
+  train = xla_options.jit(parallel.on_mesh(step, mesh),
+                          in_shardings=(replicated, split, replicated,
+                                        replicated, replicated),
+                          out_shardings=(replicated, replicated),
+                          donate_argnums=0)
+  evaluate = xla_options.jit(
       parallel.on_mesh(functools.partial(train_step.eval_step, config=config),
                        mesh),
       in_shardings=(replicated, split, replicated, replicated),
@@ -257,7 +259,7 @@ class TrainingLoop:
     if restored is None:
       init_rng, self.rng = jax.random.split(jax.random.key(self.config.seed))
       init_data = np.asarray(jax.random.key_data(init_rng))
-      self.state = jax.jit(
+      self.state = xla_options.jit(
           lambda: train_step.create_train_state(
               self.config, jax.random.wrap_key_data(init_data)),
           out_shardings=parallel.replicated(self.mesh))()

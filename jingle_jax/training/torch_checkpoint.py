@@ -13,6 +13,7 @@ import flax.traverse_util
 import jax
 import numpy as np
 
+from jingle_jax.core import xla_options
 from jingle_jax.models.cascade import sinusoidal_positions
 from jingle_jax.models.cascade import stack_layers
 from jingle_jax.models.cascade import unstack_layers
@@ -179,7 +180,7 @@ def convert(checkpoint, config, source='checkpoint', *, rng=None):
         f'{source} has GAN discriminator weights but the config sets '
         'loss.gan_weight = 0; pass --config.loss.gan_weight')
   # Filled in PyTorch's layout of the layers, stacked for the scan at the end.
-  state = unstack_layers(jax.jit(functools.partial(
+  state = unstack_layers(xla_options.jit(functools.partial(
       train_step.create_train_state, config))(
           jax.random.key(config.seed) if rng is None else rng))
   positions = [f'cascade_stages.{stage}.pos_encoding.pe'
