@@ -4,8 +4,8 @@ evaluation steps, the state's initialisation and inference.
 On a CPU, XLA's loop emitters compile a kernel faster than its MLIR fusion
 emitters, and LLVM's level 1 faster than its default 2. Runs of the model
 there (the tests, the demo) are bound by compiling: the seed step compiles
-in about 6.9 s instead of 8.6 s, at 2-10% more time a step
-(docs/BENCHMARKS.md, "the CPU's kernel emitters"). EnCodec's
+in 7.0-7.2 s instead of 8.9-9.0 s, and a step of the small models takes
+3-15% longer (docs/BENCHMARKS.md, "the CPU's kernel emitters"). EnCodec's
 encoder and decoder, which run long on few kernels, keep XLA's defaults,
 as other backends do.
 """
