@@ -1,5 +1,6 @@
 """jax.jit with XLA options for the model's programs: the train and
-evaluation steps, the state's initialisation and inference.
+evaluation steps, the state's initialisation, inference and the bench's
+inputs to them.
 
 On a CPU, XLA's loop emitters compile a kernel faster than its MLIR fusion
 emitters, and LLVM's level 1 faster than its default 2. Runs of the model

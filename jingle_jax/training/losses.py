@@ -85,11 +85,11 @@ def validation_loss(output, inputs, targets, input_mask, target_mask,
   metrics['mask_reg'] = (weights.overlap_weight * metrics['overlap'] +
                          weights.coverage_weight * metrics['coverage'] +
                          weights.temporal_weight * metrics['temporal'])
+  balance = metrics['balance']
   if weights.balance_per_pair:
-    metrics['pair_balance'] = pair_balance(input_mask, target_mask,
-                                           example_weights)
-  metrics['balance_weighted'] = weights.balance_weight * metrics[
-      'pair_balance' if weights.balance_per_pair else 'balance']
+    balance = metrics['pair_balance'] = pair_balance(
+        input_mask, target_mask, example_weights)
+  metrics['balance_weighted'] = weights.balance_weight * balance
   metrics['recon_input'] = rms(output - inputs, example_weights)
   metrics['recon_target'] = rms(output - targets, example_weights)
   loss = (weights.input_weight * metrics['recon_input'] +
