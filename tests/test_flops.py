@@ -66,6 +66,19 @@ def test_attention_kernels_and_what_remat_keeps():
   kept = jax.grad(jax.checkpoint(lambda q: loss(q, 'fused'),
                                  policy=LAYER_POLICY))
   assert flops_of(kept, q) == 9 * matmul + delta
+  # The reference, rematerialised in a remat 'layers' layer, before the out
+  # projection (whose weight gradient needs its output): the layer's policy
+  # keeps that output, so only the reference's own backward pass recomputes
+  # QK and PV.
+  w = jnp.zeros((3 * 16, 8))
+  projection = 2 * 2 * 40 * 3 * 16 * 8
+
+  def layer(q, w):
+    out = attention.attend(q, q, q, 0.1, seed, 'xla', remat=True)
+    return jnp.sum(out.reshape(2, 40, -1) @ w)
+
+  in_layer = jax.grad(jax.checkpoint(layer, policy=LAYER_POLICY), (0, 1))
+  assert flops_of(in_layer, q, w) == 8 * matmul + 3 * projection
 
 
 def test_cascade_forward_is_the_closed_form():

@@ -23,7 +23,8 @@ import numpy as np
 from jingle_jax.models import dropout as dropout_lib
 
 IMPLEMENTATIONS = ('xla', 'fused')
-# The kernels' output and softmax statistics, as remat policies name them.
+# The kernels' output and softmax statistics (the reference's output), as
+# remat policies name them.
 RESIDUALS_NAME = 'attention_residuals'
 _LOG2_E = math.log2(math.e)
 _MASKED = -1e30  # logit of a padding key: exp2 of it is 0
@@ -72,7 +73,9 @@ def attend(q, k, v, dropout_rate: float, seed, implementation: str,
   'xla' is `reference`, or cuDNN's fused attention where nothing is
   dropped; with `remat`, its dropped-out weights are recomputed in the
   backward pass instead of stored (O(T) memory per layer instead of
-  O(T^2)). `seed` (uint32[2]) is unused without dropout.
+  O(T^2)), and its output is named as the kernels' are, so that a
+  rematerialised layer keeps it rather than recompute the weights twice.
+  `seed` (uint32[2]) is unused without dropout.
   """
   if implementation == 'fused':
     return fused(q, k, v, dropout_rate, seed)
@@ -81,9 +84,11 @@ def attend(q, k, v, dropout_rate: float, seed, implementation: str,
                      f'one of {IMPLEMENTATIONS}')
   if not dropout_rate:
     return _cudnn_or_reference(q, k, v)
-  function = (jax.checkpoint(reference, static_argnums=(3,)) if remat
-              else reference)
-  return function(q, k, v, dropout_rate, seed)
+  if not remat:
+    return reference(q, k, v, dropout_rate, seed)
+  out = jax.checkpoint(reference, static_argnums=(3,))(
+      q, k, v, dropout_rate, seed)
+  return checkpoint_name(out, RESIDUALS_NAME)
 
 
 def fused(q, k, v, dropout_rate: float, seed=None, interpret=None):

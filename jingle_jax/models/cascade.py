@@ -32,7 +32,7 @@ from jingle_jax.models.mask_generator import example_rms
 LAYER_NORM_EPSILON = 1e-5  # PyTorch's default
 RMS_SCALE_RANGE = (0.7, 1.5)
 # What remat 'layers' keeps of a layer's forward pass: the outputs of its
-# projections and of the fused attention kernels (not their [T, S] weights).
+# projections and of its attention (not the [T, S] weights).
 LAYER_POLICY = jax.checkpoint_policies.save_from_both_policies(
     jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     jax.checkpoint_policies.save_only_these_names(attention.RESIDUALS_NAME))
