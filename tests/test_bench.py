@@ -1,4 +1,5 @@
-"""The step benchmark's JSON line, data-parallel over four CPU devices."""
+"""The step benchmark's JSON line, data-parallel over four CPU devices, and
+its seed step exported for CUDA."""
 
 import functools
 import json
@@ -8,7 +9,10 @@ import sys
 
 import jax
 
+from configs import creative
 from jingle_jax import bench as bench_lib
+from jingle_jax.config import run_config
+from jingle_jax.data import latent_space
 from jingle_jax.training import train_step
 import train_config
 
@@ -64,3 +68,34 @@ def test_activation_bytes_count_what_remat_does_not_keep(tiny_config):
 
   weights_bytes = (2 * 2 * 32 * 32 + 4 * 2 * 32 * 32) * 4
   assert kept('none') - kept('layers') >= weights_bytes
+
+
+def test_the_seed_step_as_a_gpu_traces_it_lowers_for_cuda(monkeypatch):
+  """The seed recipe's step, EnCodec's decoder in it, exported for CUDA
+  with the choices a GPU's backend makes at trace time (bfloat16, the fused
+  attention's Triton kernels): what benchmarks/gpu.sh compiles."""
+  config = run_config.parse(creative.get_config())
+  assert config.loss.uses_audio  # the spectral outlier term decodes
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  rng = jax.random.key(0)
+  abstract = lambda f, *args, **kwargs: jax.eval_shape(
+      functools.partial(f, *args, **kwargs), rng)
+  args = (abstract(train_step.create_train_state, config),
+          abstract(bench_lib.random_batch, batch_size=64,
+                   num_frames=config.num_frames,
+                   latent_dim=config.model.latent_dim), rng,
+          jax.eval_shape(lambda: latent_space.identity(
+              config.model.latent_dim)),
+          abstract(bench_lib.random_decoder, config))
+  triton = '__gpu$xla.gpu.triton'
+  exported = jax.export.export(
+      jax.jit(functools.partial(train_step.train_step, config=config,
+                                total_steps=2)),
+      platforms=('cuda',),
+      disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(triton)])(
+          *args)
+  module = exported.mlir_module()
+  # Forward, key and query gradients: each stage's scanned layer and the
+  # mask generator's cross-attention.
+  assert module.count(f'@{triton}(') == 3 * (config.model.num_stages + 1)
+  assert 'xbf16>' in module and args[1]['input'].dtype == 'float16'

@@ -53,3 +53,80 @@ def count_fusions(compiled) -> int:
   """Fused computations in a compiled program's HLO: on a GPU, each is a
   kernel of its own (the rest being library calls such as matmuls)."""
   return len(re.findall(r'^%?fused_computation', compiled.as_text(), re.M))
+
+
+# Instructions outside fused computations that launch nothing on a GPU.
+_NO_KERNEL = frozenset((
+    'parameter', 'constant', 'get-tuple-element', 'tuple', 'bitcast',
+    'after-all', 'partition-id', 'replica-id', 'opt-barrier', 'copy-done',
+    'add-dependency'))
+
+
+def gpu_kernels(hlo_text: str) -> dict:
+  """The kernels of a GPU-compiled program's HLO text (each fusion, library
+  call and copy outside fused computations), written and launched.
+
+  {'kernels': in the program, 'launches': in one run, a while loop's body
+  counted its known trip count times and a conditional as its larger
+  branch, 'by_op': launches by instruction, 'loops': [(name, trips,
+  launches per trip)]}. A loop without a known trip count counts once.
+  """
+  computations = {}
+  for block in re.split(r'\n\n+', hlo_text):
+    header = re.match(r'\s*(?:ENTRY )?%(\S+) ', block)
+    if header:
+      computations[header.group(1)] = block.strip().splitlines()[1:]
+  entry = re.search(r'^ENTRY %(\S+) ', hlo_text, re.M).group(1)
+  nested = set(re.findall(r'(?:calls|to_apply)=%([\w.\-]+)', hlo_text))
+  kernels = sum(1 for name, lines in computations.items()
+                if name not in nested
+                for line in lines if _kernel(line))
+  loops, launched = [], {}
+
+  def launches(name) -> collections.Counter:
+    if name not in launched:
+      counts = collections.Counter()
+      for line in computations[name]:
+        op = _op(line)
+        if op == 'while':
+          body = re.search(r'body=%([\w.\-]+)', line).group(1)
+          trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+          trips = int(trips.group(1)) if trips else 1
+          per_trip = launches(body)
+          loops.append((_op_name(line), trips, sum(per_trip.values())))
+          counts.update({k: trips * v for k, v in per_trip.items()})
+        elif op == 'conditional':
+          listed = re.search(r'branch_computations=\{([^}]*)\}', line)
+          branches = re.findall(
+              r'%([\w.\-]+)', listed.group(1) if listed else ' '.join(
+                  re.findall(r'(?:true|false)_computation=%[\w.\-]+', line)))
+          counts.update(max((launches(b) for b in branches),
+                            key=lambda c: sum(c.values())))
+        elif op == 'call':
+          counts.update(launches(re.search(r'to_apply=%([\w.\-]+)',
+                                           line).group(1)))
+        elif _kernel(line):
+          counts[op] += 1
+      launched[name] = counts
+    return launched[name]
+
+  by_op = launches(entry)
+  return {'kernels': kernels, 'launches': sum(by_op.values()),
+          'by_op': dict(by_op.most_common()), 'loops': loops}
+
+
+def _op(line: str):
+  """An instruction's opcode: the first word after '=' that opens its
+  operands (shapes, tuples of them included, never do)."""
+  _, equals, rest = line.partition(' = ')
+  found = equals and re.search(r'(?<![\w.%\-])([a-z][\w\-]*)\(', rest)
+  return found.group(1) if found else None
+
+
+def _kernel(line: str) -> bool:
+  return _op(line) not in _NO_KERNEL | {None, 'while', 'conditional', 'call'}
+
+
+def _op_name(line: str) -> str:
+  found = re.search(r'op_name="([^"]*)"', line)
+  return found.group(1) if found else ''
