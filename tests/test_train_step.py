@@ -396,3 +396,19 @@ def test_a_schedule_needs_the_run_length():
        0.1 + 0.9 * 0.5 * (1 + np.cos(3 * np.pi / 4)), 0.1, 0.1], rtol=1e-6)
   with pytest.raises(ValueError, match='needs the run\'s length'):
     optimizers.learning_rate_scale(cosine, 0, None)
+
+
+@pytest.mark.parametrize('backend', ['cpu', 'gpu'])
+def test_an_update_applies_only_when_finite_on_each_compilers_path(backend):
+  """The conditional (CPU) and the select (GPU) keep a skipped step's state,
+  whatever its update, and apply a finite step's."""
+  state = {'step': jnp.int32(3), 'params': jnp.arange(4.0),
+           'mu': jnp.ones((2, 3))}
+  increment = lambda state: jax.tree.map(lambda x: x + 1, state)
+  poison = lambda state: dict(increment(state), params=state['params'] * np.nan)
+  updated = jax.jit(functools.partial(train_step.updated_where,
+                                      backend=backend), static_argnums=1)
+  jax.tree.map(np.testing.assert_array_equal,
+               updated(jnp.bool_(False), poison, state), state)
+  jax.tree.map(lambda new, old: np.testing.assert_array_equal(new, old + 1),
+               updated(jnp.bool_(True), increment, state), state)

@@ -10,6 +10,7 @@ step. Without them
 it is None and nothing of it is compiled.
 """
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -246,6 +247,18 @@ def gradients(state: TrainState, batch, rng, config, decoder=None,
   return grads, batch_stats, disc, {**metrics, **generator_metrics}
 
 
+def updated_where(finite, update, state, backend=None):
+  """update(state) if `finite`, else `state` as it is, for the compiler of
+  `backend` (default: jax's): XLA's CPU compiler runs a conditional's update
+  in place on the donated buffers, but a GPU's copies all of a conditional's
+  state, twice, where a select fuses into the update's kernels
+  (docs/BENCHMARKS.md, "the GPU compiler's kernels")."""
+  if (backend or jax.default_backend()) == 'cpu':
+    return jax.lax.cond(finite, update, lambda state: state, state)
+  return jax.tree.map(functools.partial(jnp.where, finite), update(state),
+                      state)
+
+
 def train_step(state: TrainState, batch, rng, space, decoder=None, *,
                config, total_steps=None):
   """One discriminator and one generator AdamW update, in that order.
@@ -287,9 +300,7 @@ def train_step(state: TrainState, batch, rng, space, decoder=None, *,
       state = state.replace(disc_params=disc[0], disc_opt_state=disc[1])
     return state
 
-  # A conditional rather than a select over the state: the update runs in
-  # place on the donated buffers, and a skipped step passes them through.
-  new_state = jax.lax.cond(finite, update, lambda state: state, state)
+  new_state = updated_where(finite, update, state)
   metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
   metrics['data_fault'] = fault
   return new_state, metrics
