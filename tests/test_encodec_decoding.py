@@ -112,6 +112,58 @@ def test_gradients_match_pytorch_autograd(encodec):
     assert relative <= 1e-3, (remat, relative)
 
 
+def autodiff_recurrence(projected, kernel):
+  """torch.nn.LSTM's recurrence from zero states, differentiated by JAX."""
+  def step(carry, projected_t):
+    hidden, cell = carry
+    z = (projected_t + hidden @ kernel).astype(jnp.float32)
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    cell = jax.nn.sigmoid(f) * cell + jax.nn.sigmoid(i) * jnp.tanh(g)
+    hidden = (jax.nn.sigmoid(o) * jnp.tanh(cell)).astype(projected.dtype)
+    return (hidden, cell), hidden
+
+  batch, width = projected.shape[1], kernel.shape[0]
+  return jax.lax.scan(step, (jnp.zeros((batch, width), projected.dtype),
+                             jnp.zeros((batch, width))), projected)[1]
+
+
+@pytest.mark.parametrize('dtype, tolerance',
+                         [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_the_lstm_backward_pass_is_autodiffs(dtype, tolerance):
+  """seanet.recurrence's written-out backward pass: the gradients of the
+  projected inputs and of the recurrent kernel are autodiff's."""
+  rng = np.random.default_rng(3)
+  steps, batch, width = 40, 3, 8
+  projected = jnp.asarray(rng.normal(size=(steps, batch, 4 * width)), dtype)
+  kernel = jnp.asarray(rng.normal(size=(width, 4 * width)) / 3, dtype)
+  weights = rng.normal(size=(steps, batch, width)).astype(np.float32)
+  gradients = lambda f: jax.grad(lambda p, k: jnp.sum(
+      f(p, k).astype(jnp.float32) * weights), (0, 1))(projected, kernel)
+  np.testing.assert_array_equal(seanet.recurrence(projected, kernel),
+                                autodiff_recurrence(projected, kernel))
+  for actual, expected in zip(gradients(seanet.recurrence),
+                              gradients(autodiff_recurrence)):
+    assert actual.dtype == expected.dtype == dtype
+    actual, expected = (np.asarray(x, np.float32) for x in (actual, expected))
+    relative = np.max(np.abs(actual - expected)) / np.max(np.abs(expected))
+    assert relative < tolerance, relative
+
+
+def test_the_lstm_keeps_its_pre_activations_and_states_per_step():
+  """Per time step, the backward pass keeps the gates' pre-activations,
+  the hidden state and the cell (each an array the loop writes every step),
+  not each gate and intermediate."""
+  steps, batch, width = 50, 2, 8
+  lstm = seanet.LSTM(width)
+  x = jnp.zeros((batch, steps, width))
+  params = lstm.init(jax.random.key(0), x)
+  residuals = jax.eval_shape(lambda p: jax.vjp(
+      lambda p: lstm.apply(p, x), p)[1], params)
+  per_step = sorted(leaf.shape[2:] for leaf in jax.tree.leaves(residuals)
+                    if leaf.shape[:2] == (steps, batch))
+  assert per_step == [(width,), (width,), (4 * width,)]
+
+
 def test_bfloat16_compute_stays_near_float32(encodec):
   _, params = encodec
   x = random_latents(6, 1, 30, 128)

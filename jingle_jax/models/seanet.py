@@ -55,10 +55,86 @@ class CausalConv(nn.Module):
     return y + bias
 
 
+def _gates(z):
+  """The gates i, f, g, o of float32 pre-activations z [..., 4H]."""
+  i, f, g, o = jnp.split(z, 4, axis=-1)
+  return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+
+
+def _recurrence_steps(projected, recurrent_kernel):
+  """(hidden [T, B, H] in the compute dtype, pre-activations z [T, B, 4H]
+  in it, cell [T, B, H] float32) over time-major inputs projected [T, B,
+  4H], from zero states."""
+  batch, width = projected.shape[1], recurrent_kernel.shape[0]
+
+  def step(carry, projected_t):
+    hidden, cell = carry
+    z = projected_t + hidden @ recurrent_kernel
+    i, f, g, o = _gates(z.astype(jnp.float32))
+    cell = f * cell + i * g
+    hidden = (o * jnp.tanh(cell)).astype(projected.dtype)
+    return (hidden, cell), (hidden, z, cell)
+
+  initial = (jnp.zeros((batch, width), projected.dtype),
+             jnp.zeros((batch, width), jnp.float32))
+  return jax.lax.scan(step, initial, projected)[1]
+
+
+@jax.custom_vjp
+def recurrence(projected, recurrent_kernel):
+  """An LSTM's hidden states [T, B, H] over time-major projected inputs
+  [T, B, 4H] (x W_ih + b), from zero states.
+
+  Its backward pass is written out: a scan that keeps, per step, only the
+  pre-activations and the cell (the carries' gradients in float32), and
+  one matmul after it for the recurrent kernel's gradient. Traced by autodiff, every intermediate of a step was
+  kept (each a write per step, a kernel of its own on a GPU) and the
+  kernel's gradient accumulated step by step (docs/BENCHMARKS.md, "the GPU
+  compiler's kernels").
+  """
+  return _recurrence_steps(projected, recurrent_kernel)[0]
+
+
+def _recurrence_forward(projected, recurrent_kernel):
+  hidden, z, cell = _recurrence_steps(projected, recurrent_kernel)
+  return hidden, (recurrent_kernel, hidden, z, cell)
+
+
+def _recurrence_backward(residuals, d_hidden):
+  recurrent_kernel, hidden, z, cell = residuals
+  dtype = hidden.dtype
+  shifted = lambda x: jnp.concatenate([jnp.zeros_like(x[:1]), x[:-1]])
+
+  def step(carry, inputs):
+    d_recurrent, d_cell = carry  # from step t + 1, float32
+    d_hidden_t, z_t, cell_t, previous_cell = inputs
+    i, f, g, o = _gates(z_t.astype(jnp.float32))
+    tanh_cell = jnp.tanh(cell_t)
+    d_h = d_hidden_t.astype(jnp.float32) + d_recurrent
+    d_cell = d_cell + d_h * o * (1 - tanh_cell * tanh_cell)
+    d_z = jnp.concatenate([d_cell * g * i * (1 - i),
+                           d_cell * previous_cell * f * (1 - f),
+                           d_cell * i * (1 - g * g),
+                           d_h * tanh_cell * o * (1 - o)], axis=-1)
+    d_z = d_z.astype(dtype)
+    d_recurrent = (d_z @ recurrent_kernel.T).astype(jnp.float32)
+    return (d_recurrent, d_cell * f), d_z
+
+  initial = (jnp.zeros(hidden.shape[1:], jnp.float32),) * 2
+  _, d_z = jax.lax.scan(step, initial,
+                        (d_hidden, z, cell, shifted(cell)), reverse=True)
+  d_kernel = jnp.einsum('tbh,tbg->hg', shifted(hidden), d_z,
+                        preferred_element_type=jnp.float32)
+  return d_z, d_kernel.astype(recurrent_kernel.dtype)
+
+
+recurrence.defvjp(_recurrence_forward, _recurrence_backward)
+
+
 class LSTM(nn.Module):
-  """torch.nn.LSTM (gates i, f, g, o; b_ih + b_hh as one bias), one layer,
-  over time as a scan. The input projection of every step is one matmul
-  before the scan; the cell state stays float32."""
+  """torch.nn.LSTM (gates i, f, g, o; b_ih + b_hh as one bias), one layer:
+  the input projection of every step is one matmul before `recurrence`;
+  the cell state stays float32."""
   features: int
   dtype: Any = jnp.float32
 
@@ -73,21 +149,9 @@ class LSTM(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (gates,))
     projected = (x.astype(self.dtype) @ input_kernel.astype(self.dtype)
                  + bias.astype(self.dtype))
-    recurrent_kernel = recurrent_kernel.astype(self.dtype)
-
-    def step(carry, projected_t):
-      hidden, cell = carry
-      z = (projected_t + hidden @ recurrent_kernel).astype(jnp.float32)
-      i, f, g, o = jnp.split(z, 4, axis=-1)
-      cell = jax.nn.sigmoid(f) * cell + jax.nn.sigmoid(i) * jnp.tanh(g)
-      hidden = (jax.nn.sigmoid(o) * jnp.tanh(cell)).astype(self.dtype)
-      return (hidden, cell), hidden
-
-    batch = x.shape[0]
-    initial = (jnp.zeros((batch, self.features), self.dtype),
-               jnp.zeros((batch, self.features), jnp.float32))
-    _, outputs = jax.lax.scan(step, initial, jnp.swapaxes(projected, 0, 1))
-    return jnp.swapaxes(outputs, 0, 1)
+    hidden = recurrence(jnp.swapaxes(projected, 0, 1),
+                        recurrent_kernel.astype(self.dtype))
+    return jnp.swapaxes(hidden, 0, 1)
 
 
 def skip_lstm(x, layers: int, dtype):
