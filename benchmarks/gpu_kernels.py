@@ -91,7 +91,7 @@ def run(flag_values):
   sharding = jax.sharding.SingleDeviceSharding(device)
   step = jax.jit(functools.partial(train_step.train_step, config=config,
                                    total_steps=config.num_train_steps),
-                 donate_argnums=0)
+                 donate_argnums=train_step.donated_arguments('gpu'))
   default_backend = jax.default_backend
   jax.default_backend = lambda: 'gpu'
   try:

@@ -220,7 +220,8 @@ def compile_step(config, *, steps: int, target_audio: bool):
                                          config=config,
                                          total_steps=steps + 1), mesh),
       in_shardings=(replicated, split, replicated, replicated, replicated),
-      out_shardings=(replicated, replicated), donate_argnums=0)
+      out_shardings=(replicated, replicated),
+      donate_argnums=train_step.donated_arguments())
   start = time.perf_counter()
   traced = step.trace(state, batch, step_rngs[0], space, decoder)
   compiled = traced.lower().compile()

@@ -57,7 +57,8 @@ class Schedule:
 
 
 def compile_steps(config, mesh, rng, space, decoder=None, total_steps=None):
-  """(train, evaluate), jitted over the mesh; train donates its state and
+  """(train, evaluate), jitted over the mesh; train donates what the
+  backend's compiler updates in place (train_step.donated_arguments) and
   schedules its learning rates over `total_steps`.
 
   Both take (state, batch, ...) with batches as the dataset stores them;
@@ -79,7 +80,7 @@ def compile_steps(config, mesh, rng, space, decoder=None, total_steps=None):
                           in_shardings=(replicated, split, replicated,
                                         replicated, replicated),
                           out_shardings=(replicated, replicated),
-                          donate_argnums=0)
+                          donate_argnums=train_step.donated_arguments())
   evaluate = xla_options.jit(
       parallel.on_mesh(functools.partial(train_step.eval_step, config=config),
                        mesh),

@@ -2,7 +2,7 @@
 
 The step functions are pure and mesh-agnostic: bind the config (a
 run_config.Config) with functools.partial and jit them with whatever
-shardings the caller uses, donating the state (argument 0) of `train_step`.
+shardings the caller uses, donating `donated_arguments()` of `train_step`.
 
 With audio-domain loss weights (DESIGN.md 4.5a), the steps take `decoder`, an
 encodec_decoding.DecoderBundle; the frozen decoder then runs inside the
@@ -247,12 +247,22 @@ def gradients(state: TrainState, batch, rng, config, decoder=None,
   return grads, batch_stats, disc, {**metrics, **generator_metrics}
 
 
+# XLA's CPU compiler updates a donated state in place, under a conditional
+# too. A GPU's copies all of a conditional's state, twice, and each donated
+# parameter that a loop reads, as much memory as the donation saves; there
+# a select fuses into the update's kernels, and no donation writes the new
+# state beside the old (docs/BENCHMARKS.md, "the GPU compiler's kernels").
+
+
+def donated_arguments(backend=None) -> tuple:
+  """The arguments of train_step to donate for the compiler of `backend`
+  (default: jax's): the state on a CPU, nothing elsewhere."""
+  return (0,) if (backend or jax.default_backend()) == 'cpu' else ()
+
+
 def updated_where(finite, update, state, backend=None):
-  """update(state) if `finite`, else `state` as it is, for the compiler of
-  `backend` (default: jax's): XLA's CPU compiler runs a conditional's update
-  in place on the donated buffers, but a GPU's copies all of a conditional's
-  state, twice, where a select fuses into the update's kernels
-  (docs/BENCHMARKS.md, "the GPU compiler's kernels")."""
+  """update(state) if `finite`, else `state` as it is: a conditional for
+  the compiler of a CPU `backend` (default: jax's), a select elsewhere."""
   if (backend or jax.default_backend()) == 'cpu':
     return jax.lax.cond(finite, update, lambda state: state, state)
   return jax.tree.map(functools.partial(jnp.where, finite), update(state),
