@@ -34,7 +34,6 @@ from jingle_jax import bench
 from jingle_jax import cli
 from jingle_jax.config import run_config
 from jingle_jax.core import files
-from jingle_jax.data import latent_space
 from jingle_jax.perf import profiling
 from jingle_jax.training import train_step
 
@@ -64,27 +63,6 @@ def gpu_device(target_path: str):
   return topology.devices[0]
 
 
-def abstract_step_arguments(config, sharding):
-  """train_step's arguments as shapes placed by `sharding`."""
-  rng = jax.random.key(config.seed)
-  placed = lambda tree: jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      tree)
-  shapes = lambda f, **kwargs: placed(jax.eval_shape(
-      functools.partial(f, **kwargs), rng))
-  decoder = (shapes(functools.partial(bench.random_decoder, config))
-             if config.loss.uses_audio else None)
-  return (shapes(functools.partial(train_step.create_train_state, config)),
-          shapes(bench.random_batch,
-                 batch_size=config.per_device_batch_size,
-                 num_frames=config.num_frames,
-                 latent_dim=config.model.latent_dim),
-          placed(jax.eval_shape(lambda: rng)),
-          placed(jax.eval_shape(
-              lambda: latent_space.identity(config.model.latent_dim))),
-          decoder)
-
-
 def run(flag_values):
   config = run_config.parse(flag_values.config)
   device = gpu_device(flag_values.target)
@@ -95,7 +73,7 @@ def run(flag_values):
   default_backend = jax.default_backend
   jax.default_backend = lambda: 'gpu'
   try:
-    arguments = abstract_step_arguments(config, sharding)
+    arguments = bench.step_argument_shapes(config, sharding)
     start = time.perf_counter()
     traced = step.trace(*arguments)
   finally:

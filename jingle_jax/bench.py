@@ -141,6 +141,26 @@ def random_decoder(config, rng):
       jnp.ones(dim))
 
 
+def step_argument_shapes(config, sharding=None):
+  """train_step's arguments (state, batch, rng, space, decoder) as shapes,
+  one device's batch, placed by `sharding` when given: the step to compile
+  for a device that is not here."""
+  rng = jax.random.key(config.seed)
+  shapes = lambda f, **kwargs: jax.eval_shape(
+      functools.partial(f, **kwargs), rng)
+  arguments = (
+      shapes(functools.partial(train_step.create_train_state, config)),
+      shapes(random_batch, batch_size=config.per_device_batch_size,
+             num_frames=config.num_frames,
+             latent_dim=config.model.latent_dim),
+      jax.eval_shape(lambda: rng),
+      jax.eval_shape(lambda: latent_space.identity(config.model.latent_dim)),
+      shapes(functools.partial(random_decoder, config)))
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      arguments)
+
+
 def activation_bytes(config, state, rng, decoder=None):
   """Bytes the generator's backward pass keeps from its forward, per device.
 

@@ -12,7 +12,6 @@ import jax
 from configs import creative
 from jingle_jax import bench as bench_lib
 from jingle_jax.config import run_config
-from jingle_jax.data import latent_space
 from jingle_jax.training import train_step
 import train_config
 
@@ -77,16 +76,7 @@ def test_the_seed_step_as_a_gpu_traces_it_lowers_for_cuda(monkeypatch):
   config = run_config.parse(creative.get_config())
   assert config.loss.uses_audio  # the spectral outlier term decodes
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  rng = jax.random.key(0)
-  abstract = lambda f, *args, **kwargs: jax.eval_shape(
-      functools.partial(f, *args, **kwargs), rng)
-  args = (abstract(train_step.create_train_state, config),
-          abstract(bench_lib.random_batch, batch_size=64,
-                   num_frames=config.num_frames,
-                   latent_dim=config.model.latent_dim), rng,
-          jax.eval_shape(lambda: latent_space.identity(
-              config.model.latent_dim)),
-          abstract(bench_lib.random_decoder, config))
+  args = bench_lib.step_argument_shapes(config)
   triton = '__gpu$xla.gpu.triton'
   exported = jax.export.export(
       jax.jit(functools.partial(train_step.train_step, config=config,

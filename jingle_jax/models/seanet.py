@@ -87,9 +87,9 @@ def recurrence(projected, recurrent_kernel):
 
   Its backward pass is written out: a scan that keeps, per step, only the
   pre-activations and the cell (the carries' gradients in float32), and
-  one matmul after it for the recurrent kernel's gradient. Traced by autodiff, every intermediate of a step was
-  kept (each a write per step, a kernel of its own on a GPU) and the
-  kernel's gradient accumulated step by step (docs/BENCHMARKS.md, "the GPU
+  one matmul after it for the recurrent kernel's gradient. Traced by
+  autodiff, every intermediate of a step was kept, each a write per step
+  and a kernel of its own on a GPU (docs/BENCHMARKS.md, "the GPU
   compiler's kernels").
   """
   return _recurrence_steps(projected, recurrent_kernel)[0]

@@ -55,44 +55,42 @@ def count_fusions(compiled) -> int:
   return len(re.findall(r'^%?fused_computation', compiled.as_text(), re.M))
 
 
-# Instructions outside fused computations that launch nothing on a GPU.
+# Instructions outside fused computations that launch nothing on a GPU, and
+# those whose computations the walk below counts instead.
 _NO_KERNEL = frozenset((
     'parameter', 'constant', 'get-tuple-element', 'tuple', 'bitcast',
     'after-all', 'partition-id', 'replica-id', 'opt-barrier', 'copy-done',
-    'add-dependency'))
+    'add-dependency', 'while', 'conditional', 'call'))
 
 
 def gpu_kernels(hlo_text: str) -> dict:
   """The kernels of a GPU-compiled program's HLO text (each fusion, library
   call and copy outside fused computations), written and launched.
 
-  {'kernels': in the program, 'launches': in one run, a while loop's body
-  counted its known trip count times and a conditional as its larger
-  branch, 'by_op': launches by instruction, 'loops': [(name, trips,
-  launches per trip)]}. A loop without a known trip count counts once.
+  {'kernels': in the computations the entry reaches, 'launches': in one
+  run, a while loop's body counted its known trip count times and a
+  conditional as its larger branch, 'by_op': launches by instruction,
+  'loops': [(name, trips, launches per trip)]}. A loop without a known
+  trip count counts once.
   """
   computations = {}
   for block in re.split(r'\n\n+', hlo_text):
     header = re.match(r'\s*(?:ENTRY )?%(\S+) ', block)
     if header:
-      computations[header.group(1)] = block.strip().splitlines()[1:]
-  entry = re.search(r'^ENTRY %(\S+) ', hlo_text, re.M).group(1)
-  nested = set(re.findall(r'(?:calls|to_apply)=%([\w.\-]+)', hlo_text))
-  kernels = sum(1 for name, lines in computations.items()
-                if name not in nested
-                for line in lines if _kernel(line))
-  loops, launched = [], {}
+      computations[header.group(1)] = [
+          (_op(line), line) for line in block.strip().splitlines()[1:]]
+  written, loops, launched = collections.Counter(), [], {}
 
   def launches(name) -> collections.Counter:
+    """A computation's launches per run; its kernels, the first time."""
     if name not in launched:
       counts = collections.Counter()
-      for line in computations[name]:
-        op = _op(line)
+      for op, line in computations[name]:
         if op == 'while':
-          body = re.search(r'body=%([\w.\-]+)', line).group(1)
+          launches(_called('condition', line))  # written, not counted
+          per_trip = launches(_called('body', line))
           trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
           trips = int(trips.group(1)) if trips else 1
-          per_trip = launches(body)
           loops.append((_op_name(line), trips, sum(per_trip.values())))
           counts.update({k: trips * v for k, v in per_trip.items()})
         elif op == 'conditional':
@@ -103,15 +101,15 @@ def gpu_kernels(hlo_text: str) -> dict:
           counts.update(max((launches(b) for b in branches),
                             key=lambda c: sum(c.values())))
         elif op == 'call':
-          counts.update(launches(re.search(r'to_apply=%([\w.\-]+)',
-                                           line).group(1)))
-        elif _kernel(line):
+          counts.update(launches(_called('to_apply', line)))
+        elif op is not None and op not in _NO_KERNEL:
           counts[op] += 1
+          written[op] += 1
       launched[name] = counts
     return launched[name]
 
-  by_op = launches(entry)
-  return {'kernels': kernels, 'launches': sum(by_op.values()),
+  by_op = launches(re.search(r'^ENTRY %(\S+) ', hlo_text, re.M).group(1))
+  return {'kernels': sum(written.values()), 'launches': sum(by_op.values()),
           'by_op': dict(by_op.most_common()), 'loops': loops}
 
 
@@ -123,8 +121,8 @@ def _op(line: str):
   return found.group(1) if found else None
 
 
-def _kernel(line: str) -> bool:
-  return _op(line) not in _NO_KERNEL | {None, 'while', 'conditional', 'call'}
+def _called(attribute: str, line: str) -> str:
+  return re.search(attribute + r'=%([\w.\-]+)', line).group(1)
 
 
 def _op_name(line: str) -> str:

@@ -254,16 +254,21 @@ def gradients(state: TrainState, batch, rng, config, decoder=None,
 # state beside the old (docs/BENCHMARKS.md, "the GPU compiler's kernels").
 
 
+def _updates_in_place(backend) -> bool:
+  """Whether the compiler of `backend` (default: jax's) is XLA's CPU's."""
+  return (backend or jax.default_backend()) == 'cpu'
+
+
 def donated_arguments(backend=None) -> tuple:
   """The arguments of train_step to donate for the compiler of `backend`
   (default: jax's): the state on a CPU, nothing elsewhere."""
-  return (0,) if (backend or jax.default_backend()) == 'cpu' else ()
+  return (0,) if _updates_in_place(backend) else ()
 
 
 def updated_where(finite, update, state, backend=None):
   """update(state) if `finite`, else `state` as it is: a conditional for
   the compiler of a CPU `backend` (default: jax's), a select elsewhere."""
-  if (backend or jax.default_backend()) == 'cpu':
+  if _updates_in_place(backend):
     return jax.lax.cond(finite, update, lambda state: state, state)
   return jax.tree.map(functools.partial(jnp.where, finite), update(state),
                       state)
